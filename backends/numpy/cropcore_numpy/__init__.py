@@ -1,0 +1,88 @@
+"""cropcore's reference backend: NumPy, vectorised, bit-identical to TensorFlow's CPU kernel.
+
+Registered as the plugin ``numpy`` through the ``cropcore.backends`` entry point, like any
+third-party backend. The kernels (:mod:`cropcore_numpy.kernels`) work in NHWC and follow the
+order of operations of ``tensorflow/core/kernels/image/crop_and_resize_op.cc``; NCHW calls are
+served through transposed views.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cropcore import BackendInfo, hookimpl
+from cropcore.spec import Crop2DCall, CropAndResizeCall, GradBoxesCall, GradImageCall
+
+__all__ = [
+    "cropcore_backend_info",
+    "cropcore_crop2d",
+    "cropcore_crop_and_resize",
+    "cropcore_crop_and_resize_grad_boxes",
+    "cropcore_crop_and_resize_grad_image",
+]
+
+
+def _nhwc(x: np.ndarray, channels_first: bool) -> np.ndarray:
+    return np.moveaxis(x, 1, 3) if channels_first else x
+
+
+def _from_nhwc(x: np.ndarray, channels_first: bool) -> np.ndarray:
+    return np.ascontiguousarray(np.moveaxis(x, 3, 1)) if channels_first else x
+
+
+@hookimpl
+def cropcore_backend_info() -> BackendInfo:
+    return BackendInfo(
+        name="numpy",
+        array_library="numpy",
+        devices=("cpu",),
+        version=np.__version__,
+        description="reference implementation (vectorised NumPy, bit-exact with TensorFlow's CPU kernel)",
+    )
+
+
+@hookimpl
+def cropcore_crop_and_resize(call: CropAndResizeCall) -> np.ndarray:
+    from cropcore_numpy import kernels
+
+    crops = kernels.crop_and_resize(
+        _nhwc(call.image, call.channels_first),
+        call.boxes,
+        call.box_indices,
+        call.crop_size,
+        call.method,
+        call.extrapolation_value,
+    )
+    return _from_nhwc(crops, call.channels_first)
+
+
+@hookimpl
+def cropcore_crop_and_resize_grad_image(call: GradImageCall) -> np.ndarray:
+    from cropcore_numpy import kernels
+
+    grads_image = kernels.crop_and_resize_grad_image(
+        _nhwc(call.grads, call.channels_first),
+        call.boxes,
+        call.box_indices,
+        call.image_shape,
+        call.method,
+        call.dtype,
+    )
+    return _from_nhwc(grads_image, call.channels_first)
+
+
+@hookimpl
+def cropcore_crop_and_resize_grad_boxes(call: GradBoxesCall) -> np.ndarray:
+    from cropcore_numpy import kernels
+
+    return kernels.crop_and_resize_grad_boxes(
+        _nhwc(call.grads, call.channels_first),
+        _nhwc(call.image, call.channels_first),
+        call.boxes,
+        call.box_indices,
+    )
+
+
+@hookimpl
+def cropcore_crop2d(call: Crop2DCall) -> np.ndarray:
+    return call.x[call.slices]

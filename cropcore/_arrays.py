@@ -1,0 +1,206 @@
+"""Array-library interop: tell which library an array belongs to, and move arrays between libraries.
+
+Requirements (after einops' ``_backends.py``):
+
+- No framework is ever imported here. A library is touched only through ``sys.modules``, and only
+  when an array of that library was passed in, so the library is already loaded.
+- Moving between libraries goes through DLPack (zero-copy) where the devices allow it; a copy is
+  made only to change device (say a CUDA tensor handed to a CPU backend) or to change dtype.
+- One small class per library, each with the same few methods, readable side by side.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ArrayLibrary", "dtype_name", "library_for", "library_name"]
+
+# torch's dtype names that differ from NumPy's, for the dtypes cropcore cares about.
+_TORCH_DTYPE_NAMES = {"half": "float16", "float": "float32", "double": "float64"}
+
+
+def library_name(x: Any) -> str:
+    """Top-level module name of ``x``'s type: ``"numpy"``, ``"torch"``, ``"cupy"``, ...
+
+    Python scalars, lists and tuples count as ``"numpy"`` (they are converted with ``np.asarray``).
+    """
+    if isinstance(x, np.ndarray | np.generic):
+        return "numpy"
+    module = type(x).__module__
+    top = module.partition(".")[0]
+    if top in ("builtins",):
+        return "numpy"
+    return top
+
+
+def dtype_name(x: Any) -> str:
+    """The dtype of ``x`` as a NumPy-style name (``"float32"``, ``"uint8"``, ``"bfloat16"``, ...)."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        return np.asarray(x).dtype.name
+    if isinstance(dtype, np.dtype):
+        return dtype.name
+    name = str(dtype).rpartition(".")[2]  # "torch.float32" -> "float32"
+    return _TORCH_DTYPE_NAMES.get(name, name)
+
+
+class ArrayLibrary:
+    """How cropcore handles the arrays of one library. Subclasses are stateless singletons."""
+
+    name = "?"
+
+    def module(self) -> Any:
+        return sys.modules[self.name]
+
+    def device(self, x: Any) -> str:
+        """Device of ``x`` as ``"cpu"`` or ``"<type>:<index>"`` (``"cuda:0"``)."""
+        return "cpu"
+
+    def needs_grad(self, x: Any) -> bool:
+        """Whether a result computed from ``x`` should carry an autograd graph."""
+        return False
+
+    def export(self, x: Any) -> Any:
+        """``x`` in a form this library can hand out through DLPack."""
+        return x
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        """A NumPy view of ``x`` when it lives on the host (DLPack), else a host copy."""
+        return np.from_dlpack(self.export(x))
+
+    def from_numpy(self, a: np.ndarray, like: Any) -> Any:
+        """``a`` as an array of this library, on the device of ``like`` (a host/default one if None)."""
+        return self.to_device(self.module().from_dlpack(a), like)
+
+    def to_device(self, x: Any, like: Any) -> Any:
+        """``x`` (of this library) on the device of ``like`` (unchanged if ``like`` is None or foreign)."""
+        return x
+
+    def convert(self, x: Any, like: Any = None) -> Any:
+        """Any array ``x`` as an array of this library, on the device of ``like``.
+
+        Zero-copy through DLPack where the devices allow it; through a host copy otherwise.
+        """
+        source = library_for(x)
+        if source is self:
+            return self.to_device(x, like)
+        try:
+            y = self.module().from_dlpack(source.export(x))
+        except (BufferError, RuntimeError, TypeError, ValueError, AttributeError):
+            return self.from_numpy(source.to_numpy(x), like)
+        return self.to_device(y, like)
+
+    def astype(self, x: Any, dtype: str) -> Any:
+        """``x`` with NumPy dtype name ``dtype``; ``x`` itself when it already has it."""
+        return x if dtype_name(x) == dtype else x.astype(dtype)
+
+
+class NumpyLibrary(ArrayLibrary):
+    name = "numpy"
+
+    def module(self) -> Any:
+        return np
+
+    def export(self, x: Any) -> Any:
+        return np.asarray(x)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return np.asarray(x)
+
+    def from_numpy(self, a: np.ndarray, like: Any) -> Any:
+        return a
+
+    def convert(self, x: Any, like: Any = None) -> Any:
+        source = library_for(x)
+        return np.asarray(x) if source is self else source.to_numpy(x)
+
+    def astype(self, x: Any, dtype: str) -> Any:
+        x = np.asarray(x)
+        return x if x.dtype == dtype else x.astype(dtype)
+
+
+class TorchLibrary(ArrayLibrary):
+    name = "torch"
+
+    def device(self, x: Any) -> str:
+        return str(x.device)
+
+    def needs_grad(self, x: Any) -> bool:
+        return bool(getattr(x, "requires_grad", False)) and self.module().is_grad_enabled()
+
+    def export(self, x: Any) -> Any:
+        x = x.detach()
+        if x.is_conj() or x.is_neg():
+            x = x.resolve_conj().resolve_neg()
+        return x
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        x = self.export(x)
+        if x.device.type != "cpu":
+            x = x.cpu()
+        return np.from_dlpack(x)
+
+    def from_numpy(self, a: np.ndarray, like: Any) -> Any:
+        torch = self.module()
+        if not a.flags.writeable or not a.dtype.isnative:
+            a = np.array(a, dtype=a.dtype.newbyteorder("="))  # torch wraps only writable native memory
+        return self.to_device(torch.from_dlpack(a), like)
+
+    def to_device(self, x: Any, like: Any) -> Any:
+        device = getattr(like, "device", None)
+        if device is not None and library_name(like) == "torch" and x.device != device:
+            return x.to(device)
+        return x
+
+    def astype(self, x: Any, dtype: str) -> Any:
+        target = getattr(self.module(), dtype)
+        return x if x.dtype == target else x.to(target)
+
+
+class CupyLibrary(ArrayLibrary):
+    name = "cupy"
+
+    def device(self, x: Any) -> str:
+        return f"cuda:{x.device.id}"
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return x.get()
+
+    def from_numpy(self, a: np.ndarray, like: Any) -> Any:
+        cupy = self.module()
+        if library_name(like) == "cupy":
+            with like.device:
+                return cupy.asarray(a)
+        return cupy.asarray(a)
+
+    def to_device(self, x: Any, like: Any) -> Any:
+        if library_name(like) == "cupy" and x.device != like.device:
+            with like.device:
+                return x.copy()
+        return x
+
+
+class DLPackLibrary(ArrayLibrary):
+    """Any other library whose module has ``from_dlpack`` (JAX, MLX, dpnp, ...): host arrays only."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+_LIBRARIES: dict[str, ArrayLibrary] = {
+    "numpy": NumpyLibrary(),
+    "torch": TorchLibrary(),
+    "cupy": CupyLibrary(),
+}
+
+
+def library_for(x_or_name: Any) -> ArrayLibrary:
+    """The :class:`ArrayLibrary` for an array, or for a library name."""
+    name = x_or_name if isinstance(x_or_name, str) else library_name(x_or_name)
+    lib = _LIBRARIES.get(name)
+    if lib is None:
+        lib = _LIBRARIES[name] = DLPackLibrary(name)
+    return lib

@@ -1,0 +1,194 @@
+"""The functions users call. Each one validates (:mod:`cropcore.spec`) and dispatches
+(:mod:`cropcore.dispatch`); the work happens in a backend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cropcore import dispatch, spec
+from cropcore.registry import Backend, registry
+
+__all__ = [
+    "backends",
+    "crop2d",
+    "crop_and_resize",
+    "crop_and_resize_grad_boxes",
+    "crop_and_resize_grad_image",
+    "explain",
+]
+
+
+def crop_and_resize(
+    image: Any,
+    boxes: Any,
+    box_indices: Any,
+    crop_size: Any,
+    method: str = "bilinear",
+    extrapolation_value: float = 0.0,
+    *,
+    data_format: str = "channels_last",
+    backend: str | None = None,
+) -> Any:
+    """Crop boxes out of a batch of images and resize each crop, exactly as ``tf.image.crop_and_resize``.
+
+    Args:
+        image: ``(batch, height, width, depth)`` (``data_format="channels_last"``) or
+            ``(batch, depth, height, width)`` (``"channels_first"``); dtype uint8, uint16, int8,
+            int16, int32, int64, float16, float32 or float64. Any array library (NumPy, torch,
+            CuPy, anything with DLPack); height and width must be positive.
+        boxes: ``(num_boxes, 4)`` rows ``[y1, x1, y2, x2]`` in normalised coordinates: ``y`` maps to
+            pixel row ``y * (height - 1)``. Flipped boxes (``y1 > y2``) give flipped crops;
+            coordinates outside ``[0, 1]`` sample ``extrapolation_value``. Cast to float32; every
+            element must then be finite.
+        box_indices: ``(num_boxes,)`` integers in ``[0, batch)``: the image each box is cut from.
+        crop_size: ``(crop_height, crop_width)``, both positive. A size of 1 samples the box centre.
+        method: ``"bilinear"`` or ``"nearest"`` (nearest rounds halves away from zero).
+        extrapolation_value: the value (as float32) of samples outside the image.
+        data_format: ``"channels_last"`` (NHWC, TensorFlow's) or ``"channels_first"`` (NCHW).
+        backend: a backend name or alias (``"numpy"``, ``"numba"``, ``"torch"``, ``"cupy"`` /
+            ``"cuda"``, or a plugin's); ``None`` chooses one (see :func:`explain`).
+
+    Returns:
+        float32 ``(num_boxes, crop_height, crop_width, depth)`` (or
+        ``(num_boxes, depth, crop_height, crop_width)`` for channels_first), in ``image``'s array
+        library and on its device.
+
+    Raises:
+        ValueError: a bad shape or value (non-finite box, non-positive crop size, unknown method).
+        TypeError: a bad type or dtype.
+        IndexError: a box index outside ``[0, batch)``.
+        cropcore.errors.OutputTooLargeError: the result would not fit in memory.
+        cropcore.errors.BackendError: the named backend is unknown, unavailable or cannot run the call.
+    """
+    call = spec.crop_and_resize_call(
+        image, boxes, box_indices, crop_size, method, extrapolation_value, data_format
+    )
+    return dispatch.run(call, backend)
+
+
+def crop_and_resize_grad_image(
+    grads: Any,
+    boxes: Any,
+    box_indices: Any,
+    image_shape: Any,
+    method: str = "bilinear",
+    *,
+    data_format: str = "channels_last",
+    dtype: Any = "float32",
+    backend: str | None = None,
+) -> Any:
+    """Gradient of :func:`crop_and_resize` with respect to the image (``tf.raw_ops.CropAndResizeGradImage``).
+
+    Args:
+        grads: float ``(num_boxes, crop_height, crop_width, depth)`` (channels_last) or
+            ``(num_boxes, depth, crop_height, crop_width)``: the gradient of the crops (cast to float32).
+        boxes: ``(num_boxes, 4)``, as for :func:`crop_and_resize`.
+        box_indices: ``(num_boxes,)`` integers in ``[0, batch)``.
+        image_shape: the image's shape, 4 integers in ``data_format`` order.
+        method: ``"bilinear"`` or ``"nearest"``, as in the forward call.
+        data_format: ``"channels_last"`` or ``"channels_first"``.
+        dtype: float16, float32 or float64: the result's dtype, which TensorFlow also accumulates in.
+        backend: as for :func:`crop_and_resize`.
+
+    Returns:
+        ``dtype`` array of shape ``image_shape``, in ``grads``' library and on its device. Samples
+        outside the image contribute nothing.
+    """
+    call = spec.grad_image_call(grads, boxes, box_indices, image_shape, method, data_format, dtype)
+    return dispatch.run(call, backend)
+
+
+def crop_and_resize_grad_boxes(
+    grads: Any,
+    image: Any,
+    boxes: Any,
+    box_indices: Any,
+    method: str = "bilinear",
+    *,
+    data_format: str = "channels_last",
+    backend: str | None = None,
+) -> Any:
+    """Gradient of :func:`crop_and_resize` with respect to the boxes (``tf.raw_ops.CropAndResizeGradBoxes``).
+
+    Args:
+        grads: float ``(num_boxes, crop_height, crop_width, depth)`` (or channels_first): the
+            gradient of the crops (cast to float32).
+        image: the forward call's image (any dtype :func:`crop_and_resize` takes).
+        boxes: ``(num_boxes, 4)``; box_indices: ``(num_boxes,)``, as for :func:`crop_and_resize`.
+        method: only ``"bilinear"``, as in TensorFlow (the box gradient of a nearest crop is the
+            bilinear one).
+        data_format: ``"channels_last"`` or ``"channels_first"``.
+        backend: as for :func:`crop_and_resize`.
+
+    Returns:
+        float32 ``(num_boxes, 4)``: d loss / d ``[y1, x1, y2, x2]``, in ``image``'s library and device.
+    """
+    call = spec.grad_boxes_call(grads, image, boxes, box_indices, method, data_format)
+    return dispatch.run(call, backend)
+
+
+def crop2d(
+    x: Any,
+    cropping: Any = ((0, 0), (0, 0)),
+    data_format: str | None = "channels_last",
+    *,
+    backend: str | None = None,
+) -> Any:
+    """Keras's ``Cropping2D``: remove rows and columns from the edges of a batch of images.
+
+    Args:
+        x: 4-D ``(batch, height, width, channels)`` (channels_last) or
+            ``(batch, channels, height, width)``, any dtype, any array library.
+        cropping: ``n`` (every side), ``(h, w)`` (symmetric) or ``((top, bottom), (left, right))``;
+            non-negative integers that leave at least one row and one column.
+        data_format: ``"channels_last"`` or ``"channels_first"`` (``None`` means channels_last).
+        backend: as for :func:`crop_and_resize`.
+
+    Returns:
+        ``x[:, top:height - bottom, left:width - right, :]`` (or the channels_first equivalent),
+        with ``x``'s dtype, library and device; a view where the library makes one.
+    """
+    call = spec.crop2d_call(x, cropping, data_format)
+    return dispatch.run(call, backend)
+
+
+_CALLS = {
+    "crop_and_resize": spec.crop_and_resize_call,
+    "crop_and_resize_grad_image": spec.grad_image_call,
+    "crop_and_resize_grad_boxes": spec.grad_boxes_call,
+    "crop2d": spec.crop2d_call,
+}
+
+
+def explain(op: str, *args: Any, backend: str | None = None, **kwargs: Any) -> dispatch.Decision:
+    """Which backend ``op(*args, **kwargs)`` would run on, and why, without running it.
+
+    ``op`` is one of ``"crop_and_resize"``, ``"crop_and_resize_grad_image"``,
+    ``"crop_and_resize_grad_boxes"``, ``"crop2d"``; the other arguments are the op's own. The
+    arguments are validated as for the op itself. ``print()`` the result for a readable account::
+
+        >>> print(cropcore.explain("crop_and_resize", image, boxes, box_indices, (7, 7)))
+        crop_and_resize on a numpy array (cpu) runs on backend 'numpy', chosen by the priority list ...
+    """
+    try:
+        make_call = _CALLS[op]
+    except KeyError:
+        raise ValueError(f"op must be one of {', '.join(_CALLS)}, got {op!r}") from None
+    return dispatch.explain_call(make_call(*args, **kwargs), backend)
+
+
+def backends(*, probe: bool = False, refresh: bool = False) -> list[Backend]:
+    """Every discovered backend plugin: name, aliases, version, status, reason, devices.
+
+    Listing imports no framework. ``probe=True`` also runs each backend's availability check
+    (which may import torch, numba or cupy), turning status ``"installed"`` into ``"available"`` or
+    ``"unavailable"`` with the reason. ``refresh=True`` rescans the entry points (for plugins
+    installed after cropcore was imported).
+    """
+    if refresh:
+        registry.refresh()
+    found = registry.all()
+    if probe:
+        for backend in found:
+            backend.probe()
+    return found

@@ -1,0 +1,312 @@
+"""Who runs this call: backend selection, array conversion, and the trip back to the caller's library.
+
+Selection order (the first rule that applies decides):
+
+1. ``backend=`` given to the op: that backend (a name or an alias), or an error;
+2. the innermost :func:`use_backend` context of this thread (or task);
+3. the ``CROPCORE_BACKEND`` environment variable;
+4. automatic: the first backend of the priority list (:func:`set_priority`, the
+   ``CROPCORE_PRIORITY`` environment variable, or :data:`DEFAULT_PRIORITY`) that is installed and
+   can run, computes on the device type of the call's image, implements the op, supports its dtype
+   and method, and does not decline it. When the image needs gradients (a torch tensor with
+   ``requires_grad`` under grad mode), backends with autograd come first.
+
+A backend named by rules 1-3 that cannot run raises (never a silent fallback), listing what is
+installed and how to install the missing one. Every decision is logged at DEBUG on the
+``cropcore.dispatch`` logger, and :func:`explain` tells which backend a call would use and why
+without running it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from cropcore._arrays import dtype_name, library_for, library_name
+from cropcore.errors import (
+    BackendDeclinedError,
+    BackendError,
+    BackendUnavailableError,
+    UnknownBackendError,
+)
+from cropcore.registry import Backend, registry
+
+__all__ = [
+    "DEFAULT_PRIORITY",
+    "Decision",
+    "explain_call",
+    "get_priority",
+    "run",
+    "select",
+    "set_priority",
+    "use_backend",
+]
+
+logger = logging.getLogger("cropcore.dispatch")
+
+#: Automatic selection tries these in order. Third-party backends run when named, or when added
+#: to the priority list.
+DEFAULT_PRIORITY: tuple[str, ...] = ("cupy", "torch", "numba", "numpy")
+
+#: How to install the built-in backends, for error messages about a missing one.
+INSTALL_HINTS = {
+    "numpy": 'pip install cropcore (the numpy backend ships with it)',
+    "numba": 'pip install "cropcore[numba]"',
+    "torch": 'pip install "cropcore[torch]"',
+    "cupy": 'pip install "cropcore[cupy]" (needs an NVIDIA GPU)',
+    "cuda": 'pip install "cropcore[cupy]" (needs an NVIDIA GPU)',
+}
+
+_override: ContextVar[str | None] = ContextVar("cropcore_backend_override", default=None)
+_priority_lock = threading.Lock()
+_priority: tuple[str, ...] | None = None
+
+
+def set_priority(names: Sequence[str] | None) -> None:
+    """Set the automatic-selection order for this process (``None`` restores the default).
+
+    Names may be aliases. Takes precedence over ``CROPCORE_PRIORITY``.
+    """
+    global _priority
+    if isinstance(names, str):
+        raise TypeError("set_priority takes a sequence of backend names, not a string")
+    with _priority_lock:
+        _priority = None if names is None else tuple(str(n) for n in names)
+
+
+def get_priority() -> tuple[str, ...]:
+    """The automatic-selection order now in force."""
+    if _priority is not None:
+        return _priority
+    env = os.environ.get("CROPCORE_PRIORITY")
+    if env:
+        return tuple(n.strip() for n in env.split(",") if n.strip())
+    return DEFAULT_PRIORITY
+
+
+@contextlib.contextmanager
+def use_backend(name: str | None) -> Iterator[None]:
+    """Run the ops inside the ``with`` block on backend ``name`` unless a call names its own.
+
+    Scoped to the current thread (or asyncio task): other threads are unaffected. ``None`` lifts
+    an outer override. The name is checked when the first op runs, not here.
+    """
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"use_backend takes a backend name, got {name!r}")
+    token = _override.set(name)
+    try:
+        yield
+    finally:
+        _override.reset(token)
+
+
+@dataclass
+class Decision:
+    """Which backend a call runs on, and why (see :func:`cropcore.explain`)."""
+
+    op: str
+    backend: str
+    rule: str
+    library: str
+    device: str
+    reasons: list[str] = field(default_factory=list)
+    conversions: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [
+            f"{self.op} on a {self.library} array ({self.device}) runs on backend "
+            f"{self.backend!r}, chosen by {self.rule}."
+        ]
+        lines += [f"  - {r}" for r in self.reasons]
+        lines += [f"  - moves {c}" for c in self.conversions]
+        return "\n".join(lines)
+
+
+def _installed_summary() -> str:
+    parts = []
+    for b in registry.all():
+        aliases = f" (alias {', '.join(b.aliases)})" if b.aliases else ""
+        state = b.status if b.status in ("available", "installed") else f"{b.status}: {b.reason}"
+        parts.append(f"{b.name}{aliases} [{state}]")
+    return "; ".join(parts) or "none"
+
+
+def _named(name: str, rule: str) -> Backend:
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a backend name (str) or None, got {name!r}")
+    backend = registry.get(name)
+    if backend is None:
+        hint = f" Install it with: {INSTALL_HINTS[name.lower()]}." if name.lower() in INSTALL_HINTS else ""
+        raise UnknownBackendError(
+            f"backend={name!r} ({rule}) is not an installed cropcore backend.{hint} "
+            f"Installed: {_installed_summary()}. `cropcore backends` shows details."
+        )
+    backend.probe()
+    if backend.status in ("broken", "unavailable"):
+        hint = backend.install_hint or INSTALL_HINTS.get(backend.name, "")
+        hint = f" Install with: {hint}." if hint and hint not in backend.reason else ""
+        raise BackendUnavailableError(
+            f"backend {backend.name!r} ({rule}) is {backend.status}: {backend.reason}.{hint} "
+            f"Installed: {_installed_summary()}."
+        )
+    return backend
+
+
+def _why_not(backend: Backend, call: Any, device_type: str, needs_grad: bool, strict: bool) -> str | None:
+    """Why ``backend`` cannot take ``call`` (``None`` if it can). ``strict`` adds the device test."""
+    info = backend.info
+    assert info is not None
+    if backend.hook(call.op) is None:
+        return f"does not implement {call.op}"
+    if call.op != "crop2d":
+        dtype = dtype_name(call.image) if hasattr(call, "image") else None
+        if dtype is not None and dtype not in info.dtypes:
+            return f"does not support image dtype {dtype}"
+        if call.method not in info.methods:
+            return f"does not support method={call.method!r}"
+    if strict and device_type not in info.devices:
+        return f"computes on {', '.join(info.devices)}, the image is on {device_type}"
+    if strict and needs_grad and not info.autograd:
+        return "does not propagate autograd gradients"
+    return backend.declines(call)
+
+
+def _needs_grad(call: Any) -> bool:
+    return any(
+        library_for(getattr(call, name)).needs_grad(getattr(call, name))
+        for name in call.arrays
+        if library_name(getattr(call, name)) == "torch"
+    )
+
+
+def select(call: Any, backend: str | None = None) -> tuple[Backend, Decision]:
+    """Choose the backend for a validated ``call`` (from :mod:`cropcore.spec`)."""
+    anchor = call.anchor
+    lib = library_for(anchor)
+    device = lib.device(anchor)
+    device_type = device.partition(":")[0]
+    decision = Decision(call.op, "", "", lib.name, device)
+
+    named, rule = backend, "the backend= argument"
+    if named is None:
+        named, rule = _override.get(), "a use_backend() context"
+    if named is None:
+        named, rule = os.environ.get("CROPCORE_BACKEND") or None, "the CROPCORE_BACKEND environment variable"
+    needs_grad = _needs_grad(call)
+    if named is not None:
+        chosen = _named(named, rule)
+        why = _why_not(chosen, call, device_type, needs_grad, strict=False)
+        if why:
+            raise BackendDeclinedError(f"backend {chosen.name!r} ({rule}) cannot run this call: {why}")
+        if needs_grad and not chosen.info.autograd:
+            warnings.warn(
+                f"backend {chosen.name!r} does not propagate autograd gradients: the result of "
+                f"{call.op} is detached from the graph",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        decision.backend, decision.rule = chosen.name, rule
+    else:
+        chosen = _automatic(call, device_type, needs_grad, decision)
+    decision.conversions = _planned_conversions(call, chosen)
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("%s", decision)
+    return chosen, decision
+
+
+def _automatic(call: Any, device_type: str, needs_grad: bool, decision: Decision) -> Backend:
+    priority = get_priority()
+    decision.rule = f"the priority list {list(priority)}"
+    rejected: list[str] = []
+    for attempt in (needs_grad, False) if needs_grad else (False,):
+        for name in priority:
+            backend = registry.get(name)
+            if backend is None:
+                rejected.append(f"{name}: not installed")
+                continue
+            backend.probe()
+            if backend.status not in ("available",):
+                rejected.append(f"{backend.name}: {backend.status} ({backend.reason})")
+                continue
+            why = _why_not(backend, call, device_type, attempt, strict=True)
+            if why:
+                rejected.append(f"{backend.name}: {why}")
+                continue
+            if needs_grad and not attempt:
+                warnings.warn(
+                    f"no installed backend propagates autograd gradients for {call.op} on "
+                    f"{device_type}; backend {backend.name!r} runs it and the result is detached "
+                    f'from the graph (pip install "cropcore[torch]" gives autograd)',
+                    RuntimeWarning,
+                    stacklevel=5,
+                )
+            decision.backend = backend.name
+            decision.reasons = [f"skipped {r}" for r in rejected]
+            return backend
+    raise BackendError(
+        f"no backend can run {call.op} on a {decision.library} array on {decision.device}: "
+        + "; ".join(dict.fromkeys(rejected))
+        + ". Name one with backend=..., or install one: "
+        + ", ".join(f"{k}: {v}" for k, v in INSTALL_HINTS.items() if k != "cuda")
+    )
+
+
+def _planned_conversions(call: Any, backend: Backend) -> list[str]:
+    target = backend.info.array_library
+    accepted = (target, *backend.info.native_libraries)
+    out = []
+    for name in call.arrays:
+        value = getattr(call, name)
+        source = library_name(value)
+        if source not in accepted:
+            out.append(f"{name}: {source} ({library_for(value).device(value)}) -> {target}")
+    anchor_lib = library_name(call.anchor)
+    if anchor_lib not in accepted:
+        out.append(f"result: {target} -> {anchor_lib}")
+    return out
+
+
+def _to_backend(call: Any, backend: Backend) -> Any:
+    """``call`` with every array in the backend's library (and, where it is the same, device)."""
+    info = backend.info
+    accepted = (info.array_library, *info.native_libraries)
+    target = library_for(info.array_library)
+    like = call.anchor if library_name(call.anchor) == target.name else None
+    changes = {}
+    for name in call.arrays:
+        value = getattr(call, name)
+        if library_name(value) in accepted and library_name(value) != target.name:
+            continue
+        converted = target.convert(value, like)
+        if converted is not value:
+            changes[name] = converted
+    return call.replace(**changes) if changes else call
+
+
+def run(call: Any, backend: str | None = None) -> Any:
+    """Select a backend for ``call``, run it, and return the result in the caller's library."""
+    chosen, _ = select(call, backend)
+    hook = chosen.hook(call.op)
+    result = hook(call=_to_backend(call, chosen))
+    shape = tuple(int(d) for d in result.shape)
+    if shape != tuple(call.output_shape) or dtype_name(result) != call.output_dtype:
+        raise BackendError(
+            f"backend {chosen.name!r} returned {dtype_name(result)} {shape} from {call.op}; the "
+            f"specification requires {call.output_dtype} {tuple(call.output_shape)} (a backend bug)"
+        )
+    anchor = call.anchor
+    if library_name(result) == library_name(anchor):
+        return library_for(anchor).to_device(result, anchor)
+    return library_for(anchor).convert(result, anchor)
+
+
+def explain_call(call: Any, backend: str | None = None) -> Decision:
+    """The :class:`Decision` dispatch would make for ``call``, without running it."""
+    return select(call, backend)[1]

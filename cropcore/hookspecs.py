@@ -1,0 +1,131 @@
+"""The backend contract: what a cropcore backend plugin provides.
+
+A backend is a Python module registered under the entry-point group ``cropcore.backends``::
+
+    [project.entry-points."cropcore.backends"]
+    mybackend = "my_package.cropcore_plugin"
+
+cropcore loads the module when it lists backends and registers it with pluggy, which checks every
+hook implementation's signature against the specifications below. Rules for the module:
+
+- **Importing it must be cheap and must not import the framework it wraps** (torch, cupy, numba,
+  ...). Import those inside the op hooks, or in :func:`cropcore_backend_check`. Listing backends
+  imports every plugin module; a framework loads only when its backend first runs.
+- :func:`cropcore_backend_info` is required; so is at least one op hook. An op the backend does not
+  implement is simply not offered by it.
+- Op hooks receive one *call* object from :mod:`cropcore.spec`, already validated and canonical:
+  ``boxes`` float32 ``(num_boxes, 4)`` and finite, ``box_indices`` int32 in ``[0, batch)``,
+  ``crop_size`` two positive ints, ``method`` one of the allowed strings, ``data_format`` either
+  ``"channels_last"`` (NHWC) or ``"channels_first"`` (NCHW), and every array already converted to the
+  backend's ``array_library`` (and device). Hooks compute; they do not re-validate, and must not
+  read outside the arrays they are given.
+- An op hook returns an array of its ``array_library`` with the call's ``output_shape`` and
+  ``output_dtype``; cropcore moves it back to the caller's library and device.
+- A backend refuses a call it cannot run by returning a reason from
+  :func:`cropcore_backend_declines` (it is then skipped by automatic selection, and named selection
+  raises :class:`cropcore.errors.BackendDeclinedError` with that reason).
+
+Every hook is called on one chosen plugin only (cropcore does the selection, pluggy the registration
+and signature checking), so the hook options below matter only to pluggy's bookkeeping.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from cropcore.registry import BackendInfo
+    from cropcore.spec import Crop2DCall, CropAndResizeCall, GradBoxesCall, GradImageCall
+
+__all__ = ["hookimpl", "hookspec"]
+
+hookspec = pluggy.HookspecMarker("cropcore")
+#: Decorate a backend module's functions with this to implement the hooks below.
+hookimpl = pluggy.HookimplMarker("cropcore")
+
+
+@hookspec
+def cropcore_backend_info() -> BackendInfo:
+    """Describe the backend. **Required.** Must not import a framework.
+
+    Return a :class:`cropcore.BackendInfo`: its ``name`` (what users pass as ``backend=``),
+    ``aliases``, the ``array_library`` its kernels take and return (``"numpy"``, ``"torch"``,
+    ``"cupy"``), the ``devices`` it computes on, the ``dtypes`` and ``methods`` it supports, the
+    modules it ``requires`` (checked with ``importlib.util.find_spec``, which imports nothing), an
+    ``install_hint`` shown when they are missing, and a ``version`` string.
+    """
+
+
+@hookspec
+def cropcore_backend_check() -> str | None:
+    """Check that the backend can run here; return ``None`` if it can, else the reason it cannot.
+
+    Optional. Called once, the first time the backend is probed or selected, never while merely
+    listing. This is the place to import the framework and look for a device (e.g. "no CUDA
+    device: cudaErrorNoDevice"). Raising an exception counts as unavailable, with the exception as
+    the reason.
+    """
+
+
+@hookspec
+def cropcore_backend_declines(call: Any) -> str | None:
+    """Return a reason if this backend cannot run ``call``, else ``None``.
+
+    Optional. Called before every dispatch to this backend, so it must be fast. ``dtypes``,
+    ``methods`` and ``devices`` from :func:`cropcore_backend_info` are already checked by cropcore;
+    this hook is for anything finer (a size limit, an unsupported combination).
+    """
+
+
+@hookspec
+def cropcore_crop_and_resize(call: CropAndResizeCall) -> Any:
+    """TensorFlow's ``CropAndResize``.
+
+    ``call.image``: ``(batch, height, width, depth)`` (NHWC) or ``(batch, depth, height, width)``
+    (NCHW), any dtype in :data:`cropcore.spec.IMAGE_DTYPES`. ``call.boxes``: float32
+    ``(num_boxes, 4)`` normalised ``[y1, x1, y2, x2]``. ``call.box_indices``: int32
+    ``(num_boxes,)``. ``call.crop_size``: ``(crop_height, crop_width)``. ``call.method``:
+    ``"bilinear"`` or ``"nearest"``. ``call.extrapolation_value``: a float32-exact Python float.
+
+    Returns float32 ``(num_boxes, crop_height, crop_width, depth)`` (NHWC) or
+    ``(num_boxes, depth, crop_height, crop_width)`` (NCHW). The reference semantics are those of
+    ``cropcore_numpy``; see docs/semantics.md.
+    """
+
+
+@hookspec
+def cropcore_crop_and_resize_grad_image(call: GradImageCall) -> Any:
+    """TensorFlow's ``CropAndResizeGradImage``: the gradient of crop_and_resize w.r.t. the image.
+
+    ``call.grads``: float32, the shape of crop_and_resize's result. ``call.boxes``,
+    ``call.box_indices``, ``call.method`` as for the forward op. ``call.image_shape``: the image's
+    :class:`cropcore.spec.ImageShape`. ``call.dtype``: ``"float16"``, ``"float32"`` or
+    ``"float64"``, the dtype of the result, which is also the dtype TensorFlow accumulates in.
+
+    Returns ``call.dtype`` with shape ``call.output_shape`` (the image's shape). Samples that fall
+    outside the image contribute nothing.
+    """
+
+
+@hookspec
+def cropcore_crop_and_resize_grad_boxes(call: GradBoxesCall) -> Any:
+    """TensorFlow's ``CropAndResizeGradBoxes``: the gradient of (bilinear) crop_and_resize w.r.t. the boxes.
+
+    ``call.grads``: float32, the shape of crop_and_resize's result. ``call.image``: the forward
+    op's image (any dtype in :data:`cropcore.spec.IMAGE_DTYPES`). ``call.boxes``,
+    ``call.box_indices`` as for the forward op; ``call.method`` is always ``"bilinear"``.
+
+    Returns float32 ``(num_boxes, 4)``.
+    """
+
+
+@hookspec
+def cropcore_crop2d(call: Crop2DCall) -> Any:
+    """Keras's ``Cropping2D``: ``call.x[call.slices]``.
+
+    ``call.x``: 4-D, any dtype. ``call.cropping``: ``((top, bottom), (left, right))``, already
+    checked to leave at least one row and one column. Returns an array of ``call.x``'s dtype with
+    shape ``call.output_shape`` (a view where the library makes one).
+    """

@@ -1,0 +1,311 @@
+"""Who is installed: entry-point discovery of backend plugins, registered with pluggy.
+
+Discovery imports each plugin *module* (which, by the contract in :mod:`cropcore.hookspecs`,
+imports no framework) and asks it for its :class:`BackendInfo`. A plugin that fails to import, or
+whose hooks do not match the specification, is recorded as broken with its error; the others are
+unaffected. Whether a backend can really run (its framework imports, a GPU is present) is checked
+lazily, the first time it is probed or selected.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import logging
+import threading
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from cropcore import hookspecs
+from cropcore.spec import IMAGE_DTYPES, METHODS, OPS
+
+__all__ = ["ENTRY_POINT_GROUP", "Backend", "BackendInfo", "Registry", "registry"]
+
+logger = logging.getLogger("cropcore.registry")
+
+#: The entry-point group backends register under.
+ENTRY_POINT_GROUP = "cropcore.backends"
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What a backend says about itself (returned by its ``cropcore_backend_info`` hook).
+
+    Attributes:
+        name: what users pass as ``backend=``; lower case, unique.
+        array_library: the library whose arrays its kernels take and return
+            (``"numpy"``, ``"torch"``, ``"cupy"``, ...).
+        aliases: other names accepted for ``backend=`` (the CuPy backend has ``"cuda"``).
+        devices: device types it computes on (``"cpu"``, ``"cuda"``).
+        dtypes: image dtypes it accepts (NumPy names).
+        methods: sampling methods it implements.
+        requires: modules that must be importable (checked without importing them).
+        install_hint: how to install what is missing, e.g. ``pip install "cropcore[numba]"``.
+        version: a version string to show (the framework's, or the plugin's).
+        description: one line for ``cropcore backends``.
+        native_libraries: array libraries it takes without conversion, besides ``array_library``
+            (for example a NumPy backend that also reads torch CPU tensors through DLPack).
+        autograd: whether its results carry gradients through the framework's autograd.
+    """
+
+    name: str
+    array_library: str = "numpy"
+    aliases: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ("cpu",)
+    dtypes: tuple[str, ...] = IMAGE_DTYPES
+    methods: tuple[str, ...] = METHODS
+    requires: tuple[str, ...] = ()
+    install_hint: str = ""
+    version: str = ""
+    description: str = ""
+    native_libraries: tuple[str, ...] = ()
+    autograd: bool = False
+
+
+@dataclass
+class Backend:
+    """One discovered backend plugin: its info, its hooks, and whether it can run.
+
+    ``status`` is ``"available"`` (probed and runnable), ``"installed"`` (its requirements are
+    present but it has not been probed yet), ``"unavailable"`` (``reason`` says why) or ``"broken"``
+    (the plugin failed to load; ``reason`` holds the error).
+    """
+
+    name: str
+    info: BackendInfo | None = None
+    module: ModuleType | None = None
+    distribution: str = ""
+    entry_point: str = ""
+    status: str = "installed"
+    reason: str = ""
+    ops: tuple[str, ...] = ()
+    _hooks: dict[str, Callable[..., Any]] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        return self.info.aliases if self.info else ()
+
+    @property
+    def version(self) -> str:
+        return self.info.version if self.info else ""
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return self.info.devices if self.info else ()
+
+    @property
+    def install_hint(self) -> str:
+        return self.info.install_hint if self.info else ""
+
+    def hook(self, op: str) -> Callable[..., Any] | None:
+        """The plugin's implementation of op ``op`` (``"crop_and_resize"``, ...), or ``None``."""
+        return self._hooks.get(f"cropcore_{op}")
+
+    def declines(self, call: Any) -> str | None:
+        hook = self._hooks.get("cropcore_backend_declines")
+        return hook(call=call) if hook is not None else None
+
+    def probe(self) -> Backend:
+        """Run the backend's availability check once (it may import its framework)."""
+        if self.status != "installed":
+            return self
+        with self._lock:
+            if self.status != "installed":
+                return self
+            check = self._hooks.get("cropcore_backend_check")
+            try:
+                reason = check() if check is not None else None
+            except Exception as exc:  # a check that raises means "cannot run"; say why
+                reason = f"{type(exc).__name__}: {exc}"
+            self.status, self.reason = ("unavailable", str(reason)) if reason else ("available", "")
+            logger.debug("probed backend %r: %s %s", self.name, self.status, self.reason)
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        """A plain summary (what ``cropcore.backends()`` users usually want to print)."""
+        return {
+            "name": self.name,
+            "aliases": list(self.aliases),
+            "version": self.version,
+            "status": self.status,
+            "reason": self.reason,
+            "devices": list(self.devices),
+            "array_library": self.info.array_library if self.info else "",
+            "ops": list(self.ops),
+            "distribution": self.distribution,
+        }
+
+
+class Registry:
+    """Backends discovered through entry points (or registered directly, for tests and notebooks)."""
+
+    def __init__(self, group: str = ENTRY_POINT_GROUP) -> None:
+        self.group = group
+        self._lock = threading.RLock()
+        self._backends: dict[str, Backend] | None = None
+        self._names: dict[str, str] = {}  # name or alias -> name
+        self._pm: pluggy.PluginManager | None = None
+
+    # -- discovery ---------------------------------------------------------------------------------
+
+    def _ensure(self) -> dict[str, Backend]:
+        backends = self._backends
+        if backends is None:
+            with self._lock:
+                if self._backends is None:
+                    self._discover()
+                backends = self._backends
+        assert backends is not None
+        return backends
+
+    def refresh(self) -> None:
+        """Forget what was discovered; the next look-up scans the entry points again."""
+        with self._lock:
+            self._backends = None
+
+    def _discover(self) -> None:
+        self._pm = pluggy.PluginManager("cropcore")
+        self._pm.add_hookspecs(hookspecs)
+        self._backends, self._names = {}, {}
+        for ep in _entry_points(self.group):
+            dist = getattr(ep.dist, "name", "") if getattr(ep, "dist", None) else ""
+            try:
+                module = ep.load()
+            except BaseException as exc:  # a plugin must never take the others down with it
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                self._add_broken(ep.name, dist, ep.value, exc)
+                continue
+            self._add(module, ep.name, dist, ep.value)
+        logger.debug("discovered backends: %s", sorted(self._backends))
+
+    def _add_broken(self, name: str, dist: str, value: str, exc: BaseException) -> None:
+        reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        logger.warning("cropcore backend plugin %r (%s) failed to load: %s", name, value, reason)
+        assert self._backends is not None
+        self._backends.setdefault(
+            name,
+            Backend(name=name, distribution=dist, entry_point=value, status="broken", reason=reason),
+        )
+
+    def _add(self, module: ModuleType, ep_name: str, dist: str, value: str) -> Backend | None:
+        assert self._pm is not None and self._backends is not None
+        try:
+            self._pm.register(module, name=f"cropcore-backend-{ep_name}")
+            info = module.cropcore_backend_info()
+            if not isinstance(info, BackendInfo):
+                raise TypeError(
+                    f"cropcore_backend_info() returned {type(info).__name__}, not BackendInfo"
+                )
+            unknown = [c.name for c in self._pm.get_hookcallers(module) or () if not c.has_spec()]
+            if unknown:
+                raise TypeError(f"unknown hook(s) {', '.join(unknown)}: not in cropcore.hookspecs")
+            hooks = dict(_impls(self._pm, module))
+            ops = tuple(op for op in OPS if f"cropcore_{op}" in hooks)
+            if not ops:
+                raise TypeError("the plugin implements none of the op hooks (cropcore_crop_and_resize, ...)")
+            for key in (info.name, *info.aliases):
+                if key in self._names and self._names[key] != info.name:
+                    raise ValueError(
+                        f"backend name or alias {key!r} is already taken by {self._names[key]!r}"
+                    )
+            if info.name in self._backends:
+                raise ValueError(f"backend name {info.name!r} is registered twice")
+        except Exception as exc:
+            if self._pm.is_registered(module):
+                self._pm.unregister(module)
+            self._add_broken(ep_name, dist, value, exc)
+            return None
+        backend = Backend(
+            name=info.name,
+            info=info,
+            module=module,
+            distribution=dist,
+            entry_point=value,
+            ops=ops,
+            _hooks=hooks,
+        )
+        missing = [m for m in info.requires if not _importable(m)]
+        if missing:
+            backend.status = "unavailable"
+            hint = f"; install it with: {info.install_hint}" if info.install_hint else ""
+            backend.reason = f"requires {', '.join(missing)}, which is not installed{hint}"
+        self._backends[info.name] = backend
+        for key in (info.name, *info.aliases):
+            self._names[key] = info.name
+        return backend
+
+    def register(self, module: ModuleType, name: str | None = None) -> Backend:
+        """Register a plugin module directly, without an entry point (tests, notebooks).
+
+        Raises ``ValueError`` if it is malformed or its name is taken.
+        """
+        with self._lock:
+            self._ensure()
+            ep_name = name or getattr(module, "__name__", "plugin")
+            backend = self._add(module, ep_name, "", getattr(module, "__name__", ""))
+            if backend is None:
+                assert self._backends is not None
+                failed = self._backends.pop(ep_name)
+                raise ValueError(f"could not register backend plugin {ep_name!r}: {failed.reason}")
+            return backend
+
+    def unregister(self, name: str) -> None:
+        """Remove a backend (registered directly or discovered) until the next :meth:`refresh`."""
+        with self._lock:
+            backends = self._ensure()
+            backend = backends.pop(self.resolve(name) or name)
+            self._names = {k: v for k, v in self._names.items() if v != backend.name}
+            if backend.module is not None and self._pm and self._pm.is_registered(backend.module):
+                self._pm.unregister(backend.module)
+
+    # -- look-up -----------------------------------------------------------------------------------
+
+    def resolve(self, name: str) -> str | None:
+        """The backend name for a name or alias (case-insensitive), or ``None``."""
+        self._ensure()
+        return self._names.get(name) or self._names.get(name.lower())
+
+    def get(self, name: str) -> Backend | None:
+        resolved = self.resolve(name)
+        backends = self._ensure()
+        return backends.get(resolved) if resolved else backends.get(name)
+
+    def all(self) -> list[Backend]:
+        return sorted(self._ensure().values(), key=lambda b: b.name)
+
+    def names(self) -> list[str]:
+        return [b.name for b in self.all()]
+
+
+def _impls(pm: pluggy.PluginManager, module: ModuleType) -> Iterable[tuple[str, Callable[..., Any]]]:
+    """(hook name, function) for each hook ``module`` implements."""
+    for caller in pm.get_hookcallers(module) or ():
+        for impl in caller.get_hookimpls():
+            if impl.plugin is module:
+                yield caller.name, impl.function
+
+
+def _entry_points(group: str) -> list[importlib.metadata.EntryPoint]:
+    eps = importlib.metadata.entry_points(group=group)
+    seen: dict[str, importlib.metadata.EntryPoint] = {}
+    for ep in eps:  # the same distribution found twice on sys.path lists its entry points twice
+        seen.setdefault(ep.name, ep)
+    return list(seen.values())
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+#: The process-wide registry behind :func:`cropcore.backends` and dispatch.
+registry = Registry()
