@@ -119,7 +119,10 @@ class NumpyLibrary(ArrayLibrary):
 
     def astype(self, x: Any, dtype: str) -> Any:
         x = np.asarray(x)
-        return x if x.dtype == dtype else x.astype(dtype)
+        if x.dtype == dtype:
+            return x
+        with np.errstate(over="ignore"):  # 1e40 -> inf is reported by the finiteness check
+            return x.astype(dtype)
 
 
 class TorchLibrary(ArrayLibrary):
@@ -146,7 +149,9 @@ class TorchLibrary(ArrayLibrary):
     def from_numpy(self, a: np.ndarray, like: Any) -> Any:
         torch = self.module()
         if not a.flags.writeable or not a.dtype.isnative:
-            a = np.array(a, dtype=a.dtype.newbyteorder("="))  # torch wraps only writable native memory
+            a = np.array(
+                a, dtype=a.dtype.newbyteorder("=")
+            )  # torch wraps only writable native memory
         return self.to_device(torch.from_dlpack(a), like)
 
     def to_device(self, x: Any, like: Any) -> Any:

@@ -57,7 +57,7 @@ DEFAULT_PRIORITY: tuple[str, ...] = ("cupy", "torch", "numba", "numpy")
 
 #: How to install the built-in backends, for error messages about a missing one.
 INSTALL_HINTS = {
-    "numpy": 'pip install cropcore (the numpy backend ships with it)',
+    "numpy": "pip install cropcore (the numpy backend ships with it)",
     "numba": 'pip install "cropcore[numba]"',
     "torch": 'pip install "cropcore[torch]"',
     "cupy": 'pip install "cropcore[cupy]" (needs an NVIDIA GPU)',
@@ -143,7 +143,11 @@ def _named(name: str, rule: str) -> Backend:
         raise TypeError(f"backend must be a backend name (str) or None, got {name!r}")
     backend = registry.get(name)
     if backend is None:
-        hint = f" Install it with: {INSTALL_HINTS[name.lower()]}." if name.lower() in INSTALL_HINTS else ""
+        hint = (
+            f" Install it with: {INSTALL_HINTS[name.lower()]}."
+            if name.lower() in INSTALL_HINTS
+            else ""
+        )
         raise UnknownBackendError(
             f"backend={name!r} ({rule}) is not an installed cropcore backend.{hint} "
             f"Installed: {_installed_summary()}. `cropcore backends` shows details."
@@ -159,7 +163,9 @@ def _named(name: str, rule: str) -> Backend:
     return backend
 
 
-def _why_not(backend: Backend, call: Any, device_type: str, needs_grad: bool, strict: bool) -> str | None:
+def _why_not(
+    backend: Backend, call: Any, device_type: str, needs_grad: bool, strict: bool
+) -> str | None:
     """Why ``backend`` cannot take ``call`` (``None`` if it can). ``strict`` adds the device test."""
     info = backend.info
     assert info is not None
@@ -198,13 +204,18 @@ def select(call: Any, backend: str | None = None) -> tuple[Backend, Decision]:
     if named is None:
         named, rule = _override.get(), "a use_backend() context"
     if named is None:
-        named, rule = os.environ.get("CROPCORE_BACKEND") or None, "the CROPCORE_BACKEND environment variable"
+        named, rule = (
+            os.environ.get("CROPCORE_BACKEND") or None,
+            "the CROPCORE_BACKEND environment variable",
+        )
     needs_grad = _needs_grad(call)
     if named is not None:
         chosen = _named(named, rule)
         why = _why_not(chosen, call, device_type, needs_grad, strict=False)
         if why:
-            raise BackendDeclinedError(f"backend {chosen.name!r} ({rule}) cannot run this call: {why}")
+            raise BackendDeclinedError(
+                f"backend {chosen.name!r} ({rule}) cannot run this call: {why}"
+            )
         if needs_grad and not chosen.info.autograd:
             warnings.warn(
                 f"backend {chosen.name!r} does not propagate autograd gradients: the result of "

@@ -174,7 +174,7 @@ class Registry:
         self._pm.add_hookspecs(hookspecs)
         self._backends, self._names = {}, {}
         for ep in _entry_points(self.group):
-            dist = getattr(ep.dist, "name", "") if getattr(ep, "dist", None) else ""
+            dist = _dist_name(ep)
             try:
                 module = ep.load()
             except BaseException as exc:  # a plugin must never take the others down with it
@@ -191,11 +191,14 @@ class Registry:
         assert self._backends is not None
         self._backends.setdefault(
             name,
-            Backend(name=name, distribution=dist, entry_point=value, status="broken", reason=reason),
+            Backend(
+                name=name, distribution=dist, entry_point=value, status="broken", reason=reason
+            ),
         )
 
     def _add(self, module: ModuleType, ep_name: str, dist: str, value: str) -> Backend | None:
-        assert self._pm is not None and self._backends is not None
+        assert self._pm is not None
+        assert self._backends is not None
         try:
             self._pm.register(module, name=f"cropcore-backend-{ep_name}")
             info = module.cropcore_backend_info()
@@ -209,7 +212,9 @@ class Registry:
             hooks = dict(_impls(self._pm, module))
             ops = tuple(op for op in OPS if f"cropcore_{op}" in hooks)
             if not ops:
-                raise TypeError("the plugin implements none of the op hooks (cropcore_crop_and_resize, ...)")
+                raise TypeError(
+                    "the plugin implements none of the op hooks (cropcore_crop_and_resize, ...)"
+                )
             for key in (info.name, *info.aliases):
                 if key in self._names and self._names[key] != info.name:
                     raise ValueError(
@@ -284,7 +289,9 @@ class Registry:
         return [b.name for b in self.all()]
 
 
-def _impls(pm: pluggy.PluginManager, module: ModuleType) -> Iterable[tuple[str, Callable[..., Any]]]:
+def _impls(
+    pm: pluggy.PluginManager, module: ModuleType
+) -> Iterable[tuple[str, Callable[..., Any]]]:
     """(hook name, function) for each hook ``module`` implements."""
     for caller in pm.get_hookcallers(module) or ():
         for impl in caller.get_hookimpls():
@@ -294,10 +301,16 @@ def _impls(pm: pluggy.PluginManager, module: ModuleType) -> Iterable[tuple[str, 
 
 def _entry_points(group: str) -> list[importlib.metadata.EntryPoint]:
     eps = importlib.metadata.entry_points(group=group)
-    seen: dict[str, importlib.metadata.EntryPoint] = {}
+    seen: dict[tuple[str, str], importlib.metadata.EntryPoint] = {}
     for ep in eps:  # the same distribution found twice on sys.path lists its entry points twice
-        seen.setdefault(ep.name, ep)
-    return list(seen.values())
+        seen.setdefault((_dist_name(ep), ep.name), ep)
+    # cropcore's own backends register first, so a plugin cannot take over their names.
+    return sorted(seen.values(), key=lambda ep: _dist_name(ep) != "cropcore")
+
+
+def _dist_name(ep: importlib.metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return dist.name if dist is not None else ""
 
 
 def _importable(module: str) -> bool:

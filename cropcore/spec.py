@@ -234,9 +234,9 @@ class Crop2DCall:
     def output_shape(self) -> tuple[int, int, int, int]:
         (top, bottom), (left, right) = self.cropping
         s = self.image_shape
-        return ImageShape(s.batch, s.height - top - bottom, s.width - left - right, s.depth).to_format(
-            self.data_format
-        )
+        return ImageShape(
+            s.batch, s.height - top - bottom, s.width - left - right, s.depth
+        ).to_format(self.data_format)
 
     @property
     def output_dtype(self) -> str:
@@ -312,12 +312,18 @@ def method_arg(method: Any, allowed: tuple[str, ...] = METHODS) -> str:
         raise TypeError(f"method must be a string, one of {allowed}, got {_short(method)}")
     if method not in allowed:
         choices = " or ".join(repr(m) for m in allowed)
-        raise ValueError(f"method must be {choices} (case-sensitive, as in TensorFlow), got {method!r}")
+        raise ValueError(
+            f"method must be {choices} (case-sensitive, as in TensorFlow), got {method!r}"
+        )
     return method
 
 
 def _layout(data_format: str) -> str:
-    return "(batch, depth, height, width)" if data_format == "channels_first" else "(batch, height, width, depth)"
+    return (
+        "(batch, depth, height, width)"
+        if data_format == "channels_first"
+        else "(batch, height, width, depth)"
+    )
 
 
 def image_arg(image: Any, data_format: str, name: str = "image") -> tuple[Any, ImageShape]:
@@ -362,7 +368,9 @@ def grads_arg(grads: Any, data_format: str) -> tuple[Any, tuple[int, int, int, i
         )
     dtype = dtype_name(grads)
     if _kind(dtype) != "f":
-        raise TypeError(f"grads must be a floating-point array (it is cast to float32), got {dtype}")
+        raise TypeError(
+            f"grads must be a floating-point array (it is cast to float32), got {dtype}"
+        )
     return library_for(grads).astype(grads, "float32"), shape
 
 
@@ -382,7 +390,9 @@ def boxes_arg(boxes: Any, box_indices: Any, batch: int) -> tuple[Any, Any]:
         )
     boxes_dtype, indices_dtype = dtype_name(boxes), dtype_name(box_indices)
     if _kind(boxes_dtype) not in _REAL_KINDS and boxes_dtype != "bfloat16":
-        raise TypeError(f"boxes must be a real numeric array (it is cast to float32), got {boxes_dtype}")
+        raise TypeError(
+            f"boxes must be a real numeric array (it is cast to float32), got {boxes_dtype}"
+        )
     if _kind(indices_dtype) not in _INT_KINDS:
         raise TypeError(f"box_indices must be an integer array, got {indices_dtype}")
 

@@ -1,0 +1,42 @@
+# Two commands on a fresh machine with Python 3.11 and pip:
+#   make demo   crop the bundled image on every available backend; results in ./cropcore-demo/
+#   make test   run the test suite
+# Each creates .venv and installs what it needs (pins in constraints.txt).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+INSTALL := $(PIP) install --quiet --disable-pip-version-check -c constraints.txt
+# Demo and tests use every backend that installs on this machine (CuPy only where there is a GPU).
+EXTRAS ?= cli,torch
+
+.PHONY: demo test lint format docs clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --disable-pip-version-check --upgrade pip
+
+demo: $(BIN)/python
+	$(INSTALL) -e ".[$(EXTRAS)]"
+	$(BIN)/cropcore demo --out cropcore-demo
+
+test: $(BIN)/python
+	$(INSTALL) -e ".[test,$(EXTRAS)]"
+	$(BIN)/python -m pytest -n auto
+
+lint: $(BIN)/python
+	$(INSTALL) -e ".[test]"
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format: $(BIN)/python
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+docs: $(BIN)/python
+	$(INSTALL) -e ".[docs]"
+	$(BIN)/mkdocs build --strict
+
+clean:
+	rm -rf $(VENV) build dist site cropcore-demo *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,407 @@
+"""Every dispatch rule: named backends, aliases, overrides, priority, devices, declining, conversion."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+import pytest
+
+import cropcore
+from cropcore.errors import (
+    BackendDeclinedError,
+    BackendError,
+    BackendUnavailableError,
+    UnknownBackendError,
+)
+
+BOXES = [[0.0, 0.0, 1.0, 1.0]]
+
+
+def crop(image, **kwargs):
+    return cropcore.crop_and_resize(image, BOXES, [0], (2, 3), **kwargs)
+
+
+def test_explicit_backend_runs_there(register_backend, image):
+    fake = register_backend("fake")
+    out = crop(image, backend="fake")
+    assert len(fake.calls) == 1
+    assert out.shape == (1, 2, 3, 3)
+
+
+def test_alias_names_the_backend(register_backend, image):
+    fake = register_backend("fakecupy", aliases=("fakecuda",))
+    crop(image, backend="fakecuda")
+    assert len(fake.calls) == 1
+
+
+def test_backend_names_are_case_insensitive(register_backend, image):
+    fake = register_backend("fake")
+    crop(image, backend="FAKE")
+    assert len(fake.calls) == 1
+
+
+def test_unknown_backend_lists_installed_and_install_hint(image):
+    from cropcore.registry import registry
+
+    if registry.get("numba") is not None:
+        pytest.skip("the numba backend is installed here")
+    with pytest.raises(
+        UnknownBackendError,
+        match=r"backend='numba'.*pip install \"cropcore\[numba\]\".*Installed: .*numpy",
+    ):
+        crop(image, backend="numba")
+
+
+def test_unknown_backend_is_a_value_error(image):
+    with pytest.raises(ValueError, match="nosuchbackend"):
+        crop(image, backend="nosuchbackend")
+
+
+def test_backend_must_be_a_string(image):
+    with pytest.raises(TypeError, match="backend must be"):
+        crop(image, backend=3)
+
+
+def test_unavailable_backend_raises_with_reason_not_fallback(register_backend, image):
+    fake = register_backend("fakegpu", check=lambda: "no CUDA device: cudaErrorNoDevice")
+    with pytest.raises(BackendUnavailableError, match="no CUDA device"):
+        crop(image, backend="fakegpu")
+    assert fake.calls == []
+
+
+def test_check_that_raises_makes_backend_unavailable(register_backend, image):
+    def check():
+        raise OSError("libcuda.so not found")
+
+    register_backend("fakebroken", check=check)
+    with pytest.raises(BackendUnavailableError, match=r"OSError: libcuda.so not found"):
+        crop(image, backend="fakebroken")
+
+
+def test_backend_missing_requirement_is_unavailable_with_install_hint(register_backend, image):
+    register_backend(
+        "fakeneeds", requires=("no_such_module_xyz",), install_hint="pip install fakeneeds[all]"
+    )
+    with pytest.raises(
+        BackendUnavailableError, match=r"requires no_such_module_xyz.*pip install fakeneeds\[all\]"
+    ):
+        crop(image, backend="fakeneeds")
+
+
+def test_use_backend_context_overrides_automatic(register_backend, image):
+    fake = register_backend("fake")
+    with cropcore.use_backend("fake"):
+        crop(image)
+    crop(image)
+    assert len(fake.calls) == 1
+
+
+def test_explicit_backend_beats_context(register_backend, image):
+    a = register_backend("fakea")
+    b = register_backend("fakeb")
+    with cropcore.use_backend("fakea"):
+        crop(image, backend="fakeb")
+    assert (len(a.calls), len(b.calls)) == (0, 1)
+
+
+def test_nested_contexts_restore_outer(register_backend, image):
+    a = register_backend("fakea")
+    b = register_backend("fakeb")
+    with cropcore.use_backend("fakea"):
+        with cropcore.use_backend("fakeb"):
+            crop(image)
+        crop(image)
+    assert (len(a.calls), len(b.calls)) == (1, 1)
+
+
+def test_use_backend_none_lifts_outer_override(register_backend, image):
+    a = register_backend("fakea")
+    with cropcore.use_backend("fakea"), cropcore.use_backend(None):
+        crop(image)
+    assert a.calls == []
+
+
+def test_context_is_per_thread(register_backend, image):
+    fake = register_backend("fake")
+    seen = []
+
+    def other_thread():
+        seen.append(cropcore.explain("crop_and_resize", image, BOXES, [0], (2, 3)).backend)
+
+    with cropcore.use_backend("fake"):
+        t = threading.Thread(target=other_thread)
+        t.start()
+        t.join()
+        crop(image)
+    assert seen == ["numpy"]
+    assert len(fake.calls) == 1
+
+
+def test_context_naming_unknown_backend_raises(image):
+    with cropcore.use_backend("nosuch"), pytest.raises(UnknownBackendError, match="use_backend"):
+        crop(image)
+
+
+def test_environment_variable_overrides_automatic(register_backend, image, monkeypatch):
+    fake = register_backend("fake")
+    monkeypatch.setenv("CROPCORE_BACKEND", "fake")
+    crop(image)
+    assert len(fake.calls) == 1
+
+
+def test_context_beats_environment_variable(register_backend, image, monkeypatch):
+    a = register_backend("fakea")
+    b = register_backend("fakeb")
+    monkeypatch.setenv("CROPCORE_BACKEND", "fakea")
+    with cropcore.use_backend("fakeb"):
+        crop(image)
+    assert (len(a.calls), len(b.calls)) == (0, 1)
+
+
+def test_environment_variable_naming_unknown_backend_raises(image, monkeypatch):
+    monkeypatch.setenv("CROPCORE_BACKEND", "nosuch")
+    with pytest.raises(UnknownBackendError, match="CROPCORE_BACKEND"):
+        crop(image)
+
+
+def test_numpy_image_defaults_to_numpy_backend(image):
+    assert cropcore.explain("crop_and_resize", image, BOXES, [0], (2, 3)).backend == "numpy"
+
+
+def test_third_party_backend_is_not_chosen_automatically(register_backend, image):
+    fake = register_backend("fake")
+    crop(image)
+    assert fake.calls == []
+
+
+def test_priority_list_decides(register_backend, image):
+    fake = register_backend("fake")
+    cropcore.set_priority(["fake", "numpy"])
+    crop(image)
+    assert len(fake.calls) == 1
+
+
+def test_priority_from_environment(register_backend, image, monkeypatch):
+    fake = register_backend("fake")
+    monkeypatch.setenv("CROPCORE_PRIORITY", "fake, numpy")
+    crop(image)
+    assert len(fake.calls) == 1
+
+
+def test_set_priority_beats_environment(register_backend, image, monkeypatch):
+    fake = register_backend("fake")
+    monkeypatch.setenv("CROPCORE_PRIORITY", "fake,numpy")
+    cropcore.set_priority(["numpy"])
+    crop(image)
+    assert fake.calls == []
+
+
+def test_set_priority_rejects_a_bare_string():
+    with pytest.raises(TypeError, match="sequence"):
+        cropcore.set_priority("numpy")
+
+
+def test_priority_skips_backend_on_other_device(register_backend, image):
+    gpu = register_backend("fakegpu", devices=("cuda",))
+    cropcore.set_priority(["fakegpu", "numpy"])
+    decision = cropcore.explain("crop_and_resize", image, BOXES, [0], (2, 3))
+    assert decision.backend == "numpy"
+    assert any("fakegpu" in r and "cuda" in r for r in decision.reasons)
+    crop(image)
+    assert gpu.calls == []
+
+
+def test_priority_skips_unavailable_backend(register_backend, image):
+    register_backend("fakegpu", check=lambda: "no GPU")
+    cropcore.set_priority(["fakegpu", "numpy"])
+    decision = cropcore.explain("crop_and_resize", image, BOXES, [0], (2, 3))
+    assert decision.backend == "numpy"
+    assert any("no GPU" in r for r in decision.reasons)
+
+
+def test_priority_skips_backend_without_the_dtype(register_backend, image):
+    register_backend("fakefloat", dtypes=("float64",))
+    cropcore.set_priority(["fakefloat", "numpy"])
+    decision = cropcore.explain("crop_and_resize", image, BOXES, [0], (2, 3))
+    assert decision.backend == "numpy"
+    assert any("float32" in r for r in decision.reasons)
+
+
+def test_priority_skips_backend_without_the_op(register_backend, image):
+    register_backend("fakecroponly", ops=("crop2d",))
+    cropcore.set_priority(["fakecroponly", "numpy"])
+    decision = cropcore.explain("crop_and_resize", image, BOXES, [0], (2, 3))
+    assert decision.backend == "numpy"
+    assert any("does not implement crop_and_resize" in r for r in decision.reasons)
+
+
+def test_declining_backend_is_skipped_automatically(register_backend, image):
+    fake = register_backend("fake", declines=lambda call: "too many boxes for me")
+    cropcore.set_priority(["fake", "numpy"])
+    decision = cropcore.explain("crop_and_resize", image, BOXES, [0], (2, 3))
+    assert decision.backend == "numpy"
+    assert any("too many boxes for me" in r for r in decision.reasons)
+    crop(image)
+    assert fake.calls == []
+
+
+def test_declining_named_backend_raises_with_its_reason(register_backend, image):
+    register_backend("fake", declines=lambda call: "too many boxes for me")
+    with pytest.raises(BackendDeclinedError, match="too many boxes for me"):
+        crop(image, backend="fake")
+
+
+def test_named_backend_without_the_op_raises(register_backend, image):
+    register_backend("fakecroponly", ops=("crop2d",))
+    with pytest.raises(BackendDeclinedError, match="does not implement crop_and_resize"):
+        crop(image, backend="fakecroponly")
+
+
+def test_no_backend_can_run_raises_with_each_reason(register_backend, image):
+    register_backend("fakegpu", devices=("cuda",))
+    cropcore.set_priority(["fakegpu"])
+    with pytest.raises(
+        BackendError, match=r"no backend can run crop_and_resize.*fakegpu: computes on cuda"
+    ):
+        crop(image)
+
+
+def test_explain_does_not_run_the_backend(register_backend, image):
+    fake = register_backend("fake")
+    decision = cropcore.explain("crop_and_resize", image, BOXES, [0], (2, 3), backend="fake")
+    assert decision.backend == "fake"
+    assert decision.rule == "the backend= argument"
+    assert fake.calls == []
+    assert "runs on backend 'fake'" in str(decision)
+
+
+def test_explain_validates_arguments(image):
+    with pytest.raises(ValueError, match="crop_size must be positive"):
+        cropcore.explain("crop_and_resize", image, BOXES, [0], (0, 3))
+
+
+def test_explain_rejects_unknown_op(image):
+    with pytest.raises(ValueError, match="op must be one of"):
+        cropcore.explain("resize", image)
+
+
+def test_every_decision_is_logged_at_debug(register_backend, image, caplog):
+    register_backend("fake")
+    with caplog.at_level(logging.DEBUG, logger="cropcore.dispatch"):
+        crop(image, backend="fake")
+        crop(image)
+    messages = [r.getMessage() for r in caplog.records if r.name == "cropcore.dispatch"]
+    assert any("runs on backend 'fake', chosen by the backend= argument" in m for m in messages)
+    assert any("runs on backend 'numpy', chosen by the priority list" in m for m in messages)
+
+
+def test_backend_returning_wrong_shape_is_caught(register_backend, image):
+    fake = register_backend("fake")
+
+    def wrong(call):
+        return np.zeros((1, 1, 1, 1), np.float32)
+
+    from cropcore.registry import registry
+
+    registry.get("fake")._hooks["cropcore_crop_and_resize"] = wrong
+    with pytest.raises(
+        BackendError, match=r"returned float32 \(1, 1, 1, 1\).*requires float32 \(1, 2, 3, 3\)"
+    ):
+        crop(image, backend="fake")
+    assert fake.calls == []
+
+
+# -- arrays of other libraries ---------------------------------------------------------------------
+
+
+def test_torch_tensor_comes_back_as_torch_tensor_with_automatic_selection(image):
+    torch = pytest.importorskip("torch")
+    t = torch.from_numpy(image)
+    out = crop(t)
+    assert isinstance(out, torch.Tensor)
+    assert out.dtype == torch.float32
+    np.testing.assert_array_equal(out.numpy(), crop(image))
+
+
+def test_torch_tensor_comes_back_as_torch_tensor_with_numpy_backend(image):
+    torch = pytest.importorskip("torch")
+    out = crop(torch.from_numpy(image), backend="numpy")
+    assert isinstance(out, torch.Tensor)
+    np.testing.assert_array_equal(out.numpy(), crop(image))
+
+
+def test_torch_boxes_and_indices_are_accepted(image):
+    torch = pytest.importorskip("torch")
+    out = cropcore.crop_and_resize(
+        image, torch.tensor(BOXES, dtype=torch.float64), torch.tensor([0]), (2, 3)
+    )
+    assert isinstance(out, np.ndarray)
+    np.testing.assert_array_equal(out, crop(image))
+
+
+def test_torch_tensor_converted_without_copy(image):
+    torch = pytest.importorskip("torch")
+    from cropcore._arrays import library_for
+
+    t = torch.from_numpy(image)
+    view = library_for("numpy").convert(t)
+    assert np.shares_memory(view, image)
+
+
+def test_explain_names_the_conversions(image):
+    torch = pytest.importorskip("torch")
+    decision = cropcore.explain(
+        "crop_and_resize", torch.from_numpy(image), BOXES, [0], (2, 3), backend="numpy"
+    )
+    assert "image: torch (cpu) -> numpy" in decision.conversions
+    assert "result: numpy -> torch" in decision.conversions
+
+
+def test_requires_grad_with_non_autograd_backend_warns(image):
+    torch = pytest.importorskip("torch")
+    t = torch.from_numpy(image).requires_grad_()
+    with pytest.warns(RuntimeWarning, match="detached"):
+        out = crop(t, backend="numpy")
+    assert not out.requires_grad
+
+
+def test_requires_grad_prefers_autograd_backend(register_backend, image):
+    torch = pytest.importorskip("torch")
+    plain = register_backend("fakeplain")
+    grad = register_backend("fakegrad", autograd=True)
+    cropcore.set_priority(["fakeplain", "fakegrad", "numpy"])
+    crop(torch.from_numpy(image).requires_grad_())
+    assert (len(plain.calls), len(grad.calls)) == (0, 1)
+
+
+def test_requires_grad_under_no_grad_needs_no_autograd(register_backend, image):
+    torch = pytest.importorskip("torch")
+    plain = register_backend("fakeplain")
+    register_backend("fakegrad", autograd=True)
+    cropcore.set_priority(["fakeplain", "fakegrad", "numpy"])
+    with torch.no_grad():
+        crop(torch.from_numpy(image).requires_grad_())
+    assert len(plain.calls) == 1
+
+
+def test_backend_receives_its_own_array_library(register_backend, image):
+    torch = pytest.importorskip("torch")
+    fake = register_backend("faketorch", array_library="torch")
+
+    def torch_zeros(call):
+        fake.calls.append(call)
+        return torch.zeros(call.output_shape, dtype=torch.float32)
+
+    from cropcore.registry import registry
+
+    registry.get("faketorch")._hooks["cropcore_crop_and_resize"] = torch_zeros
+    out = crop(image, backend="faketorch")
+    call = fake.calls[0]
+    assert isinstance(call.image, torch.Tensor)
+    assert isinstance(call.boxes, torch.Tensor)
+    assert call.boxes.dtype == torch.float32
+    assert isinstance(call.box_indices, torch.Tensor)
+    assert call.box_indices.dtype == torch.int32
+    assert isinstance(out, np.ndarray)
