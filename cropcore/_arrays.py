@@ -22,18 +22,25 @@ __all__ = ["ArrayLibrary", "dtype_name", "library_for", "library_name"]
 _TORCH_DTYPE_NAMES = {"half": "float16", "float": "float32", "double": "float64"}
 
 
+_TYPE_LIBRARIES: dict[type, str] = {}
+_DTYPE_NAMES: dict[Any, str] = {}
+
+
 def library_name(x: Any) -> str:
     """Top-level module name of ``x``'s type: ``"numpy"``, ``"torch"``, ``"cupy"``, ...
 
     Python scalars, lists and tuples count as ``"numpy"`` (they are converted with ``np.asarray``).
     """
-    if isinstance(x, np.ndarray | np.generic):
-        return "numpy"
-    module = type(x).__module__
-    top = module.partition(".")[0]
-    if top in ("builtins",):
-        return "numpy"
-    return top
+    kind = type(x)
+    name = _TYPE_LIBRARIES.get(kind)
+    if name is None:
+        if issubclass(kind, np.ndarray | np.generic):
+            name = "numpy"
+        else:
+            name = kind.__module__.partition(".")[0]
+            name = "numpy" if name == "builtins" else name
+        _TYPE_LIBRARIES[kind] = name
+    return name
 
 
 def dtype_name(x: Any) -> str:
@@ -41,10 +48,15 @@ def dtype_name(x: Any) -> str:
     dtype = getattr(x, "dtype", None)
     if dtype is None:
         return np.asarray(x).dtype.name
-    if isinstance(dtype, np.dtype):
-        return dtype.name
-    name = str(dtype).rpartition(".")[2]  # "torch.float32" -> "float32"
-    return _TORCH_DTYPE_NAMES.get(name, name)
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        if isinstance(dtype, np.dtype):
+            name = dtype.name
+        else:
+            name = str(dtype).rpartition(".")[2]  # "torch.float32" -> "float32"
+            name = _TORCH_DTYPE_NAMES.get(name, name)
+        _DTYPE_NAMES[dtype] = name
+    return name
 
 
 class ArrayLibrary:

@@ -64,6 +64,9 @@ INSTALL_HINTS = {
     "cuda": 'pip install "cropcore[cupy]" (needs an NVIDIA GPU)',
 }
 
+# Libraries whose arrays all live on one device (the host), so no device move is ever needed.
+_SINGLE_DEVICE_LIBRARIES = frozenset({"numpy"})
+
 _override: ContextVar[str | None] = ContextVar("cropcore_backend_override", default=None)
 _priority_lock = threading.Lock()
 _priority: tuple[str, ...] | None = None
@@ -184,16 +187,24 @@ def _why_not(
     return backend.declines(call)
 
 
-def _needs_grad(call: Any) -> bool:
+def _needs_grad(call: Any, libraries: dict[str, str]) -> bool:
     return any(
-        library_for(getattr(call, name)).needs_grad(getattr(call, name))
-        for name in call.arrays
-        if library_name(getattr(call, name)) == "torch"
+        library_for(lib).needs_grad(getattr(call, name))
+        for name, lib in libraries.items()
+        if lib == "torch"
     )
 
 
-def select(call: Any, backend: str | None = None) -> tuple[Backend, Decision]:
+def _libraries(call: Any) -> dict[str, str]:
+    """The array library of each of the call's arrays, by argument name."""
+    return {name: library_name(getattr(call, name)) for name in call.arrays}
+
+
+def select(
+    call: Any, backend: str | None = None, libraries: dict[str, str] | None = None
+) -> tuple[Backend, Decision]:
     """Choose the backend for a validated ``call`` (from :mod:`cropcore.spec`)."""
+    libraries = _libraries(call) if libraries is None else libraries
     anchor = call.anchor
     lib = library_for(anchor)
     device = lib.device(anchor)
@@ -208,7 +219,7 @@ def select(call: Any, backend: str | None = None) -> tuple[Backend, Decision]:
             os.environ.get("CROPCORE_BACKEND") or None,
             "the CROPCORE_BACKEND environment variable",
         )
-    needs_grad = _needs_grad(call)
+    needs_grad = "torch" in libraries.values() and _needs_grad(call, libraries)
     if named is not None:
         chosen = _named(named, rule)
         why = _why_not(chosen, call, device_type, needs_grad, strict=False)
@@ -226,8 +237,8 @@ def select(call: Any, backend: str | None = None) -> tuple[Backend, Decision]:
         decision.backend, decision.rule = chosen.name, rule
     else:
         chosen = _automatic(call, device_type, needs_grad, decision)
-    decision.conversions = _planned_conversions(call, chosen)
     if logger.isEnabledFor(logging.DEBUG):
+        decision.conversions = _planned_conversions(call, chosen, libraries)
         logger.debug("%s", decision)
     return chosen, decision
 
@@ -269,13 +280,12 @@ def _automatic(call: Any, device_type: str, needs_grad: bool, decision: Decision
     )
 
 
-def _planned_conversions(call: Any, backend: Backend) -> list[str]:
+def _planned_conversions(call: Any, backend: Backend, libraries: dict[str, str]) -> list[str]:
     target = backend.info.array_library
     accepted = (target, *backend.info.native_libraries)
     out = []
-    for name in call.arrays:
+    for name, source in libraries.items():
         value = getattr(call, name)
-        source = library_name(value)
         if source not in accepted:
             out.append(f"{name}: {source} ({library_for(value).device(value)}) -> {target}")
     anchor_lib = library_name(call.anchor)
@@ -284,18 +294,21 @@ def _planned_conversions(call: Any, backend: Backend) -> list[str]:
     return out
 
 
-def _to_backend(call: Any, backend: Backend) -> Any:
+def _to_backend(call: Any, backend: Backend, libraries: dict[str, str]) -> Any:
     """``call`` with every array in the backend's library (and, where it is the same, device)."""
     info = backend.info
-    accepted = (info.array_library, *info.native_libraries)
-    target = library_for(info.array_library)
-    like = call.anchor if library_name(call.anchor) == target.name else None
+    target = info.array_library
+    if all(lib == target for lib in libraries.values()) and target in _SINGLE_DEVICE_LIBRARIES:
+        return call  # the common case: NumPy in, NumPy backend
+    accepted = (target, *info.native_libraries)
+    target_lib = library_for(target)
+    like = call.anchor if library_name(call.anchor) == target else None
     changes = {}
-    for name in call.arrays:
+    for name, lib in libraries.items():
         value = getattr(call, name)
-        if library_name(value) in accepted and library_name(value) != target.name:
+        if lib in accepted and lib != target:
             continue
-        converted = target.convert(value, like)
+        converted = target_lib.convert(value, like)
         if converted is not value:
             changes[name] = converted
     return call.replace(**changes) if changes else call
@@ -303,9 +316,10 @@ def _to_backend(call: Any, backend: Backend) -> Any:
 
 def run(call: Any, backend: str | None = None) -> Any:
     """Select a backend for ``call``, run it, and return the result in the caller's library."""
-    chosen, _ = select(call, backend)
+    libraries = _libraries(call)
+    chosen, _ = select(call, backend, libraries)
     hook = chosen.hook(call.op)
-    result = hook(call=_to_backend(call, chosen))
+    result = hook(call=_to_backend(call, chosen, libraries))
     shape = tuple(int(d) for d in result.shape)
     if shape != tuple(call.output_shape) or dtype_name(result) != call.output_dtype:
         raise BackendError(
@@ -320,4 +334,7 @@ def run(call: Any, backend: str | None = None) -> Any:
 
 def explain_call(call: Any, backend: str | None = None) -> Decision:
     """The :class:`Decision` dispatch would make for ``call``, without running it."""
-    return select(call, backend)[1]
+    libraries = _libraries(call)
+    chosen, decision = select(call, backend, libraries)
+    decision.conversions = _planned_conversions(call, chosen, libraries)
+    return decision

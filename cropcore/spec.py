@@ -20,6 +20,7 @@ dispatcher's job. Refusals are ``ValueError`` (values, shapes), ``TypeError`` (t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import numbers
 import os
 from dataclasses import dataclass
@@ -284,6 +285,7 @@ def _shape(x: Any) -> tuple[int, ...]:
     return tuple(int(d) for d in x.shape)
 
 
+@functools.lru_cache(maxsize=64)
 def _kind(dtype: str) -> str:
     try:
         return np.dtype(dtype).kind

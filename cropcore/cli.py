@@ -1,0 +1,1070 @@
+"""The command line: ``cropcore backends``, ``cropcore crop``, ``cropcore demo``.
+
+Requirements:
+
+- cropcore itself needs only NumPy and pluggy. The command line also uses rich (tables, progress
+  bars) and Pillow (image files), the ``cli`` extra; both are imported inside the commands that use
+  them, so ``cropcore --help``, ``--version`` and ``backends --json`` work without them, and a
+  command that needs a missing one says ``pip install "cropcore[cli]"`` and exits with status 1.
+- A bad input (a missing or unreadable image, a malformed box file, a bad option, an unknown
+  backend, an argument cropcore refuses) ends with exit status 2 and one line on stderr that names
+  the file and row at fault; never a traceback.
+- Exit status: 0 success; 1 failure (``demo``: a backend disagrees with the reference or fails; a
+  missing dependency); 2 bad input or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import io
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import cropcore
+from cropcore.errors import BackendError
+
+__all__ = ["BoxRow", "main", "pixel_to_normalized", "read_boxes", "to_uint8"]
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+#: Output formats ``cropcore crop --format`` offers (file extension -> Pillow format).
+FORMATS = {
+    "png": "PNG",
+    "jpg": "JPEG",
+    "jpeg": "JPEG",
+    "webp": "WEBP",
+    "bmp": "BMP",
+    "tif": "TIFF",
+    "tiff": "TIFF",
+}
+
+BOX_COLUMNS = ("y1", "x1", "y2", "x2")
+
+
+class CliError(Exception):
+    """A problem with the user's input: one line on stderr, exit status 2."""
+
+    exit_code = EXIT_USAGE
+
+
+class MissingDependencyError(CliError):
+    """rich or Pillow is not installed: exit status 1."""
+
+    exit_code = EXIT_FAILURE
+
+
+def _require(module: str) -> Any:
+    """Import one of the ``cli`` extra's modules, or say how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        package = {"PIL": "Pillow"}.get(module.partition(".")[0], module.partition(".")[0])
+        raise MissingDependencyError(
+            f"this command needs {package}, which is not installed ({exc}); "
+            'install the command-line extras with: pip install "cropcore[cli]"'
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Box files
+
+
+@dataclass(frozen=True)
+class BoxRow:
+    """One box of a box file.
+
+    Attributes:
+        number: its position among the file's boxes, from 0 (the crop's number in its file name).
+        image: the index, in the list of images given, of the image it is cut from.
+        coords: ``(y1, x1, y2, x2)`` as written in the file (normalised or pixel coordinates).
+        label: the optional ``label`` column ("" if none).
+        where: where it is in the file, for messages (``"line 3"``, ``"boxes[2]"``).
+    """
+
+    number: int
+    image: int
+    coords: tuple[float, float, float, float]
+    label: str
+    where: str
+
+
+def read_boxes(path: str | os.PathLike[str], image_paths: Sequence[str]) -> list[BoxRow]:
+    """Read a box file (CSV or JSON, see ``cropcore crop --help``) for the images ``image_paths``.
+
+    A ``.json`` file (or one whose text starts with ``[`` or ``{``) is JSON, anything else CSV.
+    Raises :class:`CliError` naming the file and the line (CSV) or entry (JSON) at fault.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise CliError(f"{path}: box file not found") from None
+    except IsADirectoryError:
+        raise CliError(f"{path}: the box file is a directory") from None
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{path}: the box file is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise CliError(f"{path}: cannot read the box file: {exc.strerror or exc}") from None
+    is_json = path.suffix.lower() == ".json" or (
+        path.suffix.lower() not in (".csv", ".tsv", ".txt") and text.lstrip()[:1] in ("[", "{")
+    )
+    records = _json_records(text, path) if is_json else _csv_records(text, path)
+    if not records:
+        raise CliError(f"{path}: the box file has no boxes")
+    resolve = _image_resolver(path, image_paths)
+    rows = []
+    for number, (where, record) in enumerate(records):
+        coords = tuple(_coordinate(record, key, path, where) for key in BOX_COLUMNS)
+        label = record.get("label")
+        rows.append(
+            BoxRow(
+                number=number,
+                image=resolve(record.get("image"), where),
+                coords=coords,  # type: ignore[arg-type]
+                label="" if label is None else str(label).strip(),
+                where=where,
+            )
+        )
+    return rows
+
+
+def _csv_records(text: str, path: Path) -> list[tuple[str, dict[str, Any]]]:
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    delimiter = "\t" if "\t" in first and "," not in first else ";" if ";" in first and "," not in first else ","
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter, skipinitialspace=True)
+    header: list[str] | None = None
+    records = []
+    try:
+        for fields in reader:
+            if not any(field.strip() for field in fields):
+                continue  # blank line
+            if header is None:
+                header = [field.strip().lower() for field in fields]
+                _check_header(header, path, f"line {reader.line_num}")
+                continue
+            where = f"line {reader.line_num}"
+            if len(fields) != len(header):
+                raise CliError(
+                    f"{path}: {where}: {len(fields)} fields, but the header has {len(header)} "
+                    f"({','.join(header)})"
+                )
+            records.append((where, dict(zip(header, (f.strip() for f in fields), strict=True))))
+    except csv.Error as exc:
+        raise CliError(f"{path}: line {reader.line_num}: malformed CSV: {exc}") from None
+    if header is None:
+        raise CliError(f"{path}: the box file is empty; it needs a header line image,y1,x1,y2,x2")
+    return records
+
+
+def _check_header(header: list[str], path: Path, where: str) -> None:
+    duplicated = sorted({name for name in header if name and header.count(name) > 1})
+    if duplicated:
+        raise CliError(f"{path}: {where}: column(s) {', '.join(duplicated)} appear more than once")
+    missing = [name for name in BOX_COLUMNS if name not in header]
+    if missing:
+        looks_numeric = all(_is_number(field) for field in header if field)
+        hint = " (the first line must be a header)" if looks_numeric else ""
+        raise CliError(
+            f"{path}: {where}: missing column(s) {', '.join(missing)}{hint}; the header must "
+            "name image,y1,x1,y2,x2 (label optional)"
+        )
+
+
+def _json_records(text: str, path: Path) -> list[tuple[str, dict[str, Any]]]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CliError(
+            f"{path}: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from None
+    if isinstance(data, dict):
+        if "boxes" not in data:
+            raise CliError(f'{path}: a JSON object box file needs a "boxes" list')
+        data = data["boxes"]
+    if not isinstance(data, list):
+        raise CliError(
+            f"{path}: the boxes must be a JSON list of objects with keys image, y1, x1, y2, x2, "
+            f"got {type(data).__name__}"
+        )
+    records = []
+    for i, entry in enumerate(data):
+        where = f"boxes[{i}]"
+        if not isinstance(entry, dict):
+            raise CliError(
+                f"{path}: {where}: each box must be an object with keys image, y1, x1, y2, x2 "
+                f"(label optional), got {json.dumps(entry)[:60]}"
+            )
+        records.append((where, {str(k).strip().lower(): v for k, v in entry.items()}))
+    return records
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _coordinate(record: dict[str, Any], key: str, path: Path, where: str) -> float:
+    value = record.get(key)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise CliError(f"{path}: {where}: missing value for {key}")
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise CliError(f"{path}: {where}: {key} must be a number, got {json.dumps(value)[:40]}")
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        raise CliError(f"{path}: {where}: {key} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise CliError(f"{path}: {where}: {key} must be finite, got {value!r}")
+    return number
+
+
+def _image_resolver(path: Path, image_paths: Sequence[str]):
+    """A function mapping a box's ``image`` value to an index into ``image_paths``."""
+    by_name: dict[str, set[int]] = {}
+    for index, image_path in enumerate(image_paths):
+        for key in {image_path, os.path.normpath(image_path), os.path.basename(image_path)}:
+            by_name.setdefault(key, set()).add(index)
+    count = len(image_paths)
+    names = ", ".join(os.path.basename(p) for p in image_paths[:5]) + (", ..." if count > 5 else "")
+
+    def resolve(value: Any, where: str) -> int:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            if count == 1:
+                return 0
+            raise CliError(
+                f"{path}: {where}: no image given; with {count} images every box needs an "
+                "image (a file name or an index from 0)"
+            )
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise CliError(
+                f"{path}: {where}: image must be a file name or an integer index, got {json.dumps(value)[:40]}"
+            )
+        if isinstance(value, int):
+            index = value
+        else:
+            text = value.strip()
+            matches = by_name.get(text) or by_name.get(os.path.normpath(text))
+            if matches and len(matches) > 1:
+                which = " and ".join(image_paths[i] for i in sorted(matches))
+                raise CliError(
+                    f"{path}: {where}: image {text!r} is ambiguous: it names {which}; write the "
+                    "path as given on the command line, or an index"
+                )
+            if matches:
+                return next(iter(matches))
+            if not text.isdigit():
+                raise CliError(
+                    f"{path}: {where}: image {text!r} is not one of the images given ({names}) "
+                    f"nor an index in [0, {count})"
+                )
+            index = int(text)
+        if not 0 <= index < count:
+            raise CliError(
+                f"{path}: {where}: image index {index} is out of range: {count} image(s) given, "
+                f"so it must be in [0, {count})"
+            )
+        return index
+
+    return resolve
+
+
+def pixel_to_normalized(
+    coords: Sequence[float], height: int, width: int
+) -> tuple[float, float, float, float]:
+    """``(y1, x1, y2, x2)`` in pixels (row 0 to ``height - 1``) as TensorFlow's normalised coordinates.
+
+    ``y / (height - 1)`` and ``x / (width - 1)`` in float64 (cropcore rounds them to float32). An
+    image one pixel high (or wide) divides by 1: TensorFlow samples its only row (column) whatever
+    the box says, since its scale ``height - 1`` is 0.
+    """
+    y1, x1, y2, x2 = (float(c) for c in coords)
+    y_scale, x_scale = max(height - 1, 1), max(width - 1, 1)
+    return (y1 / y_scale, x1 / x_scale, y2 / y_scale, x2 / x_scale)
+
+
+def to_uint8(crops: np.ndarray) -> np.ndarray:
+    """float32 crops as uint8 for image files: clipped to [0, 255], rounded to nearest (halves up).
+
+    NaN (a NaN ``extrapolation_value``) becomes 0. The rounding is done in float64, where
+    ``floor(x + 0.5)`` is exact for every float32 ``x``.
+    """
+    values = np.nan_to_num(np.asarray(crops, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+    return np.floor(np.clip(values, 0.0, 255.0) + 0.5).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------------
+# Image files
+
+
+@dataclass(frozen=True)
+class _ImageFile:
+    path: str
+    height: int
+    width: int
+
+
+def _open_image(path: str) -> _ImageFile:
+    """Check that ``path`` is an image Pillow can read (reads its header only)."""
+    Image = _require("PIL.Image")
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except FileNotFoundError:
+        raise CliError(f"{path}: image file not found") from None
+    except IsADirectoryError:
+        raise CliError(f"{path}: is a directory, not an image file") from None
+    except Image.UnidentifiedImageError:
+        raise CliError(f"{path}: not an image file Pillow can read") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise CliError(f"{path}: cannot read the image: {exc}") from None
+    return _ImageFile(path, height, width)
+
+
+def _load_pixels(path: str) -> np.ndarray:
+    """The pixels of an image file as uint8 ``(height, width, channels)``, channels 1 (L), 3 or 4."""
+    Image = _require("PIL.Image")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return _as_uint8_array(im, path)
+    except CliError:
+        raise
+    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt files fail here
+        raise CliError(f"{path}: cannot read the image: {exc}") from None
+
+
+def _as_uint8_array(im: Any, path: str) -> np.ndarray:
+    mode = im.mode
+    if mode.startswith("I;16") or mode == "I":
+        values = np.asarray(im).astype(np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise CliError(
+                f"{path}: 32-bit integer pixel values outside [0, 65535]; the command line reads "
+                "8- and 16-bit images (the Python API takes any dtype)"
+            )
+        array = ((values * 255 + 32767) // 65535).astype(np.uint8)  # 16 bits -> 8, rounded
+    elif mode == "F":
+        raise CliError(
+            f"{path}: floating-point images are not supported by the command line, which writes "
+            "8-bit crops; use cropcore.crop_and_resize from Python"
+        )
+    else:
+        if mode in ("1", "L"):
+            target = "L"
+        elif mode in ("LA", "La", "PA", "RGBA", "RGBa") or (
+            mode == "P" and "transparency" in im.info
+        ):
+            target = "RGBA"
+        else:  # RGB, P, CMYK, YCbCr, LAB, HSV, RGBX, ...
+            target = "RGB"
+        array = np.asarray(im if mode == target else im.convert(target))
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return np.ascontiguousarray(array, dtype=np.uint8)
+
+
+def _save(array: np.ndarray, path: Path, fmt: str) -> None:
+    """Write a uint8 ``(height, width, channels)`` array as an image file."""
+    Image = _require("PIL.Image")
+    im = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+    if FORMATS[fmt] == "JPEG" and im.mode == "RGBA":
+        im = im.convert("RGB")  # JPEG has no alpha channel
+    try:
+        im.save(path, format=FORMATS[fmt])
+    except (OSError, KeyError, ValueError) as exc:
+        raise CliError(f"{path}: cannot write the crop: {exc}") from None
+
+
+def _label_slug(label: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", label).strip("._")[:64]
+
+
+# --------------------------------------------------------------------------------------------------
+# cropcore backends
+
+
+def _cmd_backends(args: argparse.Namespace) -> int:
+    found = cropcore.backends(probe=True, refresh=True)
+    if args.json:
+        payload = {"cropcore": cropcore.__version__, "backends": [b.as_dict() for b in found]}
+        print(json.dumps(payload, indent=2))
+        return EXIT_OK
+    _require("rich")
+    from rich.console import Console
+    from rich.table import Table
+
+    colours = {"available": "green", "installed": "cyan", "unavailable": "yellow", "broken": "red"}
+    table = Table(title="cropcore backends")
+    for column in ("name", "aliases", "version", "status", "library", "devices", "reason"):
+        table.add_column(column, overflow="fold")
+    for b in found:
+        table.add_row(
+            b.name,
+            ", ".join(b.aliases),
+            b.version,
+            f"[{colours.get(b.status, 'white')}]{b.status}[/]",
+            b.info.array_library if b.info else "",
+            ", ".join(b.devices),
+            b.reason,
+        )
+    console = Console()
+    console.print(table)
+    if not found:
+        console.print("No backend is installed: pip install cropcore installs the numpy backend.")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------------
+# cropcore crop
+
+
+def _cmd_crop(args: argparse.Namespace) -> int:
+    _require("PIL.Image")
+    _require("rich")
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    images = [_open_image(p) for p in args.images]
+    rows = read_boxes(args.boxes, [image.path for image in images])
+    boxes = np.empty((len(rows), 4), dtype=np.float64)
+    for i, row in enumerate(rows):
+        image = images[row.image]
+        coords = row.coords
+        if args.coords == "pixels":
+            coords = pixel_to_normalized(coords, image.height, image.width)
+        with np.errstate(over="ignore"):
+            as_float32 = np.float32(coords)
+        if not np.isfinite(as_float32).all():
+            key = BOX_COLUMNS[int(np.argmin(np.isfinite(as_float32)))]
+            raise CliError(f"{args.boxes}: {row.where}: {key} overflows float32 (it must be finite)")
+        boxes[i] = coords
+    # Check the backend, crop size and extrapolation value once, before any image is decoded.
+    decision = cropcore.explain(
+        "crop_and_resize",
+        np.zeros((1, 1, 1, 1), np.uint8),
+        np.zeros((0, 4), np.float32),
+        np.zeros((0,), np.int32),
+        tuple(args.size),
+        args.method,
+        args.extrapolation_value,
+        backend=args.backend,
+    )
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"{out}: cannot create the output directory: {exc.strerror or exc}") from None
+    digits = len(str(len(rows) - 1))
+    console = Console(stderr=True)
+    written = 0
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=args.quiet or not console.is_terminal,
+    )
+    with progress:
+        task = progress.add_task("cropping", total=len(images))
+        for index, image in enumerate(images):
+            progress.update(task, description=f"cropping {os.path.basename(image.path)}")
+            mine = [row for row in rows if row.image == index]
+            if not mine:
+                if not args.quiet:
+                    console.print(f"note: no boxes for {image.path}", highlight=False)
+                progress.advance(task)
+                continue
+            pixels = _load_pixels(image.path)
+            crops = cropcore.crop_and_resize(
+                pixels[None],
+                boxes[[row.number for row in mine]],
+                np.zeros(len(mine), np.int32),
+                tuple(args.size),
+                args.method,
+                args.extrapolation_value,
+                backend=args.backend,
+            )
+            stem = Path(image.path).stem
+            for row, crop in zip(mine, to_uint8(crops), strict=True):
+                label = _label_slug(row.label)
+                name = f"{stem}_{row.number:0{digits}d}{'_' + label if label else ''}.{args.format}"
+                _save(crop, out / name, args.format)
+                written += 1
+            progress.advance(task)
+    if not args.quiet:
+        height, width = args.size
+        print(
+            f"wrote {written} crop(s) of {height}x{width} from {len(images)} image(s) to "
+            f"{out.resolve()} (backend {decision.backend})"
+        )
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------------
+# cropcore demo
+
+DEMO_IMAGE = "chelsea.png"
+DEMO_CROP_SIZE = (128, 192)
+#: White, so that samples outside the image stand out on the dark contact sheet.
+DEMO_EXTRAPOLATION_VALUE = 255.0
+#: Largest |difference| from the NumPy reference (on the 0-255 scale of the uint8 photo) that
+#: still counts as agreement: room for FMA rounding on GPUs, far below one grey level.
+DEMO_TOLERANCE = 0.05
+#: (label, (y1, x1, y2, x2) in pixels of the 300 x 451 photo). Pixel boxes of aspect 2:3 match
+#: the 128 x 192 crop, so nothing is stretched.
+DEMO_BOXES: tuple[tuple[str, tuple[float, float, float, float]], ...] = (
+    ("whole", (0, 0, 299, 450)),
+    ("left eye", (75, 112, 155, 232)),
+    ("eye close-up", (103, 152, 127, 188)),
+    ("nose", (212, 215, 276, 311)),
+    ("mirrored (x1 > x2)", (0, 450, 299, 0)),
+    ("upside down (y1 > y2)", (299, 0, 0, 450)),
+    ("off the edge", (-100, -150, 200, 300)),
+    ("zoomed out", (-150, -225, 449, 675)),
+)
+
+
+@dataclass
+class _Target:
+    """One backend on one device, for the demo."""
+
+    backend: Any
+    device: str
+
+    @property
+    def title(self) -> str:
+        return f"{self.backend.name} ({self.device})"
+
+    @property
+    def slug(self) -> str:
+        return f"{self.backend.name}-{self.device.replace(':', '')}"
+
+
+def _demo_targets(notes: list[str]) -> list[_Target]:
+    """Every available backend that implements crop_and_resize, on each device it can use here."""
+    targets = []
+    for backend in cropcore.backends(probe=True, refresh=True):
+        if backend.status != "available":
+            notes.append(f"skipped backend {backend.name!r}: {backend.status} ({backend.reason})")
+            continue
+        if backend.hook("crop_and_resize") is None:
+            notes.append(f"skipped backend {backend.name!r}: it does not implement crop_and_resize")
+            continue
+        library = backend.info.array_library
+        devices = []
+        if "cpu" in backend.devices and library != "cupy":
+            devices.append("cpu")
+        if "cuda" in backend.devices:
+            try:
+                if library == "cupy" or importlib.import_module(library).cuda.is_available():
+                    devices.append("cuda:0")
+            except Exception:  # a library without .cuda, or whose CUDA check fails
+                pass
+        if not devices:
+            notes.append(f"skipped backend {backend.name!r}: no usable device among {backend.devices}")
+        targets += [_Target(backend, device) for device in devices]
+    targets.sort(key=lambda t: (t.backend.name != "numpy", t.backend.name, t.device))
+    return targets
+
+
+def _demo_input(image: np.ndarray, library: str, device: str) -> Any:
+    """``image`` as an array of ``library`` on ``device`` (the backend's own kind of array)."""
+    if library == "numpy":
+        return image
+    module = importlib.import_module(library)
+    if library == "torch":
+        return module.from_numpy(image.copy()).to(device)
+    if library == "cupy":
+        return module.asarray(image)
+    return module.from_dlpack(image)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    Image = _require("PIL.Image")
+    _require("rich")
+    from importlib.resources import files
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from cropcore._arrays import library_for
+
+    console = Console(highlight=False)
+    out = Path(args.out).resolve()
+    with (files("cropcore") / "data" / DEMO_IMAGE).open("rb") as f, Image.open(f) as im:
+        photo = _as_uint8_array(im, DEMO_IMAGE)
+    height, width = photo.shape[:2]
+    labels = [label for label, _ in DEMO_BOXES]
+    boxes = np.array([pixel_to_normalized(box, height, width) for _, box in DEMO_BOXES])
+    box_indices = np.zeros(len(boxes), np.int32)
+    notes: list[str] = []
+    targets = _demo_targets(notes)
+    methods = ("bilinear", "nearest")
+
+    results: list[dict[str, Any]] = []  # one per (target, method) that ran or failed
+    crops_by_row: list[tuple[str, np.ndarray]] = []
+    reference: dict[str, np.ndarray] = {}
+    for target in targets:
+        info = target.backend.info
+        dtype = "uint8" if "uint8" in info.dtypes else "float32" if "float32" in info.dtypes else None
+        if dtype is None:
+            notes.append(f"skipped {target.title}: it takes neither uint8 nor float32 images")
+            continue
+        try:
+            image = _demo_input(photo[None].astype(dtype), info.array_library, target.device)
+        except Exception as exc:
+            notes.append(
+                f"skipped {target.title}: cannot make a {info.array_library} array on "
+                f"{target.device}: {type(exc).__name__}: {exc}"
+            )
+            continue
+        for method in methods:
+            if method not in info.methods:
+                notes.append(f"skipped {target.title} {method}: the backend does not offer it")
+                continue
+            entry: dict[str, Any] = {
+                "backend": target.backend.name,
+                "device": target.device,
+                "library": info.array_library,
+                "method": method,
+            }
+            try:
+                result = cropcore.crop_and_resize(
+                    image,
+                    boxes,
+                    box_indices,
+                    DEMO_CROP_SIZE,
+                    method,
+                    DEMO_EXTRAPOLATION_VALUE,
+                    backend=target.backend.name,
+                )
+                crops = np.array(library_for(result).to_numpy(result))
+            except Exception as exc:
+                entry.update(verdict="failed", error=f"{type(exc).__name__}: {exc}")
+                results.append(entry)
+                continue
+            if target.backend.name == "numpy" and method not in reference:
+                reference[method] = crops
+            entry["crops"] = crops
+            results.append(entry)
+            crops_by_row.append((f"{target.title}\n{method}", to_uint8(crops)))
+    if not reference:
+        for note in notes:
+            console.print(f"note: {note}")
+        raise CliError(
+            "the numpy reference backend did not run, so there is nothing to compare with "
+            "(`cropcore backends` shows why)"
+        )
+
+    written: list[Path] = []
+    crops_dir = out / "crops"
+    for entry in results:
+        crops = entry.pop("crops", None)
+        if crops is None:
+            continue
+        ref = reference.get(entry["method"])
+        difference = np.abs(crops.astype(np.float64) - ref) if ref is not None else None
+        max_difference = float(np.nanmax(difference)) if difference is not None else math.nan
+        identical = ref is not None and crops.tobytes() == ref.tobytes()
+        if ref is None:
+            verdict = "no reference"
+        elif entry["backend"] == "numpy":
+            verdict = "reference"
+        else:
+            verdict = "agrees" if identical or max_difference <= DEMO_TOLERANCE else "DIFFERS"
+        entry.update(max_abs_difference=max_difference, bit_identical=identical, verdict=verdict)
+        folder = crops_dir / f"{entry['backend']}-{entry['device'].replace(':', '')}" / entry["method"]
+        folder.mkdir(parents=True, exist_ok=True)
+        entry["files"] = []
+        for i, (label, crop) in enumerate(zip(labels, to_uint8(crops), strict=True)):
+            path = folder / f"{i + 1}_{_label_slug(label.split(' (')[0].replace(' ', '-'))}.png"
+            _save(crop, path, "png")
+            written.append(path)
+            entry["files"].append(str(path))
+
+    sheet_path = out / "contact_sheet.png"
+    title = (
+        f"cropcore {cropcore.__version__} demo: {DEMO_IMAGE} ({height}x{width}), crop_size "
+        f"{DEMO_CROP_SIZE[0]}x{DEMO_CROP_SIZE[1]}, extrapolation_value {DEMO_EXTRAPOLATION_VALUE:g}"
+    )
+    sheet = _contact_sheet(photo, [box for _, box in DEMO_BOXES], labels, crops_by_row, title)
+    sheet.save(sheet_path)
+    written.append(sheet_path)
+
+    agree = all(e["verdict"] in ("reference", "agrees") for e in results)
+    summary = {
+        "cropcore": cropcore.__version__,
+        "image": {"name": DEMO_IMAGE, "height": height, "width": width, "channels": int(photo.shape[2])},
+        "crop_size": list(DEMO_CROP_SIZE),
+        "extrapolation_value": DEMO_EXTRAPOLATION_VALUE,
+        "boxes": [
+            {"label": label, "pixels": list(box), "normalized": [float(np.float32(v)) for v in norm]}
+            for (label, box), norm in zip(DEMO_BOXES, boxes, strict=True)
+        ],
+        "reference": "numpy",
+        "tolerance": DEMO_TOLERANCE,
+        "results": results,
+        "skipped": notes,
+        "contact_sheet": str(sheet_path),
+        "all_agree": agree,
+    }
+    json_path = out / "demo.json"
+    json_path.write_text(json.dumps(summary, indent=2, allow_nan=False if _finite(results) else True) + "\n")
+    written.append(json_path)
+
+    for note in notes:
+        console.print(f"note: {note}")
+    for path in written:
+        print(path)
+    table = Table(title=f"agreement with the numpy reference (tolerance {DEMO_TOLERANCE:g})")
+    for column in ("backend", "device", "method", "max |difference|", "bit-identical", "verdict"):
+        table.add_column(column)
+    colours = {"reference": "cyan", "agrees": "green", "DIFFERS": "red", "failed": "red"}
+    for e in results:
+        max_difference = e.get("max_abs_difference")
+        table.add_row(
+            e["backend"],
+            e["device"],
+            e["method"],
+            "" if max_difference is None else f"{max_difference:.3g}",
+            {True: "yes", False: "no"}.get(e.get("bit_identical"), ""),
+            f"[{colours.get(e['verdict'], 'white')}]{e['verdict']}[/]",
+        )
+    console.print(table)
+    for e in results:
+        if e["verdict"] == "failed":
+            console.print(f"{e['backend']} ({e['device']}) {e['method']} failed: {e['error']}")
+    ran = sorted({e["backend"] for e in results})
+    if agree:
+        console.print(f"All {len(ran)} backend(s) agree with the numpy reference: {', '.join(ran)}.")
+        return EXIT_OK
+    console.print("[red]Some backends disagree with the numpy reference or failed.[/]")
+    return EXIT_FAILURE
+
+
+def _finite(results: list[dict[str, Any]]) -> bool:
+    return all(math.isfinite(e.get("max_abs_difference", 0.0)) for e in results)
+
+
+_PALETTE = [
+    (255, 99, 71),
+    (60, 179, 113),
+    (30, 144, 255),
+    (255, 215, 0),
+    (238, 130, 238),
+    (0, 206, 209),
+    (255, 140, 0),
+    (154, 205, 50),
+]
+
+
+def _contact_sheet(
+    photo: np.ndarray,
+    pixel_boxes: Sequence[Sequence[float]],
+    labels: Sequence[str],
+    rows: Sequence[tuple[str, np.ndarray]],
+    title: str,
+) -> Any:
+    """A PIL image: the photo with the boxes drawn, then one row of crops per backend and method."""
+    Image = _require("PIL.Image")
+    ImageDraw = _require("PIL.ImageDraw")
+    ImageFont = _require("PIL.ImageFont")
+    try:
+        font = ImageFont.load_default(size=14)
+        small = ImageFont.load_default(size=12)
+    except (TypeError, OSError, ImportError):  # Pillow without FreeType: the fixed bitmap font
+        font = small = ImageFont.load_default()
+    background, ink, faint = (30, 30, 30), (235, 235, 235), (150, 150, 150)
+    pad = 10
+    crop_h, crop_w = DEMO_CROP_SIZE
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def text_size(text: str, f: Any = font) -> tuple[int, int]:
+        left, top, right, bottom = measure.multiline_textbbox((0, 0), text, font=f)
+        return right - left, bottom - top
+
+    # The overview: the photo on a canvas that also holds the boxes reaching outside it.
+    height, width = photo.shape[:2]
+    y0 = min(0, *(min(b[0], b[2]) for b in pixel_boxes))
+    x0 = min(0, *(min(b[1], b[3]) for b in pixel_boxes))
+    y1 = max(height - 1, *(max(b[0], b[2]) for b in pixel_boxes))
+    x1 = max(width - 1, *(max(b[1], b[3]) for b in pixel_boxes))
+    scale = min(1.0, 320 / (y1 - y0 + 1))
+    canvas = Image.new("RGB", (round((x1 - x0 + 1) * scale), round((y1 - y0 + 1) * scale)), (70, 70, 70))
+    canvas.paste(
+        Image.fromarray(photo[:, :, :3] if photo.shape[2] >= 3 else photo[:, :, 0]).resize(
+            (round(width * scale), round(height * scale))
+        ),
+        (round(-x0 * scale), round(-y0 * scale)),
+    )
+    draw = ImageDraw.Draw(canvas)
+    corners: dict[tuple[int, int], list[str]] = {}
+    for i, b in enumerate(pixel_boxes):
+        rect = [
+            round((min(b[1], b[3]) - x0) * scale),
+            round((min(b[0], b[2]) - y0) * scale),
+            round((max(b[1], b[3]) - x0) * scale),
+            round((max(b[0], b[2]) - y0) * scale),
+        ]
+        draw.rectangle(rect, outline=_PALETTE[i % len(_PALETTE)], width=2)
+        corners.setdefault((rect[0], rect[1]), []).append(str(i + 1))
+    for (x, y), numbers in corners.items():
+        text = " ".join(numbers)
+        w, h = text_size(text, small)
+        draw.rectangle([x + 2, y + 2, x + w + 8, y + h + 8], fill=(0, 0, 0))
+        draw.text((x + 5, y + 4), text, fill=ink, font=small)
+
+    row_label_w = max([text_size(label)[0] for label, _ in rows] + [text_size("source")[0]]) + 2 * pad
+    headers = [f"{i + 1} {label}\n[{', '.join(f'{v:g}' for v in box)}]" for i, (label, box) in enumerate(zip(labels, pixel_boxes, strict=True))]
+    header_h = max(text_size(h, small)[1] for h in headers) + pad
+    title_h = text_size(title)[1] + 2 * pad
+    sheet_w = max(row_label_w + len(labels) * (crop_w + pad) + pad, row_label_w + canvas.width + 2 * pad)
+    sheet_h = title_h + canvas.height + pad + header_h + len(rows) * (crop_h + pad) + pad
+    sheet = Image.new("RGB", (sheet_w, sheet_h), background)
+    draw = ImageDraw.Draw(sheet)
+    draw.text((pad, pad), title, fill=ink, font=font)
+    draw.text((pad, title_h), "source\n(boxes in\npixels)", fill=ink, font=font)
+    sheet.paste(canvas, (row_label_w, title_h))
+    top = title_h + canvas.height + pad
+    for column, header in enumerate(headers):
+        x = row_label_w + column * (crop_w + pad)
+        draw.multiline_text((x, top), header, fill=faint, font=small)
+        draw.rectangle([x, top - 4, x + 14, top - 2], fill=_PALETTE[column % len(_PALETTE)])
+    top += header_h
+    for label, crops in rows:
+        draw.multiline_text((pad, top + 4), label, fill=ink, font=font)
+        for column, crop in enumerate(crops):
+            tile = Image.fromarray(crop[:, :, :3] if crop.shape[2] >= 3 else crop[:, :, 0])
+            sheet.paste(tile, (row_label_w + column * (crop_w + pad), top))
+        top += crop_h + pad
+    return sheet
+
+
+# --------------------------------------------------------------------------------------------------
+# Parsing
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors on one line (exit status 2)."""
+
+    def error(self, message: str) -> Any:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+
+
+_FORMATTER = argparse.RawDescriptionHelpFormatter
+
+_CROP_HELP = """\
+Crop boxes out of image files with cropcore.crop_and_resize (TensorFlow's
+tf.image.crop_and_resize) and write each crop as an image file.
+
+Images are read with Pillow as 8-bit grey (L), RGB or RGBA: 1-bit images become
+L, LA becomes RGBA, palette images RGB (RGBA if they have transparency), CMYK,
+YCbCr, LAB and HSV become RGB, 16-bit grey is scaled to 8 bits. Only the first
+frame of an animation is read, and EXIF orientation is ignored: boxes refer to
+the pixels as stored (as with tf.io.decode_image).
+
+The uint8 image goes in and crop_and_resize returns float32; each crop is then
+clipped to [0, 255] and rounded to the nearest integer (halves up) to be
+written as an 8-bit file. Samples outside the image take --extrapolation-value
+(NaN is written as 0). JPEG output drops the alpha channel.
+
+Box file (--boxes), CSV or JSON:
+  CSV  a header line naming the columns image,y1,x1,y2,x2 and optionally label
+       (any order, case-insensitive; other columns are ignored), then one box
+       per line. Tab- or semicolon-separated files work too.
+  JSON a list of objects with the same keys, or {"boxes": [...]}.
+  image is the file name of one of IMAGES (as given, or its base name) or its
+  index among them, from 0; it may be left out when there is one image.
+  y1,x1,y2,x2 are the box's corners, TensorFlow's order. With --coords
+  normalized (the default) y runs from 0 (top row) to 1 (bottom row) as in
+  TensorFlow; with --coords pixels from 0 to H-1, converted as y/(H-1) and
+  x/(W-1) (an image one pixel high samples its only row whatever the box says,
+  as TensorFlow does; y is then passed through). y1 > y2 (or x1 > x2) flips the
+  crop; coordinates outside the image sample --extrapolation-value.
+
+Output: one file per box in --out, named <image-stem>_<box-number>[_<label>]
+with the box's number in the box file (from 0, zero-padded) and the label with
+characters other than letters, digits, '.', '-' and '_' replaced by '_'.
+
+examples:
+  cropcore crop photo.jpg --boxes boxes.csv --size 224 224
+  cropcore crop a.png b.png --boxes boxes.json --coords pixels --out crops/
+  cropcore crop scan.tif --boxes rois.csv --method nearest --format jpg
+
+  boxes.csv:
+    image,y1,x1,y2,x2,label
+    photo.jpg,0.1,0.2,0.6,0.8,dog
+    photo.jpg,0,0,1,1,whole
+
+  boxes.json:
+    [{"image": "a.png", "y1": 10, "x1": 20, "y2": 110, "x2": 220, "label": "car"},
+     {"image": 1, "y1": 0, "x1": 0, "y2": 63, "x2": 63}]
+"""
+
+_DEMO_HELP = f"""\
+Crop the bundled photo ({DEMO_IMAGE}, Chelsea the cat, CC0) with a fixed set of
+boxes (regions of interest, a close-up that shows bilinear against nearest, a
+mirrored and an upside-down box, boxes reaching outside the image that show the
+extrapolation value) on every available backend, each given the image as its
+own kind of array (a torch tensor for torch, a CuPy array for CuPy), and check
+that all of them agree with the numpy reference.
+
+Writes to --out: contact_sheet.png (one row per backend and method, one column
+per box), crops/<backend>-<device>/<method>/<n>_<label>.png, and demo.json (the
+boxes, and each backend's largest difference from the reference). Prints the
+absolute path of every file written and a table of the agreement. Exits 1 if a
+backend differs from the reference by more than {DEMO_TOLERANCE:g} (on the 0-255
+scale of the photo) or fails.
+
+examples:
+  cropcore demo
+  cropcore demo --out /tmp/cropcore-demo
+"""
+
+_BACKENDS_HELP = """\
+List every installed cropcore backend: its name and aliases, version, status
+(available, unavailable or broken), array library, devices, and why it cannot
+run. Each backend is probed, which may import its framework (torch, numba, CuPy).
+
+examples:
+  cropcore backends
+  cropcore backends --json | python -m json.tool
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``cropcore`` command."""
+    parser = _Parser(
+        prog="cropcore",
+        description="TensorFlow's crop_and_resize and Keras's Cropping2D, exactly, on every "
+        "array framework.",
+        epilog="examples:\n  cropcore backends\n  cropcore demo\n"
+        "  cropcore crop photo.jpg --boxes boxes.csv --size 224 224\n\n"
+        "Run 'cropcore COMMAND --help' for a command's options.",
+        formatter_class=_FORMATTER,
+    )
+    parser.add_argument("--version", action="version", version=f"cropcore {cropcore.__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    backends = commands.add_parser(
+        "backends",
+        help="list the installed backends and whether they can run",
+        description=_BACKENDS_HELP,
+        formatter_class=_FORMATTER,
+    )
+    backends.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    backends.set_defaults(run=_cmd_backends)
+
+    crop = commands.add_parser(
+        "crop",
+        help="crop boxes out of image files",
+        description=_CROP_HELP,
+        formatter_class=_FORMATTER,
+    )
+    crop.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
+    crop.add_argument("--boxes", required=True, metavar="FILE", help="the box file, CSV or JSON (see above)")
+    crop.add_argument(
+        "--coords",
+        choices=("normalized", "pixels"),
+        default="normalized",
+        help="the box file's coordinates: normalized, 0 to 1 as in TensorFlow (default), or pixels, 0 to H-1",
+    )
+    crop.add_argument(
+        "--size",
+        nargs=2,
+        type=_positive_int,
+        default=[224, 224],
+        metavar=("H", "W"),
+        help="crop height and width in pixels (default: 224 224)",
+    )
+    crop.add_argument(
+        "--method", choices=("bilinear", "nearest"), default="bilinear", help="sampling (default: bilinear)"
+    )
+    crop.add_argument(
+        "--extrapolation-value",
+        type=_float,
+        default=0.0,
+        metavar="V",
+        help="value of samples outside the image, 0-255 (default: 0)",
+    )
+    crop.add_argument("--backend", metavar="NAME", help="backend name or alias (default: chosen automatically)")
+    crop.add_argument("--out", default="crops", metavar="DIR", help="output directory (default: ./crops)")
+    crop.add_argument(
+        "--format", choices=sorted(FORMATS), default="png", help="output file format (default: png)"
+    )
+    crop.add_argument("-q", "--quiet", action="store_true", help="no progress bar, notes or summary")
+    crop.set_defaults(run=_cmd_crop)
+
+    demo = commands.add_parser(
+        "demo",
+        help="crop a bundled photo on every backend and check that they agree",
+        description=_DEMO_HELP,
+        formatter_class=_FORMATTER,
+    )
+    demo.add_argument("--out", default="cropcore-demo", metavar="DIR", help="output directory (default: ./cropcore-demo)")
+    demo.set_defaults(run=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``cropcore`` command with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE if exc.code else EXIT_OK
+    if not hasattr(args, "run"):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    prog = f"cropcore {args.command}"
+    try:
+        return args.run(args)
+    except CliError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except (ValueError, TypeError, IndexError, BackendError) as exc:
+        # cropcore's own refusals (a bad crop size, an unknown backend, ...): messages name the value.
+        print(f"{prog}: error: {_one_line(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `cropcore backends --json | head`
+        sys.stderr.close()
+        return EXIT_FAILURE
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
