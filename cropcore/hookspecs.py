@@ -129,3 +129,14 @@ def cropcore_crop2d(call: Crop2DCall) -> Any:
     checked to leave at least one row and one column. Returns an array of ``call.x``'s dtype with
     shape ``call.output_shape`` (a view where the library makes one).
     """
+
+
+@hookspec
+def cropcore_conformance_expected_failures() -> dict[str, str]:
+    """Conformance cases this backend is known to fail, each with the reason.
+
+    Optional. Keys are case ids of the conformance suite (``fnmatch`` patterns allowed), values the
+    reason shown in the report, e.g. ``{"forward/float16/*": "accumulates in half precision"}``. The
+    suite reports such cases as expected failures, and flags a declaration that no longer matches
+    any failure as stale.
+    """
