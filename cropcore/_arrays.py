@@ -12,7 +12,7 @@ Requirements (after einops' ``_backends.py``):
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -203,8 +203,20 @@ class CupyLibrary(ArrayLibrary):
 class DLPackLibrary(ArrayLibrary):
     """Any other library whose module has ``from_dlpack`` (JAX, MLX, dpnp, ...): host arrays only."""
 
+    #: Libraries whose arrays' type lives in one module and whose ``from_dlpack`` in another.
+    _MODULES: ClassVar[dict[str, str]] = {"jaxlib": "jax.numpy", "jax": "jax.numpy"}
+
     def __init__(self, name: str) -> None:
         self.name = name
+
+    def module(self) -> Any:
+        module = sys.modules.get(self._MODULES.get(self.name, self.name))
+        if module is None or not hasattr(module, "from_dlpack"):
+            raise TypeError(
+                f"cropcore cannot return {self.name} arrays: the module has no from_dlpack; "
+                "convert the input with numpy.asarray first"
+            )
+        return module
 
 
 _LIBRARIES: dict[str, ArrayLibrary] = {

@@ -248,6 +248,7 @@ def _automatic(call: Any, device_type: str, needs_grad: bool, decision: Decision
     decision.rule = f"the priority list {list(priority)}"
     rejected: list[str] = []
     for attempt in (needs_grad, False) if needs_grad else (False,):
+        rejected = []
         for name in priority:
             backend = registry.get(name)
             if backend is None:
@@ -274,7 +275,7 @@ def _automatic(call: Any, device_type: str, needs_grad: bool, decision: Decision
             return backend
     raise BackendError(
         f"no backend can run {call.op} on a {decision.library} array on {decision.device}: "
-        + "; ".join(dict.fromkeys(rejected))
+        + ("; ".join(rejected) or "the priority list is empty")
         + ". Name one with backend=..., or install one: "
         + ", ".join(f"{k}: {v}" for k, v in INSTALL_HINTS.items() if k != "cuda")
     )

@@ -17,13 +17,17 @@ hook implementation's signature against the specifications below. Rules for the 
   ``boxes`` float32 ``(num_boxes, 4)`` and finite, ``box_indices`` int32 in ``[0, batch)``,
   ``crop_size`` two positive ints, ``method`` one of the allowed strings, ``data_format`` either
   ``"channels_last"`` (NHWC) or ``"channels_first"`` (NCHW), and every array already converted to the
-  backend's ``array_library`` (and device). Hooks compute; they do not re-validate, and must not
-  read outside the arrays they are given.
+  backend's ``array_library`` (on the image's device when the image is of that library) -- except
+  arrays of a library listed in ``native_libraries``, which arrive as the caller gave them. Hooks
+  compute; they do not re-validate, and must not read outside the arrays they are given.
 - An op hook returns an array of its ``array_library`` with the call's ``output_shape`` and
   ``output_dtype``; cropcore moves it back to the caller's library and device.
 - A backend refuses a call it cannot run by returning a reason from
   :func:`cropcore_backend_declines` (it is then skipped by automatic selection, and named selection
   raises :class:`cropcore.errors.BackendDeclinedError` with that reason).
+- Devices: automatic selection only picks a backend whose ``devices`` include the image's device
+  type. A backend named explicitly runs whatever the device: cropcore moves the arrays to it
+  (for example a CUDA tensor is copied to the host for a CPU backend) and the result back.
 
 Every hook is called on one chosen plugin only (cropcore does the selection, pluggy the registration
 and signature checking), so the hook options below matter only to pluggy's bookkeeping.
@@ -73,7 +77,8 @@ def cropcore_backend_check() -> str | None:
 def cropcore_backend_declines(call: Any) -> str | None:
     """Return a reason if this backend cannot run ``call``, else ``None``.
 
-    Optional. Called before every dispatch to this backend, so it must be fast. ``dtypes``,
+    Optional. Called before every dispatch to this backend, so it must be fast. ``call`` is the
+    validated call *before* conversion: its arrays are still in the caller's library. ``dtypes``,
     ``methods`` and ``devices`` from :func:`cropcore_backend_info` are already checked by cropcore;
     this hook is for anything finer (a size limit, an unsupported combination).
     """

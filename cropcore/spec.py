@@ -452,7 +452,8 @@ def extrapolation_value_arg(value: Any) -> float:
         if hasattr(value, "item") and getattr(value, "shape", None) in ((), []):
             return extrapolation_value_arg(value.item())
         raise TypeError(f"extrapolation_value must be a real number, got {_short(value)}")
-    return float(np.float32(value))
+    with np.errstate(over="ignore"):  # as TF's float attr: 1e40 becomes inf
+        return float(np.float32(value))
 
 
 def image_shape_arg(image_shape: Any, data_format: str) -> ImageShape:
@@ -481,7 +482,12 @@ def max_output_bytes() -> int:
     """
     configured = os.environ.get("CROPCORE_MAX_OUTPUT_BYTES")
     if configured:
-        return int(configured)
+        try:
+            return int(configured)
+        except ValueError:
+            raise ValueError(
+                f"CROPCORE_MAX_OUTPUT_BYTES must be a whole number of bytes, got {configured!r}"
+            ) from None
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
