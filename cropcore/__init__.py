@@ -14,6 +14,8 @@ caller's array library, on the caller's device.
            [2. , 2.5, 3. ]], dtype=float32)
 """
 
+import logging
+
 from cropcore.api import (
     backends,
     crop2d,
@@ -34,6 +36,9 @@ from cropcore.hookspecs import hookimpl
 from cropcore.registry import Backend, BackendInfo
 
 __version__ = "0.1.0"
+
+# A library logs; the application decides where the records go.
+logging.getLogger("cropcore").addHandler(logging.NullHandler())
 
 __all__ = [
     "DEFAULT_PRIORITY",

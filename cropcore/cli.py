@@ -20,12 +20,13 @@ import csv
 import importlib
 import io
 import json
+import logging
 import math
 import os
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ import numpy as np
 
 import cropcore
 from cropcore.errors import BackendError
+from cropcore.registry import registry
 
 __all__ = ["BoxRow", "main", "pixel_to_normalized", "read_boxes", "to_uint8"]
 
@@ -50,6 +52,8 @@ FORMATS = {
 }
 
 BOX_COLUMNS = ("y1", "x1", "y2", "x2")
+#: ``cropcore crop`` crops at most this many boxes of an image per call, to bound its memory.
+BOXES_PER_CALL = 64
 
 
 class CliError(Exception):
@@ -113,7 +117,9 @@ def read_boxes(path: str | os.PathLike[str], image_paths: Sequence[str]) -> list
     except IsADirectoryError:
         raise CliError(f"{path}: the box file is a directory") from None
     except UnicodeDecodeError as exc:
-        raise CliError(f"{path}: the box file is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise CliError(
+            f"{path}: the box file is not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
     except OSError as exc:
         raise CliError(f"{path}: cannot read the box file: {exc.strerror or exc}") from None
     is_json = path.suffix.lower() == ".json" or (
@@ -141,7 +147,13 @@ def read_boxes(path: str | os.PathLike[str], image_paths: Sequence[str]) -> list
 
 def _csv_records(text: str, path: Path) -> list[tuple[str, dict[str, Any]]]:
     first = next((line for line in text.splitlines() if line.strip()), "")
-    delimiter = "\t" if "\t" in first and "," not in first else ";" if ";" in first and "," not in first else ","
+    delimiter = (
+        "\t"
+        if "\t" in first and "," not in first
+        else ";"
+        if ";" in first and "," not in first
+        else ","
+    )
     reader = csv.reader(io.StringIO(text), delimiter=delimiter, skipinitialspace=True)
     header: list[str] | None = None
     records = []
@@ -168,17 +180,17 @@ def _csv_records(text: str, path: Path) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _check_header(header: list[str], path: Path, where: str) -> None:
-    duplicated = sorted({name for name in header if name and header.count(name) > 1})
-    if duplicated:
-        raise CliError(f"{path}: {where}: column(s) {', '.join(duplicated)} appear more than once")
     missing = [name for name in BOX_COLUMNS if name not in header]
     if missing:
-        looks_numeric = all(_is_number(field) for field in header if field)
+        looks_numeric = any(_is_number(field) for field in header)  # no real header is numeric
         hint = " (the first line must be a header)" if looks_numeric else ""
         raise CliError(
             f"{path}: {where}: missing column(s) {', '.join(missing)}{hint}; the header must "
             "name image,y1,x1,y2,x2 (label optional)"
         )
+    duplicated = sorted({name for name in header if name and header.count(name) > 1})
+    if duplicated:
+        raise CliError(f"{path}: {where}: column(s) {', '.join(duplicated)} appear more than once")
 
 
 def _json_records(text: str, path: Path) -> list[tuple[str, dict[str, Any]]]:
@@ -398,7 +410,7 @@ def _label_slug(label: str) -> str:
 
 
 def _cmd_backends(args: argparse.Namespace) -> int:
-    found = cropcore.backends(probe=True, refresh=True)
+    found = cropcore.backends(probe=True)
     if args.json:
         payload = {"cropcore": cropcore.__version__, "backends": [b.as_dict() for b in found]}
         print(json.dumps(payload, indent=2))
@@ -450,25 +462,35 @@ def _cmd_crop(args: argparse.Namespace) -> int:
             as_float32 = np.float32(coords)
         if not np.isfinite(as_float32).all():
             key = BOX_COLUMNS[int(np.argmin(np.isfinite(as_float32)))]
-            raise CliError(f"{args.boxes}: {row.where}: {key} overflows float32 (it must be finite)")
+            raise CliError(
+                f"{args.boxes}: {row.where}: {key} overflows float32 (it must be finite)"
+            )
         boxes[i] = coords
     # Check the backend, crop size and extrapolation value once, before any image is decoded.
-    decision = cropcore.explain(
-        "crop_and_resize",
-        np.zeros((1, 1, 1, 1), np.uint8),
-        np.zeros((0, 4), np.float32),
-        np.zeros((0,), np.int32),
-        tuple(args.size),
-        args.method,
-        args.extrapolation_value,
-        backend=args.backend,
-    )
+    try:
+        decision = cropcore.explain(
+            "crop_and_resize",
+            np.zeros((1, 1, 1, 1), np.uint8),
+            np.zeros((0, 4), np.float32),
+            np.zeros((0,), np.int32),
+            tuple(args.size),
+            args.method,
+            args.extrapolation_value,
+            backend=args.backend,
+        )
+    except _REFUSALS as exc:
+        raise CliError(str(exc)) from None
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise CliError(f"{out}: cannot create the output directory: {exc.strerror or exc}") from None
+        raise CliError(
+            f"{out}: cannot create the output directory: {exc.strerror or exc}"
+        ) from None
     digits = len(str(len(rows) - 1))
+    rows_by_image: dict[int, list[BoxRow]] = {}
+    for row in rows:
+        rows_by_image.setdefault(row.image, []).append(row)
     console = Console(stderr=True)
     written = 0
     progress = Progress(
@@ -483,29 +505,38 @@ def _cmd_crop(args: argparse.Namespace) -> int:
         task = progress.add_task("cropping", total=len(images))
         for index, image in enumerate(images):
             progress.update(task, description=f"cropping {os.path.basename(image.path)}")
-            mine = [row for row in rows if row.image == index]
+            mine = rows_by_image.get(index, [])
             if not mine:
                 if not args.quiet:
-                    console.print(f"note: no boxes for {image.path}", highlight=False)
+                    console.print(
+                        f"note: no boxes for {image.path}", highlight=False, soft_wrap=True
+                    )
                 progress.advance(task)
                 continue
-            pixels = _load_pixels(image.path)
-            crops = cropcore.crop_and_resize(
-                pixels[None],
-                boxes[[row.number for row in mine]],
-                np.zeros(len(mine), np.int32),
-                tuple(args.size),
-                args.method,
-                args.extrapolation_value,
-                backend=args.backend,
-            )
+            pixels = _load_pixels(image.path)[None]
             stem = Path(image.path).stem
-            for row, crop in zip(mine, to_uint8(crops), strict=True):
-                label = _label_slug(row.label)
-                name = f"{stem}_{row.number:0{digits}d}{'_' + label if label else ''}.{args.format}"
-                _save(crop, out / name, args.format)
-                written += 1
+            for start in range(0, len(mine), BOXES_PER_CALL):
+                chunk = mine[start : start + BOXES_PER_CALL]
+                try:
+                    crops = cropcore.crop_and_resize(
+                        pixels,
+                        boxes[[row.number for row in chunk]],
+                        np.zeros(len(chunk), np.int32),
+                        tuple(args.size),
+                        args.method,
+                        args.extrapolation_value,
+                        backend=args.backend,
+                    )
+                except _REFUSALS as exc:
+                    raise CliError(f"{image.path}: {exc}") from None
+                for row, crop in zip(chunk, to_uint8(crops), strict=True):
+                    label = _label_slug(row.label)
+                    suffix = f"_{label}" if label else ""
+                    name = f"{stem}_{row.number:0{digits}d}{suffix}.{args.format}"
+                    _save(crop, out / name, args.format)
+                    written += 1
             progress.advance(task)
+        progress.update(task, description=f"cropped {len(images)} image(s)")
     if not args.quiet:
         height, width = args.size
         print(
@@ -529,13 +560,21 @@ DEMO_TOLERANCE = 0.05
 #: the 128 x 192 crop, so nothing is stretched.
 DEMO_BOXES: tuple[tuple[str, tuple[float, float, float, float]], ...] = (
     ("whole", (0, 0, 299, 450)),
-    ("left eye", (75, 112, 155, 232)),
-    ("eye close-up", (103, 152, 127, 188)),
+    ("eye", (75, 112, 155, 232)),
+    ("eye close-up", (92, 156, 116, 192)),
     ("nose", (212, 215, 276, 311)),
     ("mirrored (x1 > x2)", (0, 450, 299, 0)),
     ("upside down (y1 > y2)", (299, 0, 0, 450)),
     ("off the edge", (-100, -150, 200, 300)),
     ("zoomed out", (-150, -225, 449, 675)),
+)
+DEMO_LEGEND = (
+    "Rows: backend (device) and sampling method.\n"
+    "Columns: one box each, [y1, x1, y2, x2] in pixels of the photo,\n"
+    "given to crop_and_resize as [y1 / (H - 1), x1 / (W - 1), ...].\n"
+    "3: a 24 x 36 pixel patch enlarged: bilinear is smooth, nearest blocky.\n"
+    "5, 6: flipped boxes (x1 > x2, y1 > y2) give flipped crops.\n"
+    "7, 8: samples outside the photo take the extrapolation_value (white)."
 )
 
 
@@ -555,10 +594,75 @@ class _Target:
         return f"{self.backend.name}-{self.device.replace(':', '')}"
 
 
-def _demo_targets(notes: list[str]) -> list[_Target]:
-    """Every available backend that implements crop_and_resize, on each device it can use here."""
+@dataclass
+class _Run:
+    """One target and method of the demo: its crops and how they compare with the reference."""
+
+    target: _Target
+    method: str
+    crops: np.ndarray | None = None
+    error: str = ""
+    max_abs_difference: float | None = None
+    bit_identical: bool = False
+    verdict: str = ""
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict in ("reference", "agrees")
+
+    def compare(self, reference: np.ndarray) -> None:
+        """Set the verdict: bit-identical, within :data:`DEMO_TOLERANCE`, or not."""
+        assert self.crops is not None
+        self.bit_identical = self.crops.tobytes() == reference.tobytes()
+        with np.errstate(invalid="ignore"):
+            difference = np.abs(self.crops.astype(np.float64) - reference)
+        # NaN on one side only is a disagreement, whatever the tolerance.
+        difference[np.isnan(self.crops) & np.isnan(reference)] = 0.0
+        self.max_abs_difference = float(np.nan_to_num(difference, nan=np.inf).max(initial=0.0))
+        if self.target.backend.name == "numpy":
+            self.verdict = "reference"
+        elif self.bit_identical or self.max_abs_difference <= DEMO_TOLERANCE:
+            self.verdict = "agrees"
+        else:
+            self.verdict = "DIFFERS"
+
+    def summary(self) -> dict[str, Any]:
+        """What demo.json records (JSON has no infinity: a NaN mismatch is written as "inf")."""
+        difference = self.max_abs_difference
+        return {
+            "backend": self.target.backend.name,
+            "device": self.target.device,
+            "library": self.target.backend.info.array_library,
+            "method": self.method,
+            "verdict": self.verdict,
+            "max_abs_difference": difference
+            if difference is None or math.isfinite(difference)
+            else "inf",
+            "bit_identical": self.bit_identical,
+            "error": self.error,
+            "files": self.files,
+        }
+
+
+def _demo_targets(notes: list[str], only: Sequence[str] | None = None) -> list[_Target]:
+    """Every available backend that implements crop_and_resize, on each device it can use here.
+
+    ``only``: names or aliases of the backends to run (the numpy reference always runs).
+    """
+    wanted = {"numpy"}
+    for name in only or ():
+        resolved = registry.resolve(name)
+        if resolved is None:
+            raise CliError(
+                f"--backend {name!r} is not an installed backend; installed: "
+                f"{', '.join(registry.names()) or 'none'} (see `cropcore backends`)"
+            )
+        wanted.add(resolved)
     targets = []
-    for backend in cropcore.backends(probe=True, refresh=True):
+    for backend in cropcore.backends(probe=True):
+        if only and backend.name not in wanted:
+            continue
         if backend.status != "available":
             notes.append(f"skipped backend {backend.name!r}: {backend.status} ({backend.reason})")
             continue
@@ -576,7 +680,9 @@ def _demo_targets(notes: list[str]) -> list[_Target]:
             except Exception:  # a library without .cuda, or whose CUDA check fails
                 pass
         if not devices:
-            notes.append(f"skipped backend {backend.name!r}: no usable device among {backend.devices}")
+            notes.append(
+                f"skipped backend {backend.name!r}: no usable device among {backend.devices}"
+            )
         targets += [_Target(backend, device) for device in devices]
     targets.sort(key=lambda t: (t.backend.name != "numpy", t.backend.name, t.device))
     return targets
@@ -594,34 +700,16 @@ def _demo_input(image: np.ndarray, library: str, device: str) -> Any:
     return module.from_dlpack(image)
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    Image = _require("PIL.Image")
-    _require("rich")
-    from importlib.resources import files
-
-    from rich.console import Console
-    from rich.table import Table
-
+def _demo_runs(
+    targets: Sequence[_Target], photo: np.ndarray, boxes: np.ndarray, notes: list[str]
+) -> list[_Run]:
+    """Crop ``boxes`` out of ``photo`` on every target with every method it offers."""
     from cropcore._arrays import library_for
 
-    console = Console(highlight=False)
-    out = Path(args.out).resolve()
-    with (files("cropcore") / "data" / DEMO_IMAGE).open("rb") as f, Image.open(f) as im:
-        photo = _as_uint8_array(im, DEMO_IMAGE)
-    height, width = photo.shape[:2]
-    labels = [label for label, _ in DEMO_BOXES]
-    boxes = np.array([pixel_to_normalized(box, height, width) for _, box in DEMO_BOXES])
-    box_indices = np.zeros(len(boxes), np.int32)
-    notes: list[str] = []
-    targets = _demo_targets(notes)
-    methods = ("bilinear", "nearest")
-
-    results: list[dict[str, Any]] = []  # one per (target, method) that ran or failed
-    crops_by_row: list[tuple[str, np.ndarray]] = []
-    reference: dict[str, np.ndarray] = {}
+    runs = []
     for target in targets:
         info = target.backend.info
-        dtype = "uint8" if "uint8" in info.dtypes else "float32" if "float32" in info.dtypes else None
+        dtype = next((d for d in ("uint8", "float32") if d in info.dtypes), None)
         if dtype is None:
             notes.append(f"skipped {target.title}: it takes neither uint8 nor float32 images")
             continue
@@ -633,132 +721,142 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                 f"{target.device}: {type(exc).__name__}: {exc}"
             )
             continue
-        for method in methods:
+        for method in ("bilinear", "nearest"):
             if method not in info.methods:
                 notes.append(f"skipped {target.title} {method}: the backend does not offer it")
                 continue
-            entry: dict[str, Any] = {
-                "backend": target.backend.name,
-                "device": target.device,
-                "library": info.array_library,
-                "method": method,
-            }
+            run = _Run(target, method)
             try:
                 result = cropcore.crop_and_resize(
                     image,
                     boxes,
-                    box_indices,
+                    np.zeros(len(boxes), np.int32),
                     DEMO_CROP_SIZE,
                     method,
                     DEMO_EXTRAPOLATION_VALUE,
                     backend=target.backend.name,
                 )
-                crops = np.array(library_for(result).to_numpy(result))
-            except Exception as exc:
-                entry.update(verdict="failed", error=f"{type(exc).__name__}: {exc}")
-                results.append(entry)
-                continue
-            if target.backend.name == "numpy" and method not in reference:
-                reference[method] = crops
-            entry["crops"] = crops
-            results.append(entry)
-            crops_by_row.append((f"{target.title}\n{method}", to_uint8(crops)))
-    if not reference:
-        for note in notes:
-            console.print(f"note: {note}")
+                run.crops = np.array(library_for(result).to_numpy(result))
+            except Exception as exc:  # a backend that fails is reported, not fatal
+                run.error, run.verdict = f"{type(exc).__name__}: {exc}", "failed"
+            runs.append(run)
+    return runs
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    Image = _require("PIL.Image")
+    _require("rich")
+    from importlib.resources import files
+
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    out = Path(args.out).resolve()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(
+            f"{out}: cannot create the output directory: {exc.strerror or exc}"
+        ) from None
+    with (files("cropcore") / "data" / DEMO_IMAGE).open("rb") as f, Image.open(f) as im:
+        photo = _as_uint8_array(im, DEMO_IMAGE)
+    height, width = photo.shape[:2]
+    labels = [label for label, _ in DEMO_BOXES]
+    pixel_boxes = [box for _, box in DEMO_BOXES]
+    boxes = np.array([pixel_to_normalized(box, height, width) for box in pixel_boxes])
+
+    notes: list[str] = []
+    runs = _demo_runs(_demo_targets(notes, args.backend), photo, boxes, notes)
+    for note in notes:
+        console.print(f"note: {note}", soft_wrap=True)
+    reference = {
+        r.method: r.crops for r in runs if r.target.title == "numpy (cpu)" and r.crops is not None
+    }
+    if set(reference) != {"bilinear", "nearest"}:
         raise CliError(
             "the numpy reference backend did not run, so there is nothing to compare with "
             "(`cropcore backends` shows why)"
         )
 
     written: list[Path] = []
-    crops_dir = out / "crops"
-    for entry in results:
-        crops = entry.pop("crops", None)
-        if crops is None:
+    for run in runs:
+        if run.crops is None:
             continue
-        ref = reference.get(entry["method"])
-        difference = np.abs(crops.astype(np.float64) - ref) if ref is not None else None
-        max_difference = float(np.nanmax(difference)) if difference is not None else math.nan
-        identical = ref is not None and crops.tobytes() == ref.tobytes()
-        if ref is None:
-            verdict = "no reference"
-        elif entry["backend"] == "numpy":
-            verdict = "reference"
-        else:
-            verdict = "agrees" if identical or max_difference <= DEMO_TOLERANCE else "DIFFERS"
-        entry.update(max_abs_difference=max_difference, bit_identical=identical, verdict=verdict)
-        folder = crops_dir / f"{entry['backend']}-{entry['device'].replace(':', '')}" / entry["method"]
+        run.compare(reference[run.method])
+        folder = out / "crops" / run.target.slug / run.method
         folder.mkdir(parents=True, exist_ok=True)
-        entry["files"] = []
-        for i, (label, crop) in enumerate(zip(labels, to_uint8(crops), strict=True)):
+        for i, (label, crop) in enumerate(zip(labels, to_uint8(run.crops), strict=True)):
             path = folder / f"{i + 1}_{_label_slug(label.split(' (')[0].replace(' ', '-'))}.png"
             _save(crop, path, "png")
             written.append(path)
-            entry["files"].append(str(path))
+            run.files.append(str(path))
 
-    sheet_path = out / "contact_sheet.png"
     title = (
         f"cropcore {cropcore.__version__} demo: {DEMO_IMAGE} ({height}x{width}), crop_size "
         f"{DEMO_CROP_SIZE[0]}x{DEMO_CROP_SIZE[1]}, extrapolation_value {DEMO_EXTRAPOLATION_VALUE:g}"
     )
-    sheet = _contact_sheet(photo, [box for _, box in DEMO_BOXES], labels, crops_by_row, title)
-    sheet.save(sheet_path)
+    rows = [
+        (f"{r.target.title}\n{r.method}", to_uint8(r.crops)) for r in runs if r.crops is not None
+    ]
+    sheet_path = out / "contact_sheet.png"
+    _contact_sheet(photo, pixel_boxes, labels, rows, title, DEMO_LEGEND).save(sheet_path)
     written.append(sheet_path)
 
-    agree = all(e["verdict"] in ("reference", "agrees") for e in results)
+    agree = all(run.ok for run in runs)
     summary = {
         "cropcore": cropcore.__version__,
-        "image": {"name": DEMO_IMAGE, "height": height, "width": width, "channels": int(photo.shape[2])},
+        "image": {"name": DEMO_IMAGE, "height": height, "width": width, "channels": photo.shape[2]},
         "crop_size": list(DEMO_CROP_SIZE),
         "extrapolation_value": DEMO_EXTRAPOLATION_VALUE,
         "boxes": [
-            {"label": label, "pixels": list(box), "normalized": [float(np.float32(v)) for v in norm]}
-            for (label, box), norm in zip(DEMO_BOXES, boxes, strict=True)
+            {"label": label, "pixels": list(box), "normalized": [float(np.float32(v)) for v in b]}
+            for label, box, b in zip(labels, pixel_boxes, boxes, strict=True)
         ],
         "reference": "numpy",
         "tolerance": DEMO_TOLERANCE,
-        "results": results,
+        "results": [run.summary() for run in runs],
         "skipped": notes,
         "contact_sheet": str(sheet_path),
         "all_agree": agree,
     }
     json_path = out / "demo.json"
-    json_path.write_text(json.dumps(summary, indent=2, allow_nan=False if _finite(results) else True) + "\n")
+    json_path.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     written.append(json_path)
 
-    for note in notes:
-        console.print(f"note: {note}")
     for path in written:
         print(path)
-    table = Table(title=f"agreement with the numpy reference (tolerance {DEMO_TOLERANCE:g})")
-    for column in ("backend", "device", "method", "max |difference|", "bit-identical", "verdict"):
-        table.add_column(column)
-    colours = {"reference": "cyan", "agrees": "green", "DIFFERS": "red", "failed": "red"}
-    for e in results:
-        max_difference = e.get("max_abs_difference")
-        table.add_row(
-            e["backend"],
-            e["device"],
-            e["method"],
-            "" if max_difference is None else f"{max_difference:.3g}",
-            {True: "yes", False: "no"}.get(e.get("bit_identical"), ""),
-            f"[{colours.get(e['verdict'], 'white')}]{e['verdict']}[/]",
-        )
-    console.print(table)
-    for e in results:
-        if e["verdict"] == "failed":
-            console.print(f"{e['backend']} ({e['device']}) {e['method']} failed: {e['error']}")
-    ran = sorted({e["backend"] for e in results})
+    _print_agreement(console, runs)
+    ran = sorted({run.target.backend.name for run in runs})
     if agree:
-        console.print(f"All {len(ran)} backend(s) agree with the numpy reference: {', '.join(ran)}.")
+        console.print(
+            f"All {len(ran)} backend(s) agree with the numpy reference: {', '.join(ran)}."
+        )
         return EXIT_OK
     console.print("[red]Some backends disagree with the numpy reference or failed.[/]")
     return EXIT_FAILURE
 
 
-def _finite(results: list[dict[str, Any]]) -> bool:
-    return all(math.isfinite(e.get("max_abs_difference", 0.0)) for e in results)
+def _print_agreement(console: Any, runs: Sequence[_Run]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"agreement with the numpy reference (tolerance {DEMO_TOLERANCE:g})")
+    for column in ("backend", "device", "method", "max |difference|", "bit-identical", "verdict"):
+        table.add_column(column)
+    colours = {"reference": "cyan", "agrees": "green", "DIFFERS": "red", "failed": "red"}
+    for run in runs:
+        difference = run.max_abs_difference
+        table.add_row(
+            run.target.backend.name,
+            run.target.device,
+            run.method,
+            "" if difference is None else f"{difference:.3g}",
+            "" if run.crops is None else "yes" if run.bit_identical else "no",
+            f"[{colours.get(run.verdict, 'white')}]{run.verdict}[/]",
+        )
+    console.print(table)
+    for run in runs:
+        if run.error:
+            console.print(f"{run.target.title} {run.method} failed: {run.error}", soft_wrap=True)
 
 
 _PALETTE = [
@@ -779,6 +877,7 @@ def _contact_sheet(
     labels: Sequence[str],
     rows: Sequence[tuple[str, np.ndarray]],
     title: str,
+    legend: str = "",
 ) -> Any:
     """A PIL image: the photo with the boxes drawn, then one row of crops per backend and method."""
     Image = _require("PIL.Image")
@@ -805,7 +904,9 @@ def _contact_sheet(
     y1 = max(height - 1, *(max(b[0], b[2]) for b in pixel_boxes))
     x1 = max(width - 1, *(max(b[1], b[3]) for b in pixel_boxes))
     scale = min(1.0, 320 / (y1 - y0 + 1))
-    canvas = Image.new("RGB", (round((x1 - x0 + 1) * scale), round((y1 - y0 + 1) * scale)), (70, 70, 70))
+    canvas = Image.new(
+        "RGB", (round((x1 - x0 + 1) * scale), round((y1 - y0 + 1) * scale)), (70, 70, 70)
+    )
     canvas.paste(
         Image.fromarray(photo[:, :, :3] if photo.shape[2] >= 3 else photo[:, :, 0]).resize(
             (round(width * scale), round(height * scale))
@@ -829,17 +930,28 @@ def _contact_sheet(
         draw.rectangle([x + 2, y + 2, x + w + 8, y + h + 8], fill=(0, 0, 0))
         draw.text((x + 5, y + 4), text, fill=ink, font=small)
 
-    row_label_w = max([text_size(label)[0] for label, _ in rows] + [text_size("source")[0]]) + 2 * pad
-    headers = [f"{i + 1} {label}\n[{', '.join(f'{v:g}' for v in box)}]" for i, (label, box) in enumerate(zip(labels, pixel_boxes, strict=True))]
+    row_label_w = (
+        max([text_size(label)[0] for label, _ in rows] + [text_size("source")[0]]) + 2 * pad
+    )
+    headers = [
+        f"{i + 1} {label}\n[{', '.join(f'{v:g}' for v in box)}]"
+        for i, (label, box) in enumerate(zip(labels, pixel_boxes, strict=True))
+    ]
     header_h = max(text_size(h, small)[1] for h in headers) + pad
     title_h = text_size(title)[1] + 2 * pad
-    sheet_w = max(row_label_w + len(labels) * (crop_w + pad) + pad, row_label_w + canvas.width + 2 * pad)
+    sheet_w = max(
+        row_label_w + len(labels) * (crop_w + pad) + pad,
+        row_label_w + canvas.width + 4 * pad + text_size(legend)[0],
+    )
     sheet_h = title_h + canvas.height + pad + header_h + len(rows) * (crop_h + pad) + pad
     sheet = Image.new("RGB", (sheet_w, sheet_h), background)
     draw = ImageDraw.Draw(sheet)
     draw.text((pad, pad), title, fill=ink, font=font)
     draw.text((pad, title_h), "source\n(boxes in\npixels)", fill=ink, font=font)
     sheet.paste(canvas, (row_label_w, title_h))
+    draw.multiline_text(
+        (row_label_w + canvas.width + 3 * pad, title_h), legend, fill=faint, font=font
+    )
     top = title_h + canvas.height + pad
     for column, header in enumerate(headers):
         x = row_label_w + column * (crop_w + pad)
@@ -899,8 +1011,9 @@ The uint8 image goes in and crop_and_resize returns float32; each crop is then
 clipped to [0, 255] and rounded to the nearest integer (halves up) to be
 written as an 8-bit file. Samples outside the image take --extrapolation-value
 (NaN is written as 0). JPEG output drops the alpha channel.
+"""
 
-Box file (--boxes), CSV or JSON:
+_CROP_EPILOG = """box file (--boxes), CSV or JSON:
   CSV  a header line naming the columns image,y1,x1,y2,x2 and optionally label
        (any order, case-insensitive; other columns are ignored), then one box
        per line. Tab- or semicolon-separated files work too.
@@ -910,13 +1023,15 @@ Box file (--boxes), CSV or JSON:
   y1,x1,y2,x2 are the box's corners, TensorFlow's order. With --coords
   normalized (the default) y runs from 0 (top row) to 1 (bottom row) as in
   TensorFlow; with --coords pixels from 0 to H-1, converted as y/(H-1) and
-  x/(W-1) (an image one pixel high samples its only row whatever the box says,
-  as TensorFlow does; y is then passed through). y1 > y2 (or x1 > x2) flips the
-  crop; coordinates outside the image sample --extrapolation-value.
+  x/(W-1). (On an image one pixel high, y is divided by 1 instead: TensorFlow
+  samples the only row whatever the box says. Likewise x for one pixel wide.)
+  y1 > y2 (or x1 > x2) flips the crop; coordinates outside the image sample
+  --extrapolation-value. Non-finite coordinates are refused.
 
-Output: one file per box in --out, named <image-stem>_<box-number>[_<label>]
-with the box's number in the box file (from 0, zero-padded) and the label with
-characters other than letters, digits, '.', '-' and '_' replaced by '_'.
+output:
+  one file per box in --out, named <image-stem>_<box-number>[_<label>].<format>
+  with the box's number in the box file (from 0, zero-padded) and the label with
+  characters other than letters, digits, '.', '-' and '_' replaced by '_'.
 
 examples:
   cropcore crop photo.jpg --boxes boxes.csv --size 224 224
@@ -947,18 +1062,21 @@ boxes, and each backend's largest difference from the reference). Prints the
 absolute path of every file written and a table of the agreement. Exits 1 if a
 backend differs from the reference by more than {DEMO_TOLERANCE:g} (on the 0-255
 scale of the photo) or fails.
+"""
 
-examples:
+_DEMO_EPILOG = """examples:
   cropcore demo
   cropcore demo --out /tmp/cropcore-demo
+  cropcore demo --backend numba --backend cuda
 """
 
 _BACKENDS_HELP = """\
 List every installed cropcore backend: its name and aliases, version, status
 (available, unavailable or broken), array library, devices, and why it cannot
 run. Each backend is probed, which may import its framework (torch, numba, CuPy).
+"""
 
-examples:
+_BACKENDS_EPILOG = """examples:
   cropcore backends
   cropcore backends --json | python -m json.tool
 """
@@ -982,6 +1100,7 @@ def build_parser() -> argparse.ArgumentParser:
         "backends",
         help="list the installed backends and whether they can run",
         description=_BACKENDS_HELP,
+        epilog=_BACKENDS_EPILOG,
         formatter_class=_FORMATTER,
     )
     backends.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -991,10 +1110,15 @@ def build_parser() -> argparse.ArgumentParser:
         "crop",
         help="crop boxes out of image files",
         description=_CROP_HELP,
+        epilog=_CROP_EPILOG,
         formatter_class=_FORMATTER,
     )
-    crop.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
-    crop.add_argument("--boxes", required=True, metavar="FILE", help="the box file, CSV or JSON (see above)")
+    crop.add_argument(
+        "images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)"
+    )
+    crop.add_argument(
+        "--boxes", required=True, metavar="FILE", help="the box file, CSV or JSON (see below)"
+    )
     crop.add_argument(
         "--coords",
         choices=("normalized", "pixels"),
@@ -1010,7 +1134,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="crop height and width in pixels (default: 224 224)",
     )
     crop.add_argument(
-        "--method", choices=("bilinear", "nearest"), default="bilinear", help="sampling (default: bilinear)"
+        "--method",
+        choices=("bilinear", "nearest"),
+        default="bilinear",
+        help="sampling (default: bilinear)",
     )
     crop.add_argument(
         "--extrapolation-value",
@@ -1019,21 +1146,40 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="V",
         help="value of samples outside the image, 0-255 (default: 0)",
     )
-    crop.add_argument("--backend", metavar="NAME", help="backend name or alias (default: chosen automatically)")
-    crop.add_argument("--out", default="crops", metavar="DIR", help="output directory (default: ./crops)")
+    crop.add_argument(
+        "--backend", metavar="NAME", help="backend name or alias (default: chosen automatically)"
+    )
+    crop.add_argument(
+        "--out", default="crops", metavar="DIR", help="output directory (default: ./crops)"
+    )
     crop.add_argument(
         "--format", choices=sorted(FORMATS), default="png", help="output file format (default: png)"
     )
-    crop.add_argument("-q", "--quiet", action="store_true", help="no progress bar, notes or summary")
+    crop.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bar, notes or summary"
+    )
     crop.set_defaults(run=_cmd_crop)
 
     demo = commands.add_parser(
         "demo",
         help="crop a bundled photo on every backend and check that they agree",
         description=_DEMO_HELP,
+        epilog=_DEMO_EPILOG,
         formatter_class=_FORMATTER,
     )
-    demo.add_argument("--out", default="cropcore-demo", metavar="DIR", help="output directory (default: ./cropcore-demo)")
+    demo.add_argument(
+        "--out",
+        default="cropcore-demo",
+        metavar="DIR",
+        help="output directory (default: ./cropcore-demo)",
+    )
+    demo.add_argument(
+        "--backend",
+        action="append",
+        metavar="NAME",
+        help="run only this backend (repeat for several; the numpy reference always runs); "
+        "default: every available backend",
+    )
     demo.set_defaults(run=_cmd_demo)
     return parser
 
@@ -1049,22 +1195,56 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     prog = f"cropcore {args.command}"
+    handler = _log_to_stderr(prog, report_broken_plugins=args.command == "crop")
     try:
         return args.run(args)
     except CliError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except (ValueError, TypeError, IndexError, BackendError) as exc:
-        # cropcore's own refusals (a bad crop size, an unknown backend, ...): messages name the value.
         print(f"{prog}: error: {_one_line(str(exc))}", file=sys.stderr)
-        return EXIT_USAGE
+        return exc.exit_code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `cropcore backends --json | head`
-        sys.stderr.close()
+    except BrokenPipeError:  # `cropcore backends --json | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILURE
+    finally:
+        if handler is not None:
+            logging.getLogger("cropcore").removeHandler(handler)
+
+
+class _LineFormatter(logging.Formatter):
+    """``PROG: warning: message`` (the level in lower case, as in argparse's errors)."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__()
+        self.prog = prog
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{self.prog}: {record.levelname.lower()}: {_one_line(record.getMessage())}"
+
+
+def _log_to_stderr(prog: str, *, report_broken_plugins: bool) -> logging.Handler | None:
+    """Show cropcore's warnings as ``PROG: warning: ...`` lines, unless logging is configured.
+
+    ``backends`` and ``demo`` list broken plugins in their own output, so the registry's warning
+    about them is left out there.
+    """
+    logger = logging.getLogger("cropcore")
+    configured = [h for h in logger.handlers if not isinstance(h, logging.NullHandler)]
+    if configured or logging.getLogger().handlers:
+        return None  # the application (or pytest) configured logging; leave it alone
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(_LineFormatter(prog))
+    if not report_broken_plugins:
+        handler.addFilter(lambda record: record.name != "cropcore.registry")
+    logger.addHandler(handler)
+    return handler
 
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+#: What cropcore raises for arguments it refuses (each message names the argument and value).
+_REFUSALS = (ValueError, TypeError, IndexError, BackendError)

@@ -137,6 +137,10 @@ class Backend:
             "reason": self.reason,
             "devices": list(self.devices),
             "array_library": self.info.array_library if self.info else "",
+            "description": self.info.description if self.info else "",
+            "methods": list(self.info.methods) if self.info else [],
+            "dtypes": list(self.info.dtypes) if self.info else [],
+            "autograd": self.info.autograd if self.info else False,
             "ops": list(self.ops),
             "distribution": self.distribution,
         }
@@ -151,6 +155,7 @@ class Registry:
         self._backends: dict[str, Backend] | None = None
         self._names: dict[str, str] = {}  # name or alias -> name
         self._pm: pluggy.PluginManager | None = None
+        self._direct: dict[str, ModuleType] = {}  # registered with register(), kept over refresh()
 
     # -- discovery ---------------------------------------------------------------------------------
 
@@ -183,6 +188,8 @@ class Registry:
                 self._add_broken(ep.name, dist, ep.value, exc)
                 continue
             self._add(module, ep.name, dist, ep.value)
+        for name, module in self._direct.items():
+            self._add(module, name, "", getattr(module, "__name__", ""))
         logger.debug("discovered backends: %s", sorted(self._backends))
 
     def _add_broken(self, name: str, dist: str, value: str, exc: BaseException) -> None:
@@ -259,6 +266,7 @@ class Registry:
                 assert self._backends is not None
                 failed = self._backends.pop(ep_name)
                 raise ValueError(f"could not register backend plugin {ep_name!r}: {failed.reason}")
+            self._direct[ep_name] = module
             return backend
 
     def unregister(self, name: str) -> None:
@@ -266,6 +274,7 @@ class Registry:
         with self._lock:
             backends = self._ensure()
             backend = backends.pop(self.resolve(name) or name)
+            self._direct = {k: m for k, m in self._direct.items() if m is not backend.module}
             self._names = {k: v for k, v in self._names.items() if v != backend.name}
             if backend.module is not None and self._pm and self._pm.is_registered(backend.module):
                 self._pm.unregister(backend.module)

@@ -193,6 +193,11 @@ def test_plugin_claiming_a_taken_name_is_broken_and_original_kept(site):
     assert "'numpy'" in listed["impostor_plugin"].reason
 
 
+def test_directly_registered_backend_survives_refresh(register_backend):
+    register_backend("fakedirect")
+    assert "fakedirect" in [b.name for b in cropcore.backends(refresh=True)]
+
+
 def test_register_rejects_malformed_module_with_value_error():
     import types
 
@@ -236,10 +241,10 @@ def test_importing_cropcore_and_listing_backends_loads_no_framework(tmp_path):
     assert result.stdout.strip() == "[]"
 
 
-def test_a_crop_with_numpy_loads_no_framework():
+def test_a_crop_on_the_numpy_backend_loads_no_framework():
     code = (
         "import sys, numpy as np, cropcore\n"
-        "cropcore.crop_and_resize(np.ones((1, 4, 4, 1)), [[0, 0, 1, 1]], [0], (2, 2))\n"
+        "cropcore.crop_and_resize(np.ones((1, 4, 4, 1)), [[0, 0, 1, 1]], [0], (2, 2), backend='numpy')\n"
         "print(sorted(m for m in ('torch', 'numba', 'cupy') if m in sys.modules))\n"
     )
     result = _run(code)
