@@ -393,9 +393,12 @@ def crop_and_resize_grad_image(
             # += static_cast<T>((1 - x_lerp) * dtop), then x_lerp * dtop
             contributions[:, :, 0] = ftz((_ONE - x_lerp) * dtop)
             contributions[:, :, 1] = ftz(x_lerp * dtop)
+            del dtop
             dbottom = ftz(y_lerp * sample_grads)
+            del sample_grads
             contributions[:, :, 2] = ftz((_ONE - x_lerp) * dbottom)
             contributions[:, :, 3] = ftz(x_lerp * dbottom)
+            del dbottom
             contributions = contributions.reshape(depth, 4 * count)
         # float16 and float64 sums of these are never subnormal in float32 terms; float32 partial
         # sums can be only if some contribution is below 2**-102 (then each one is flushed).
