@@ -11,6 +11,7 @@ Requirements (after einops' ``_backends.py``):
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Any, ClassVar
 
@@ -36,6 +37,8 @@ def library_name(x: Any) -> str:
     if name is None:
         if issubclass(kind, np.ndarray | np.generic):
             name = "numpy"
+        elif hasattr(kind, "__cuda_array_interface__") and not hasattr(kind, "__dlpack__"):
+            name = CudaArrayInterfaceLibrary.name  # e.g. numba.cuda device arrays
         else:
             name = kind.__module__.partition(".")[0]
             name = "numpy" if name == "builtins" else name
@@ -146,6 +149,13 @@ class TorchLibrary(ArrayLibrary):
     def needs_grad(self, x: Any) -> bool:
         return bool(getattr(x, "requires_grad", False)) and self.module().is_grad_enabled()
 
+    def convert(self, x: Any, like: Any = None) -> Any:
+        if isinstance(x, np.ndarray) and any(s < 0 for s in x.strides):
+            # torch.from_dlpack aborts the process (an uncaught C++ exception, torch 2.13) on a
+            # DLPack tensor with negative strides, such as a flipped NumPy view: copy it first.
+            x = np.ascontiguousarray(x)
+        return super().convert(x, like)
+
     def export(self, x: Any) -> Any:
         x = x.detach()
         if x.is_conj() or x.is_neg():
@@ -200,6 +210,40 @@ class CupyLibrary(ArrayLibrary):
         return x
 
 
+class CudaArrayInterfaceLibrary(ArrayLibrary):
+    """Objects that expose only ``__cuda_array_interface__`` (numba.cuda device arrays, ...).
+
+    They are wrapped as CuPy arrays without a copy (CuPy is imported here, when such an object is
+    first passed in); results for them come back as CuPy arrays on the same device.
+    """
+
+    name = "cuda_array_interface"
+
+    def module(self) -> Any:
+        try:
+            return importlib.import_module("cupy")
+        except ImportError:
+            raise TypeError(
+                "an array with only __cuda_array_interface__ needs CuPy: "
+                'pip install "cropcore[cupy]"'
+            ) from None
+
+    def export(self, x: Any) -> Any:
+        return self.module().asarray(x)
+
+    def device(self, x: Any) -> str:
+        return f"cuda:{self.export(x).device.id}"
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return self.export(x).get()
+
+    def astype(self, x: Any, dtype: str) -> Any:
+        return x if dtype_name(x) == dtype else self.export(x).astype(dtype)
+
+    def convert(self, x: Any, like: Any = None) -> Any:
+        return _LIBRARIES["cupy"].convert(x if library_name(x) != self.name else self.export(x))
+
+
 class DLPackLibrary(ArrayLibrary):
     """Any other library whose module has ``from_dlpack`` (JAX, MLX, dpnp, ...): host arrays only."""
 
@@ -223,6 +267,7 @@ _LIBRARIES: dict[str, ArrayLibrary] = {
     "numpy": NumpyLibrary(),
     "torch": TorchLibrary(),
     "cupy": CupyLibrary(),
+    CudaArrayInterfaceLibrary.name: CudaArrayInterfaceLibrary(),
 }
 
 

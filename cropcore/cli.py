@@ -36,7 +36,7 @@ import cropcore
 from cropcore.errors import BackendError
 from cropcore.registry import registry
 
-__all__ = ["BoxRow", "main", "pixel_to_normalized", "read_boxes", "to_uint8"]
+__all__ = ["BoxRow", "main", "pixel_to_normalized", "read_box_records", "read_boxes", "to_uint8"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -110,6 +110,32 @@ def read_boxes(path: str | os.PathLike[str], image_paths: Sequence[str]) -> list
     Raises :class:`CliError` naming the file and the line (CSV) or entry (JSON) at fault.
     """
     path = Path(path)
+    records = read_box_records(path)
+    resolve = _image_resolver(path, image_paths)
+    rows = []
+    for number, (where, record) in enumerate(records):
+        coords = tuple(_coordinate(record, key, path, where) for key in BOX_COLUMNS)
+        label = record.get("label")
+        rows.append(
+            BoxRow(
+                number=number,
+                image=resolve(record.get("image"), where),
+                coords=coords,  # type: ignore[arg-type]
+                label="" if label is None else str(label).strip(),
+                where=where,
+            )
+        )
+    return rows
+
+
+def read_box_records(path: str | os.PathLike[str]) -> list[tuple[str, dict[str, Any]]]:
+    """The boxes of a box file as ``(where, record)`` pairs in file order, before any checking.
+
+    ``record`` maps the lower-cased column names (CSV) or keys (JSON) to their raw values; ``where``
+    is ``"line 3"`` or ``"boxes[2]"``, for messages. Shared with ``cropcore.dask.crop_files``.
+    Raises :class:`CliError` for a file that cannot be read or parsed, or that has no boxes.
+    """
+    path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
@@ -128,21 +154,7 @@ def read_boxes(path: str | os.PathLike[str], image_paths: Sequence[str]) -> list
     records = _json_records(text, path) if is_json else _csv_records(text, path)
     if not records:
         raise CliError(f"{path}: the box file has no boxes")
-    resolve = _image_resolver(path, image_paths)
-    rows = []
-    for number, (where, record) in enumerate(records):
-        coords = tuple(_coordinate(record, key, path, where) for key in BOX_COLUMNS)
-        label = record.get("label")
-        rows.append(
-            BoxRow(
-                number=number,
-                image=resolve(record.get("image"), where),
-                coords=coords,  # type: ignore[arg-type]
-                label="" if label is None else str(label).strip(),
-                where=where,
-            )
-        )
-    return rows
+    return records
 
 
 def _csv_records(text: str, path: Path) -> list[tuple[str, dict[str, Any]]]:
@@ -314,8 +326,13 @@ def to_uint8(crops: np.ndarray) -> np.ndarray:
     NaN (a NaN ``extrapolation_value``) becomes 0. The rounding is done in float64, where
     ``floor(x + 0.5)`` is exact for every float32 ``x``.
     """
-    values = np.nan_to_num(np.asarray(crops, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
-    return np.floor(np.clip(values, 0.0, 255.0) + 0.5).astype(np.uint8)
+    # One float64 buffer, worked on in place: crop_files converts hundreds of MB at a time.
+    values = np.array(crops, dtype=np.float64)
+    np.nan_to_num(values, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
+    np.clip(values, 0.0, 255.0, out=values)
+    values += 0.5
+    np.floor(values, out=values)
+    return values.astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -417,6 +434,7 @@ def _cmd_backends(args: argparse.Namespace) -> int:
         return EXIT_OK
     _require("rich")
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     colours = {"available": "green", "installed": "cyan", "unavailable": "yellow", "broken": "red"}
@@ -425,13 +443,13 @@ def _cmd_backends(args: argparse.Namespace) -> int:
         table.add_column(column, overflow="fold")
     for b in found:
         table.add_row(
-            b.name,
-            ", ".join(b.aliases),
-            b.version,
+            escape(b.name),
+            escape(", ".join(b.aliases)),
+            escape(b.version),
             f"[{colours.get(b.status, 'white')}]{b.status}[/]",
-            b.info.array_library if b.info else "",
-            ", ".join(b.devices),
-            b.reason,
+            escape(b.info.array_library if b.info else ""),
+            escape(", ".join(b.devices)),
+            escape(b.reason),  # plugin text, e.g. 'pip install "cropcore[cupy]"': not markup
         )
     console = Console()
     console.print(table)
@@ -509,7 +527,10 @@ def _cmd_crop(args: argparse.Namespace) -> int:
             if not mine:
                 if not args.quiet:
                     console.print(
-                        f"note: no boxes for {image.path}", highlight=False, soft_wrap=True
+                        f"note: no boxes for {image.path}",
+                        highlight=False,
+                        soft_wrap=True,
+                        markup=False,
                     )
                 progress.advance(task)
                 continue
@@ -768,7 +789,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     notes: list[str] = []
     runs = _demo_runs(_demo_targets(notes, args.backend), photo, boxes, notes)
     for note in notes:
-        console.print(f"note: {note}", soft_wrap=True)
+        console.print(f"note: {note}", soft_wrap=True, markup=False)
     reference = {
         r.method: r.crops for r in runs if r.target.title == "numpy (cpu)" and r.crops is not None
     }
@@ -837,6 +858,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _print_agreement(console: Any, runs: Sequence[_Run]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"agreement with the numpy reference (tolerance {DEMO_TOLERANCE:g})")
@@ -846,8 +868,8 @@ def _print_agreement(console: Any, runs: Sequence[_Run]) -> None:
     for run in runs:
         difference = run.max_abs_difference
         table.add_row(
-            run.target.backend.name,
-            run.target.device,
+            escape(run.target.backend.name),
+            escape(run.target.device),
             run.method,
             "" if difference is None else f"{difference:.3g}",
             "" if run.crops is None else "yes" if run.bit_identical else "no",
@@ -856,7 +878,9 @@ def _print_agreement(console: Any, runs: Sequence[_Run]) -> None:
     console.print(table)
     for run in runs:
         if run.error:
-            console.print(f"{run.target.title} {run.method} failed: {run.error}", soft_wrap=True)
+            console.print(
+                f"{run.target.title} {run.method} failed: {run.error}", soft_wrap=True, markup=False
+            )
 
 
 _PALETTE = [
@@ -1181,11 +1205,21 @@ def build_parser() -> argparse.ArgumentParser:
         "default: every available backend",
     )
     demo.set_defaults(run=_cmd_demo)
+
+    # `cropcore conformance ...` is cropcore_conformance's own command line: main() hands it over.
+    commands.add_parser(
+        "conformance", help="certify a backend against the conformance suite", add_help=False
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``cropcore`` command with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["conformance"]:
+        from cropcore_conformance.runner import main as conformance
+
+        return conformance(args_list[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -243,14 +243,31 @@ def select(
     return chosen, decision
 
 
+def _native_first(priority: tuple[str, ...], library: str) -> list[tuple[str, Backend | None]]:
+    """The priority list, looked up, with the backends that take ``library``'s arrays natively first.
+
+    The image's array type decides, then the priority list (design.md): NumPy arrays go to a NumPy
+    backend (numba, numpy) before one that would convert them (torch), in priority order.
+    """
+    found = [(name, registry.get(name)) for name in priority]
+
+    def converts(entry: tuple[str, Backend | None]) -> bool:
+        info = entry[1].info if entry[1] is not None else None
+        return info is None or (
+            info.array_library != library and library not in info.native_libraries
+        )
+
+    return sorted(found, key=converts)  # stable: priority order within each group
+
+
 def _automatic(call: Any, device_type: str, needs_grad: bool, decision: Decision) -> Backend:
     priority = get_priority()
     decision.rule = f"the priority list {list(priority)}"
+    candidates = _native_first(priority, decision.library)
     rejected: list[str] = []
     for attempt in (needs_grad, False) if needs_grad else (False,):
         rejected = []
-        for name in priority:
-            backend = registry.get(name)
+        for name, backend in candidates:
             if backend is None:
                 rejected.append(f"{name}: not installed")
                 continue

@@ -141,7 +141,21 @@ def cropcore_conformance_expected_failures() -> dict[str, str]:
     """Conformance cases this backend is known to fail, each with the reason.
 
     Optional. Keys are case ids of the conformance suite (``fnmatch`` patterns allowed), values the
-    reason shown in the report, e.g. ``{"forward/float16/*": "accumulates in half precision"}``. The
-    suite reports such cases as expected failures, and flags a declaration that no longer matches
-    any failure as stale.
+    reason shown in the report, e.g.
+    ``{"*/grad_image/*-float16*": "accumulates float16 gradients in float32"}``. The suite reports
+    such cases as expected failures, and flags a declaration that no longer matches any failure as
+    stale. Case ids are ``<category>/<op>/<name>``; ``cropcore conformance --list`` prints them.
+    """
+
+
+@hookspec
+def cropcore_conformance_tolerances() -> dict[str, str]:
+    """The tolerance class this backend's results are held to, by conformance case id pattern.
+
+    Optional. By default every numeric result must be bit-identical to the expected one (the
+    contract of a CPU backend). A backend that cannot be declares a looser, named class for the
+    cases concerned, e.g. ``{"*": "fma"}`` for a GPU backend whose compiler contracts
+    ``a * b + c`` into fused multiply-adds, or ``{"*/grad_*": "reordered-sums"}`` for gradients
+    summed in parallel. The classes (``exact``, ``fma``, ``reordered-sums``) are defined, and
+    stated in every report, by ``cropcore_conformance.TOLERANCES``; the first matching pattern wins.
     """

@@ -153,6 +153,7 @@ class Registry:
         self.group = group
         self._lock = threading.RLock()
         self._backends: dict[str, Backend] | None = None
+        self._ready = False  # set once discovery has filled _backends (it fills it in place)
         self._names: dict[str, str] = {}  # name or alias -> name
         self._pm: pluggy.PluginManager | None = None
         self._direct: dict[str, ModuleType] = {}  # registered with register(), kept over refresh()
@@ -161,10 +162,12 @@ class Registry:
 
     def _ensure(self) -> dict[str, Backend]:
         backends = self._backends
-        if backends is None:
+        # _ready, not _backends: another thread's discovery may be filling _backends right now.
+        if backends is None or not self._ready:
             with self._lock:
-                if self._backends is None:
+                if not self._ready:
                     self._discover()
+                    self._ready = True
                 backends = self._backends
         assert backends is not None
         return backends
@@ -172,6 +175,7 @@ class Registry:
     def refresh(self) -> None:
         """Forget what was discovered; the next look-up scans the entry points again."""
         with self._lock:
+            self._ready = False
             self._backends = None
 
     def _discover(self) -> None:

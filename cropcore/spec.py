@@ -71,6 +71,8 @@ IMAGE_DTYPES = (
 #: Output dtypes of CropAndResizeGradImage (attr ``T``).
 GRAD_IMAGE_DTYPES = ("float16", "float32", "float64")
 
+#: Below this magnitude a float64 rounds to a finite float32 (no overflow warning to silence).
+_FLOAT32_LIMIT = 3.4e38
 _INT_KINDS = "iu"
 _REAL_KINDS = "iuf"
 
@@ -264,6 +266,11 @@ class Crop2DCall:
 def _as_array(x: Any, name: str) -> Any:
     """``x`` itself when it is an array of some library, else ``np.asarray(x)``."""
     if hasattr(x, "shape") and hasattr(x, "dtype"):
+        if library_name(x) == "dask":  # lazy: it has no data to hand a backend
+            raise TypeError(
+                f"{name} is a dask array; cropcore's ops take in-memory arrays: use the function "
+                "of the same name in cropcore.dask for a lazy result, or .compute() it first"
+            )
         return x
     if x is None:
         raise TypeError(f"{name} must be an array, got None")
@@ -400,14 +407,15 @@ def boxes_arg(boxes: Any, box_indices: Any, batch: int) -> tuple[Any, Any]:
 
     boxes = library_for(boxes).astype(boxes, "float32")
     host_boxes = library_for(boxes).to_numpy(boxes)
-    if not np.isfinite(host_boxes).all():
+    # min and max propagate NaN and reach any infinity: two reductions, no temporary array
+    if host_boxes.size and not (np.isfinite(host_boxes.min()) and np.isfinite(host_boxes.max())):
         bad = tuple(int(i) for i in np.argwhere(~np.isfinite(host_boxes))[0])
         raise ValueError(
             f"boxes must be finite (after the cast to float32); got boxes[{bad[0]}, {bad[1]}] = "
             f"{host_boxes[bad]} (the original value may have overflowed float32)"
         )
     host_indices = library_for(box_indices).to_numpy(box_indices)
-    if host_indices.size:
+    if host_indices.size and (host_indices.min() < 0 or host_indices.max() >= batch):
         out = (host_indices < 0) | (host_indices >= batch)
         if out.any():
             i = int(np.argmax(out))
@@ -452,6 +460,8 @@ def extrapolation_value_arg(value: Any) -> float:
         if hasattr(value, "item") and getattr(value, "shape", None) in ((), []):
             return extrapolation_value_arg(value.item())
         raise TypeError(f"extrapolation_value must be a real number, got {_short(value)}")
+    if -_FLOAT32_LIMIT < value < _FLOAT32_LIMIT:
+        return float(np.float32(value))
     with np.errstate(over="ignore"):  # as TF's float attr: 1e40 becomes inf
         return float(np.float32(value))
 
@@ -488,6 +498,11 @@ def max_output_bytes() -> int:
             raise ValueError(
                 f"CROPCORE_MAX_OUTPUT_BYTES must be a whole number of bytes, got {configured!r}"
             ) from None
+    return _physical_memory()
+
+
+@functools.cache
+def _physical_memory() -> int:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX

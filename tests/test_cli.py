@@ -136,6 +136,16 @@ def test_backends_table_shows_numpy_available(capsys):
     assert "available" in out
 
 
+def test_backends_table_prints_install_hints_verbatim(register_backend, capsys, monkeypatch):
+    # rich would read "[extra]" as markup and drop it; the hint must survive as written.
+    monkeypatch.setenv("COLUMNS", "250")
+    register_backend(
+        "fakeneeds", requires=("no_such_module_xyz",), install_hint='pip install "fakeneeds[gpu]"'
+    )
+    assert main(["backends"]) == 0
+    assert 'pip install "fakeneeds[gpu]"' in capsys.readouterr().out
+
+
 def test_backends_json_is_machine_readable():
     result = run_cli("backends", "--json")
     assert result.returncode == 0, result.stderr

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 import cropcore
+from cropcore import registry as registry_module
 
 
 def make_job(seed: int):
@@ -57,3 +60,28 @@ def test_threads_with_different_overrides_do_not_interfere():
         rules = list(pool.map(in_context, ["numpy", None] * 8))
     assert rules[0::2] == ["a use_backend() context"] * 8
     assert all(rule.startswith("the priority list") for rule in rules[1::2])
+
+
+def test_threads_that_arrive_during_discovery_wait_for_it(monkeypatch):
+    # The first calls of a process often come from several threads at once (a dask worker's
+    # thread pool): none may see the backend list half-filled ("numpy: not installed").
+    slow_scan = registry_module._entry_points
+
+    def entry_points(group):
+        time.sleep(0.2)  # discovery is under way for the other threads' whole arrival
+        return slow_scan(group)
+
+    monkeypatch.setattr(registry_module, "_entry_points", entry_points)
+    registry_module.registry.refresh()
+    start = threading.Barrier(4)
+
+    def first_lookup(_):
+        start.wait()
+        return registry_module.registry.get("numpy")
+
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            found = list(pool.map(first_lookup, range(4)))
+    finally:
+        registry_module.registry.refresh()
+    assert all(backend is not None and backend.name == "numpy" for backend in found)

@@ -1,0 +1,161 @@
+"""The CuPy side of the backend: compile kernels.cu with NVRTC and launch it on the caller's device.
+
+Imported by the op hooks only (it imports cupy). Each op family's kernels form one
+``cupy.RawModule``, compiled the first time the family runs on a device and cached by CuPy on disk
+across processes. Launches go to the current CuPy stream of the image's device (the stream DLPack
+exchanges with torch synchronise against). Arrays that arrive on another device (box tables made
+from NumPy arrays land on the current device) are copied to the image's device first.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import cupy
+import numpy as np
+
+from cropcore.spec import CropAndResizeCall, GradBoxesCall, GradImageCall
+from cropcore_cupy import _plan
+
+__all__ = ["crop_and_resize", "crop_and_resize_grad_boxes", "crop_and_resize_grad_image"]
+
+_lock = threading.Lock()
+_modules: dict[str, Any] = {}
+_NULL = np.uint64(0)  # a null pointer argument
+
+
+def _module(op: str) -> Any:
+    module = _modules.get(op)
+    if module is None:
+        with _lock:
+            module = _modules.get(op)
+            if module is None:
+                module = cupy.RawModule(code=_plan.source(), options=_plan.nvrtc_options(op))
+                _modules[op] = module
+    return module
+
+
+def _run(launches: Sequence[_plan.Launch]) -> None:
+    for launch in launches:
+        function = _module(launch.op).get_function(launch.kernel)
+        args = tuple(_NULL if a is None else a for a in launch.args)
+        function(launch.grid, launch.block, args)
+
+
+def _on(device: Any, x: Any, dtype: Any = None) -> Any:
+    """``x`` (a CuPy array) on ``device``, C-contiguous, with ``dtype`` if given."""
+    if x.device.id != device.id:
+        with device:
+            x = x.copy()
+    if dtype is not None and x.dtype != dtype:
+        x = x.astype(dtype)
+    return cupy.ascontiguousarray(x)
+
+
+def _strided(x: Any, device: Any, data_format: str) -> tuple[Any, tuple[int, int, int, int]]:
+    """``x`` on ``device`` and its (batch, row, column, channel) strides in elements.
+
+    A strided view is read in place; only strides that are not whole elements force a copy.
+    """
+    if x.device.id != device.id:
+        with device:
+            x = x.copy()
+    strides = _plan.element_strides(x.strides, x.itemsize)
+    if strides is None:
+        x = cupy.ascontiguousarray(x)
+        strides = _plan.element_strides(x.strides, x.itemsize)
+    assert strides is not None
+    return x, _plan.logical_strides(strides, data_format)
+
+
+def crop_and_resize(call: CropAndResizeCall) -> Any:
+    device = call.image.device
+    with device:
+        crops = cupy.empty(call.output_shape, cupy.float32)
+        if crops.size == 0:
+            return crops
+        image, strides = _strided(call.image, device, call.data_format)
+        launch = _plan.forward(
+            image=image,
+            boxes=_on(device, call.boxes, cupy.float32),
+            box_indices=_on(device, call.box_indices, cupy.int32),
+            crops=crops,
+            image_shape=call.image_shape,
+            image_strides=strides,
+            image_pointer=int(image.data.ptr),
+            dtype=image.dtype.name,
+            crop_size=call.crop_size,
+            method=call.method,
+            extrapolation_value=call.extrapolation_value,
+            data_format=call.data_format,
+        )
+        _run([launch])
+    return crops
+
+
+def crop_and_resize_grad_image(call: GradImageCall, deterministic: bool) -> Any:
+    device = call.grads.device
+    shape, dtype = call.output_shape, np.dtype(call.dtype)
+    with device:
+        size = _plan.total(shape)
+        if size == 0 or call.num_boxes == 0:
+            return cupy.zeros(shape, dtype)
+        grads, grads_strides = _strided(call.grads, device, call.data_format)
+        num_boxes = call.num_boxes
+        if deterministic:  # the gather writes every element
+            output = cupy.empty(shape, dtype)
+            box_axes = cupy.empty((num_boxes, 4), cupy.float32)
+            box_spans = cupy.empty((num_boxes, 5), cupy.int32)
+        else:  # float16 atomics update 32-bit words: pad so the last one stays inside
+            pad = 1 if dtype == np.float16 else 0
+            output = cupy.zeros(size + pad, dtype)[:size].reshape(shape)
+            box_axes = box_spans = None
+        launches = _plan.grad_image(
+            grads=grads,
+            boxes=_on(device, call.boxes, cupy.float32),
+            box_indices=_on(device, call.box_indices, cupy.int32),
+            output=output,
+            box_axes=box_axes,
+            box_spans=box_spans,
+            grads_strides=grads_strides,
+            image_shape=call.image_shape,
+            crop_size=call.crop_size,
+            dtype=dtype.name,
+            method=call.method,
+            data_format=call.data_format,
+            deterministic=deterministic,
+        )
+        _run(launches)
+    return output
+
+
+def crop_and_resize_grad_boxes(call: GradBoxesCall) -> Any:
+    device = call.image.device
+    num_boxes = call.num_boxes
+    crop_height, crop_width = call.crop_size
+    with device:
+        elements = crop_height * crop_width * call.image_shape.depth
+        if num_boxes == 0 or elements == 0:
+            return cupy.zeros((num_boxes, 4), cupy.float32)
+        image, image_strides = _strided(call.image, device, call.data_format)
+        grads, grads_strides = _strided(call.grads, device, call.data_format)
+        _, chunks = _plan.grad_boxes_chunking(elements)
+        output = cupy.empty((num_boxes, 4), cupy.float32)
+        partial = cupy.empty((num_boxes, chunks, 4), cupy.float32) if chunks > 1 else None
+        launches = _plan.grad_boxes(
+            grads=grads,
+            image=image,
+            boxes=_on(device, call.boxes, cupy.float32),
+            box_indices=_on(device, call.box_indices, cupy.int32),
+            partial=partial,
+            output=output,
+            grads_strides=grads_strides,
+            image_shape=call.image_shape,
+            image_strides=image_strides,
+            crop_size=call.crop_size,
+            dtype=image.dtype.name,
+        )
+        _run(launches)
+    return output

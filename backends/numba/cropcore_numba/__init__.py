@@ -1,0 +1,118 @@
+"""cropcore's Numba backend: TensorFlow's CPU kernels, bit for bit, compiled and parallel.
+
+Registered as the plugin ``numba`` through the ``cropcore.backends`` entry point, like any
+third-party backend; installed by the ``numba`` extra (``pip install "cropcore[numba]"``). With
+numba installed, automatic selection sends NumPy arrays here before the reference ``numpy``
+backend.
+
+Importing this module imports neither numba nor the kernels: :mod:`cropcore_numba.kernels` (which
+compiles lazily, with an on-disk cache) is imported by the first op hook or by
+:func:`cropcore_backend_check`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+
+import numpy as np
+
+from cropcore import BackendInfo, hookimpl
+from cropcore.spec import Crop2DCall, CropAndResizeCall, GradBoxesCall, GradImageCall
+
+__all__ = [
+    "cropcore_backend_check",
+    "cropcore_backend_info",
+    "cropcore_crop2d",
+    "cropcore_crop_and_resize",
+    "cropcore_crop_and_resize_grad_boxes",
+    "cropcore_crop_and_resize_grad_image",
+]
+
+
+def _numba_version() -> str:
+    try:
+        return importlib.metadata.version("numba")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+@hookimpl
+def cropcore_backend_info() -> BackendInfo:
+    return BackendInfo(
+        name="numba",
+        array_library="numpy",
+        devices=("cpu",),
+        requires=("numba",),
+        install_hint='pip install "cropcore[numba]"',
+        version=_numba_version(),
+        description="compiled, multi-threaded CPU kernels (bit-exact with TensorFlow's CPU kernel)",
+    )
+
+
+@hookimpl
+def cropcore_backend_check() -> str | None:
+    try:
+        import numba
+    except Exception as exc:  # an incompatible NumPy makes numba raise ImportError, or worse
+        return f"numba cannot be imported: {type(exc).__name__}: {exc}"
+    try:
+        from cropcore_numba import kernels
+    except Exception as exc:
+        return f"the numba kernels cannot be loaded (numba {numba.__version__}): {exc}"
+    if not kernels.FLUSH_MODE_SUPPORTED:
+        # TF's results depend on its flush-to-zero mode, which the kernels set through x86's MXCSR.
+        return (
+            f"the numba kernels need an x86-64 CPU to reproduce TensorFlow's flush-to-zero "
+            f"arithmetic (this machine is {platform.machine()}); the numpy backend runs instead"
+        )
+    try:
+        kernels.threading_layer()
+    except Exception as exc:  # e.g. NUMBA_THREADING_LAYER names a layer that is not installed
+        return f"numba has no usable threading layer: {exc}"
+    return None
+
+
+@hookimpl
+def cropcore_crop_and_resize(call: CropAndResizeCall) -> np.ndarray:
+    from cropcore_numba import kernels
+
+    return kernels.crop_and_resize(
+        call.image,
+        call.boxes,
+        call.box_indices,
+        call.crop_size,
+        call.method,
+        call.extrapolation_value,
+        call.channels_first,
+    )
+
+
+@hookimpl
+def cropcore_crop_and_resize_grad_image(call: GradImageCall) -> np.ndarray:
+    from cropcore_numba import kernels
+
+    return kernels.crop_and_resize_grad_image(
+        call.grads,
+        call.boxes,
+        call.box_indices,
+        call.image_shape,
+        call.method,
+        call.dtype,
+        call.channels_first,
+    )
+
+
+@hookimpl
+def cropcore_crop_and_resize_grad_boxes(call: GradBoxesCall) -> np.ndarray:
+    from cropcore_numba import kernels
+
+    return kernels.crop_and_resize_grad_boxes(
+        call.grads, call.image, call.boxes, call.box_indices, call.channels_first
+    )
+
+
+@hookimpl
+def cropcore_crop2d(call: Crop2DCall) -> np.ndarray:
+    # Keras's Cropping2D is a slice: a view costs nothing, a compiled copy could only be slower.
+    return call.x[call.slices]

@@ -1,0 +1,165 @@
+"""cropcore's torch backend: TensorFlow's ``crop_and_resize`` for torch tensors, on CPU and CUDA, with autograd.
+
+Registered as the plugin ``torch`` through the ``cropcore.backends`` entry point, like any
+third-party backend; installed by ``pip install "cropcore[torch]"``. Importing this module does
+not import torch: the hooks import :mod:`cropcore_torch.ops` (which registers the torch custom ops
+``torch.ops.cropcore.*``) the first time they run.
+
+For torch code:
+
+- :func:`crop_and_resize`, :func:`crop_and_resize_grad_image`, :func:`crop_and_resize_grad_boxes`,
+  :func:`crop2d`: the functions of :mod:`cropcore`, on torch tensors, with a ``validate=False``
+  switch for trusted hot loops (see :func:`cropcore_torch.ops.crop_and_resize`);
+- :class:`CropAndResize` and :class:`Cropping2D`: ``torch.nn.Module`` layers
+  (:mod:`cropcore_torch.modules`).
+
+Modules:
+
+- :mod:`cropcore_torch.kernels`: the torch implementation (any device), bit-identical to
+  TensorFlow's CPU kernel on CPU;
+- :mod:`cropcore_torch._native`: the same loops compiled for the CPU (used when a C compiler is
+  available);
+- :mod:`cropcore_torch.ops`: the custom ops, their autograd formulas and the public functions;
+- :mod:`cropcore_torch.modules`: the layers.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from typing import TYPE_CHECKING, Any
+
+from cropcore import BackendInfo, hookimpl
+from cropcore.spec import IMAGE_DTYPES
+
+if TYPE_CHECKING:
+    from cropcore.spec import Crop2DCall, CropAndResizeCall, GradBoxesCall, GradImageCall
+
+__all__ = [
+    "CropAndResize",
+    "Cropping2D",
+    "crop2d",
+    "crop_and_resize",
+    "crop_and_resize_grad_boxes",
+    "crop_and_resize_grad_image",
+    "cropcore_backend_check",
+    "cropcore_backend_info",
+    "cropcore_crop2d",
+    "cropcore_crop_and_resize",
+    "cropcore_crop_and_resize_grad_boxes",
+    "cropcore_crop_and_resize_grad_image",
+]
+
+# The public names that live in modules which import torch, loaded on first access (PEP 562).
+_LAZY = {
+    "crop_and_resize": "cropcore_torch.ops",
+    "crop_and_resize_grad_image": "cropcore_torch.ops",
+    "crop_and_resize_grad_boxes": "cropcore_torch.ops",
+    "crop2d": "cropcore_torch.ops",
+    "CropAndResize": "cropcore_torch.modules",
+    "Cropping2D": "cropcore_torch.modules",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cropcore_torch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def _torch_version() -> str:
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+@hookimpl
+def cropcore_backend_info() -> BackendInfo:
+    return BackendInfo(
+        name="torch",
+        array_library="torch",
+        devices=("cpu", "cuda"),
+        dtypes=IMAGE_DTYPES,
+        requires=("torch",),
+        install_hint='pip install "cropcore[torch]"',
+        version=_torch_version(),
+        description=(
+            "torch tensors on CPU and CUDA, with autograd; bit-exact with TensorFlow's CPU kernel "
+            "on CPU"
+        ),
+        autograd=True,
+    )
+
+
+@hookimpl
+def cropcore_backend_check() -> str | None:
+    import torch
+
+    # torch.library.custom_op (and uint16 tensors) arrived in torch 2.4.
+    if not hasattr(torch.library, "custom_op"):
+        return f"torch {torch.__version__} is too old: cropcore's torch backend needs torch >= 2.4"
+    _torch_ops()
+    return None
+
+
+def _torch_ops() -> Any:
+    """``torch.ops.cropcore``, registering the ops on first use."""
+    import torch
+
+    import cropcore_torch.ops  # noqa: F401  (registers torch.ops.cropcore.*)
+
+    return torch.ops.cropcore
+
+
+@hookimpl
+def cropcore_crop_and_resize(call: CropAndResizeCall) -> Any:
+    return _torch_ops().crop_and_resize(
+        call.image,
+        call.boxes,
+        call.box_indices,
+        *call.crop_size,
+        call.method,
+        call.extrapolation_value,
+        call.channels_first,
+    )
+
+
+@hookimpl
+def cropcore_crop_and_resize_grad_image(call: GradImageCall) -> Any:
+    import torch
+
+    return _torch_ops().crop_and_resize_grad_image(
+        call.grads,
+        call.boxes,
+        call.box_indices,
+        *call.image_shape,
+        call.method,
+        getattr(torch, call.dtype),
+        call.channels_first,
+    )
+
+
+@hookimpl
+def cropcore_crop_and_resize_grad_boxes(call: GradBoxesCall) -> Any:
+    return _torch_ops().crop_and_resize_grad_boxes(
+        call.grads, call.image, call.boxes, call.box_indices, call.channels_first
+    )
+
+
+@hookimpl
+def cropcore_crop2d(call: Crop2DCall) -> Any:
+    return call.x[call.slices]
+
+
+@hookimpl
+def cropcore_conformance_expected_failures() -> dict[str, str]:
+    return {
+        "edge-cases/crop2d/layout-byteswapped": (
+            "torch tensors have no byte order: a byte-swapped NumPy array named to the torch "
+            "backend is converted to native order, so crop2d returns the same values as a "
+            "native-order float32 array instead of a view with dtype '>f4'"
+        ),
+    }

@@ -1,0 +1,453 @@
+"""The torch ops: ``cropcore::crop_and_resize`` and its gradients as torch custom ops, with autograd.
+
+Importing this module registers three operators with torch (``torch.ops.cropcore.*``):
+
+``crop_and_resize(Tensor image, Tensor boxes, Tensor box_indices, int crop_height, int crop_width,
+str method, float extrapolation_value, bool channels_first) -> Tensor``
+    Differentiable w.r.t. ``image`` (floating dtypes) and ``boxes``: the backward pass runs the two
+    gradient ops below, which are TensorFlow's ``CropAndResizeGradImage`` and
+    ``CropAndResizeGradBoxes``. As in TensorFlow, the box gradient of a ``"nearest"`` crop is the
+    bilinear one. The gradient ops themselves are not differentiable: a double backward raises.
+
+``crop_and_resize_grad_image(Tensor grads, Tensor boxes, Tensor box_indices, int batch, int height,
+int width, int depth, str method, ScalarType dtype, bool channels_first) -> Tensor``
+
+``crop_and_resize_grad_boxes(Tensor grads, Tensor image, Tensor boxes, Tensor box_indices,
+bool channels_first) -> Tensor``
+
+Being custom ops, they are single nodes for ``torch.compile`` (no graph break; a fake
+implementation gives shapes and strides) and callable from TorchScript. They do **not** validate
+their arguments beyond what memory safety needs: the functions of this module with
+``validate=True`` (the default) go through :mod:`cropcore`'s checks first.
+
+CPU tensors run the compiled loops of :mod:`cropcore_torch._native` when available, everything else
+the torch kernels of :mod:`cropcore_torch.kernels`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from cropcore import spec
+from cropcore_torch import _native, kernels
+
+__all__ = [
+    "IMAGE_DTYPES",
+    "crop2d",
+    "crop_and_resize",
+    "crop_and_resize_grad_boxes",
+    "crop_and_resize_grad_image",
+]
+
+#: The image dtypes of TensorFlow's kernel, as torch dtypes.
+IMAGE_DTYPES = tuple(getattr(torch, name) for name in spec.IMAGE_DTYPES)
+_GRAD_DTYPES = (torch.float16, torch.float32, torch.float64)
+
+
+def _native_for(x: Tensor) -> bool:
+    return x.device.type == "cpu" and _native.available()
+
+
+def _check_image_dtype(image: Tensor) -> None:
+    if image.dtype not in IMAGE_DTYPES:
+        raise TypeError(
+            f"image dtype must be one of {', '.join(spec.IMAGE_DTYPES)}, got {image.dtype}"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# The custom ops
+
+
+@torch.library.custom_op("cropcore::crop_and_resize", mutates_args=())
+def _crop_and_resize(
+    image: Tensor,
+    boxes: Tensor,
+    box_indices: Tensor,
+    crop_height: int,
+    crop_width: int,
+    method: str,
+    extrapolation_value: float,
+    channels_first: bool,
+) -> Tensor:
+    _check_image_dtype(image)
+    impl = _native if _native_for(image) else kernels
+    return impl.crop_and_resize(
+        image,
+        boxes.to(torch.float32),
+        box_indices,
+        (crop_height, crop_width),
+        method,
+        extrapolation_value,
+        channels_first,
+    )
+
+
+@_crop_and_resize.register_fake
+def _crop_and_resize_fake(
+    image, boxes, box_indices, crop_height, crop_width, method, extrapolation_value, channels_first
+):
+    depth = image.shape[1] if channels_first else image.shape[3]
+    return _fake_output(
+        image,
+        (boxes.shape[0], crop_height, crop_width, depth),
+        torch.float32,
+        channels_first,
+        kernels.output_is_channels_last(image, channels_first),
+    )
+
+
+def _fake_output(like, shape_nhwc, dtype, channels_first, channels_last_memory):
+    """An empty tensor with the shape and strides :func:`kernels.empty_output` gives."""
+    n, h, w, d = shape_nhwc
+    if channels_first and not channels_last_memory:
+        return like.new_empty((n, d, h, w), dtype=dtype)
+    out = like.new_empty((n, h, w, d), dtype=dtype)
+    return out.permute(0, 3, 1, 2) if channels_first else out
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    image, boxes, box_indices, _, _, method, _, channels_first = inputs
+    ctx.method = method
+    ctx.channels_first = channels_first
+    ctx.image_dtype = image.dtype
+    ctx.image_shape = spec.ImageShape.from_format(
+        tuple(image.shape), "channels_first" if channels_first else "channels_last"
+    )
+    # The box gradient reads the image; the image gradient needs only the boxes.
+    ctx.save_for_backward(image if ctx.needs_input_grad[1] else None, boxes, box_indices)
+
+
+def _backward(ctx, grad: Tensor):
+    image, boxes, box_indices = ctx.saved_tensors
+    grad_image = grad_boxes = None
+    if ctx.needs_input_grad[0]:
+        grad_image = torch.ops.cropcore.crop_and_resize_grad_image(
+            grad,
+            boxes,
+            box_indices,
+            *ctx.image_shape,
+            ctx.method,
+            ctx.image_dtype,
+            ctx.channels_first,
+        )
+    if ctx.needs_input_grad[1]:
+        # TF: "we still approximate grad1 using the gradient derived from bilinear sampling".
+        grad_boxes = torch.ops.cropcore.crop_and_resize_grad_boxes(
+            grad, image, boxes, box_indices, ctx.channels_first
+        )
+    return grad_image, grad_boxes, None, None, None, None, None, None
+
+
+_crop_and_resize.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("cropcore::crop_and_resize_grad_image", mutates_args=())
+def _grad_image(
+    grads: Tensor,
+    boxes: Tensor,
+    box_indices: Tensor,
+    batch: int,
+    height: int,
+    width: int,
+    depth: int,
+    method: str,
+    dtype: torch.dtype,
+    channels_first: bool,
+) -> Tensor:
+    if dtype not in _GRAD_DTYPES:
+        raise TypeError(f"dtype must be float16, float32 or float64, got {dtype}")
+    # The compiled loops accumulate in float32 or float64; float16 sums go through torch.
+    native = _native_for(grads) and dtype != torch.float16
+    impl = _native if native else kernels
+    return impl.crop_and_resize_grad_image(
+        grads.to(torch.float32),
+        boxes.to(torch.float32),
+        box_indices,
+        (batch, height, width, depth),
+        method,
+        dtype,
+        channels_first,
+    )
+
+
+@_grad_image.register_fake
+def _grad_image_fake(
+    grads, boxes, box_indices, batch, height, width, depth, method, dtype, channels_first
+):
+    shape = (batch, depth, height, width) if channels_first else (batch, height, width, depth)
+    return grads.new_empty(shape, dtype=dtype)
+
+
+@torch.library.custom_op("cropcore::crop_and_resize_grad_boxes", mutates_args=())
+def _grad_boxes(
+    grads: Tensor, image: Tensor, boxes: Tensor, box_indices: Tensor, channels_first: bool
+) -> Tensor:
+    _check_image_dtype(image)
+    impl = _native if _native_for(image) else kernels
+    return impl.crop_and_resize_grad_boxes(
+        grads.to(torch.float32), image, boxes.to(torch.float32), box_indices, channels_first
+    )
+
+
+@_grad_boxes.register_fake
+def _grad_boxes_fake(grads, image, boxes, box_indices, channels_first):
+    return boxes.new_empty((boxes.shape[0], 4), dtype=torch.float32)
+
+
+def _no_double_backward(ctx, grad: Tensor):
+    raise RuntimeError(
+        "cropcore: the gradients of crop_and_resize are not differentiable; a double backward "
+        "(create_graph=True, then differentiating the gradient) is not supported"
+    )
+
+
+def _no_context(ctx, inputs, output) -> None:
+    pass
+
+
+_grad_image.register_autograd(_no_double_backward, setup_context=_no_context)
+_grad_boxes.register_autograd(_no_double_backward, setup_context=_no_context)
+
+
+# --------------------------------------------------------------------------------------------------
+# The functions users call
+
+
+def _format(data_format: str) -> bool:
+    """``channels_first`` for a data_format, refusing anything else (no device work)."""
+    return spec.data_format_arg(data_format) == "channels_first"
+
+
+def _tensor(x: Any, name: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor with validate=False, got {type(x).__name__}"
+        )
+    return x
+
+
+def _boxes_unchecked(boxes: Any, box_indices: Any, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Shape and dtype checks of ``boxes`` and ``box_indices``; their values are not looked at."""
+    boxes = _tensor(boxes, "boxes")
+    box_indices = _tensor(box_indices, "box_indices")
+    if boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must have shape (num_boxes, 4), got shape {tuple(boxes.shape)}")
+    if box_indices.dim() != 1 or box_indices.shape[0] != boxes.shape[0]:
+        raise ValueError(
+            f"box_indices must have shape ({boxes.shape[0]},) to match boxes, got shape "
+            f"{tuple(box_indices.shape)}"
+        )
+    if box_indices.is_floating_point() or box_indices.is_complex() or boxes.is_complex():
+        raise TypeError(
+            f"box_indices must be integers and boxes real, got {box_indices.dtype} and {boxes.dtype}"
+        )
+    return (
+        boxes.to(device=device, dtype=torch.float32),
+        box_indices.to(device=device, dtype=torch.int32),
+    )
+
+
+def _image_unchecked(image: Any, channels_first: bool, name: str = "image") -> spec.ImageShape:
+    image = _tensor(image, name)
+    if image.dim() != 4:
+        raise ValueError(f"{name} must be 4-D, got shape {tuple(image.shape)}")
+    if image.dtype not in IMAGE_DTYPES:
+        raise TypeError(f"{name} dtype must be one of {spec.IMAGE_DTYPES}, got {image.dtype}")
+    shape = spec.ImageShape.from_format(
+        tuple(image.shape), "channels_first" if channels_first else "channels_last"
+    )
+    if shape.height <= 0 or shape.width <= 0:
+        raise ValueError(
+            f"{name} height and width must be positive, got shape {tuple(image.shape)}"
+        )
+    return shape
+
+
+def _grads_unchecked(grads: Tensor, boxes: Tensor, depth: int, channels_first: bool) -> None:
+    if grads.dim() != 4:
+        raise ValueError(f"grads must be 4-D, got shape {tuple(grads.shape)}")
+    if not grads.is_floating_point():
+        raise TypeError(f"grads must be floating point, got {grads.dtype}")
+    layout = "channels_first" if channels_first else "channels_last"
+    crops = spec.ImageShape.from_format(tuple(grads.shape), layout)
+    if crops.batch != boxes.shape[0] or crops.depth != depth:
+        raise ValueError(
+            f"grads of shape {tuple(grads.shape)} do not match {boxes.shape[0]} boxes of an image "
+            f"of depth {depth} ({layout})"
+        )
+    if crops.height <= 0 or crops.width <= 0:
+        raise ValueError(f"grads crop height and width must be positive, got {tuple(grads.shape)}")
+
+
+@torch.compiler.disable
+def _validated(function, *args: Any, **kwargs: Any) -> Any:
+    # cropcore's validation reads boxes and indices on the host (NumPy): under torch.compile this
+    # is one graph break, after which the op itself is a graph node again.
+    return function(*args, **kwargs, backend="torch")
+
+
+def crop_and_resize(
+    image: Tensor,
+    boxes: Any,
+    box_indices: Any,
+    crop_size: Any,
+    method: str = "bilinear",
+    extrapolation_value: float = 0.0,
+    *,
+    data_format: str = "channels_last",
+    validate: bool = True,
+) -> Tensor:
+    """TensorFlow's ``crop_and_resize`` on torch tensors, differentiable w.r.t. image and boxes.
+
+    Args:
+        image: ``(batch, height, width, depth)`` (``data_format="channels_last"``, TensorFlow's) or
+            ``(batch, depth, height, width)`` (``"channels_first"``, what torch models use); uint8,
+            uint16, int8, int16, int32, int64, float16, float32 or float64; any device, any memory
+            layout.
+        boxes: float ``(num_boxes, 4)``, rows ``[y1, x1, y2, x2]`` normalised so that ``y`` maps to
+            pixel row ``y * (height - 1)``; cast to float32 (gradients flow back through the cast).
+        box_indices: integer ``(num_boxes,)``, the image of each box, in ``[0, batch)``.
+        crop_size: ``(crop_height, crop_width)``, positive.
+        method: ``"bilinear"`` or ``"nearest"``.
+        extrapolation_value: the value of samples outside the image.
+        data_format: ``"channels_last"`` or ``"channels_first"``.
+        validate: ``True`` checks every argument as :func:`cropcore.crop_and_resize` does, which
+            reads ``boxes`` and ``box_indices`` on the host (a device synchronisation for CUDA
+            tensors; a graph break under ``torch.compile``). ``False`` checks only shapes and dtypes
+            and goes straight to the op: then **the caller guarantees** that ``boxes`` are finite,
+            ``box_indices`` are in ``[0, batch)`` and ``crop_size`` is positive. If not, non-finite
+            boxes give ``extrapolation_value`` instead of an error, and an out-of-range box index
+            raises ``IndexError`` on CPU or trips a device-side assertion on CUDA.
+
+    Returns:
+        float32 ``(num_boxes, crop_height, crop_width, depth)`` (or
+        ``(num_boxes, depth, crop_height, crop_width)``) on the image's device; for channels_first,
+        channels-last in memory when the image is.
+    """
+    if validate:
+        import cropcore
+
+        return _validated(
+            cropcore.crop_and_resize,
+            image,
+            boxes,
+            box_indices,
+            crop_size,
+            method,
+            extrapolation_value,
+            data_format=data_format,
+        )
+    channels_first = _format(data_format)
+    _image_unchecked(image, channels_first)
+    boxes, box_indices = _boxes_unchecked(boxes, box_indices, image.device)
+    crop_height, crop_width = spec.crop_size_arg(crop_size)
+    method = spec.method_arg(method)
+    return torch.ops.cropcore.crop_and_resize(
+        image,
+        boxes,
+        box_indices,
+        crop_height,
+        crop_width,
+        method,
+        float(extrapolation_value),
+        channels_first,
+    )
+
+
+def crop_and_resize_grad_image(
+    grads: Tensor,
+    boxes: Any,
+    box_indices: Any,
+    image_shape: Any,
+    method: str = "bilinear",
+    *,
+    data_format: str = "channels_last",
+    dtype: Any = "float32",
+    validate: bool = True,
+) -> Tensor:
+    """TensorFlow's ``CropAndResizeGradImage`` on torch tensors (see :func:`cropcore.crop_and_resize_grad_image`).
+
+    ``validate=False`` checks shapes only; the caller guarantees what :func:`crop_and_resize`
+    lists, and that ``image_shape`` matches ``grads``.
+    """
+    if validate:
+        import cropcore
+
+        return _validated(
+            cropcore.crop_and_resize_grad_image,
+            grads,
+            boxes,
+            box_indices,
+            image_shape,
+            method,
+            data_format=data_format,
+            dtype=dtype,
+        )
+    channels_first = _format(data_format)
+    grads = _tensor(grads, "grads")
+    dims = spec.image_shape_arg(image_shape, data_format)
+    boxes, box_indices = _boxes_unchecked(boxes, box_indices, grads.device)
+    _grads_unchecked(grads, boxes, dims.depth, channels_first)
+    dtype = getattr(torch, spec._grad_dtype_arg(dtype))
+    return torch.ops.cropcore.crop_and_resize_grad_image(
+        grads.to(torch.float32),
+        boxes,
+        box_indices,
+        *dims,
+        spec.method_arg(method),
+        dtype,
+        channels_first,
+    )
+
+
+def crop_and_resize_grad_boxes(
+    grads: Tensor,
+    image: Tensor,
+    boxes: Any,
+    box_indices: Any,
+    method: str = "bilinear",
+    *,
+    data_format: str = "channels_last",
+    validate: bool = True,
+) -> Tensor:
+    """TensorFlow's ``CropAndResizeGradBoxes`` on torch tensors (see :func:`cropcore.crop_and_resize_grad_boxes`).
+
+    ``validate=False`` checks shapes only; the caller guarantees what :func:`crop_and_resize` lists.
+    """
+    if validate:
+        import cropcore
+
+        return _validated(
+            cropcore.crop_and_resize_grad_boxes,
+            grads,
+            image,
+            boxes,
+            box_indices,
+            method,
+            data_format=data_format,
+        )
+    channels_first = _format(data_format)
+    spec.method_arg(method, ("bilinear",))
+    dims = _image_unchecked(image, channels_first)
+    grads = _tensor(grads, "grads")
+    boxes, box_indices = _boxes_unchecked(boxes, box_indices, image.device)
+    _grads_unchecked(grads, boxes, dims.depth, channels_first)
+    return torch.ops.cropcore.crop_and_resize_grad_boxes(
+        grads.to(torch.float32), image, boxes, box_indices, channels_first
+    )
+
+
+def crop2d(
+    x: Tensor, cropping: Any = ((0, 0), (0, 0)), data_format: str = "channels_last"
+) -> Tensor:
+    """Keras's ``Cropping2D`` on a torch tensor: a view of ``x`` (see :func:`cropcore.crop2d`).
+
+    Checks only shapes (never synchronises a device), so it needs no ``validate`` switch and
+    traces under ``torch.compile`` without a graph break.
+    """
+    call = spec.crop2d_call(x, cropping, data_format)
+    return x[call.slices]

@@ -1,0 +1,432 @@
+"""``cropcore conformance NAME``: run the suite against a backend and print the report.
+
+Exit status: 0 the backend conforms (every case passed, was skipped for a declared reason, or
+failed as the backend declared); 1 an unexpected failure (with ``--strict``, also a stale
+expected-failure declaration), or a backend plugin that fails to load; 2 a usage error (unknown
+backend, a backend that cannot run here, malformed declarations, bad options).
+
+The report is a table (rich, on a terminal where rich is installed; plain text otherwise or with
+``--plain``) or JSON (``--json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from typing import IO, Any
+
+from cropcore.errors import BackendError
+from cropcore_conformance.cases import CATEGORIES
+from cropcore_conformance.compare import TOLERANCES
+from cropcore_conformance.suite import (
+    DEFAULT_MAX_EXAMPLES,
+    DEFAULT_SEED,
+    CategorySummary,
+    DeclarationError,
+    Report,
+    all_cases,
+    run,
+    select,
+)
+
+__all__ = ["build_parser", "main", "render_text"]
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+_DESCRIPTION = (
+    """\
+Run cropcore's conformance suite against a backend (by name or alias) and print a
+report: per category, the cases passed, failed, failed as the backend declared
+(expected failures) and skipped, the worst error and the share of bit-identical
+elements, and the tolerances applied. Exit status 0 if the backend conforms, 1 on
+any unexpected failure, 2 on a usage error.
+
+categories:
+"""
+    + "\n".join(f"  {name:12} {text}" for name, text in CATEGORIES.items())
+    + """
+
+examples:
+  cropcore conformance numpy
+  cropcore conformance mybackend --category edge-cases --category gradients
+  cropcore conformance mybackend -k '*nearest*' -v
+  cropcore conformance torch --device cuda
+  cropcore conformance mybackend --json > report.json
+"""
+)
+
+
+def build_parser(prog: str = "cropcore conformance") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("backend", nargs="?", metavar="NAME", help="the backend to certify")
+    parser.add_argument(
+        "-c",
+        "--category",
+        action="append",
+        choices=list(CATEGORIES),
+        metavar="CATEGORY",
+        help="run only this category (repeatable)",
+    )
+    parser.add_argument(
+        "-k",
+        "--select",
+        action="append",
+        metavar="PATTERN",
+        help="run only cases whose id matches (fnmatch pattern or substring; repeatable)",
+    )
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        metavar="PATTERN",
+        help="skip cases whose id matches (fnmatch pattern or substring; repeatable)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help=f"hypothesis seed for the property cases (default {DEFAULT_SEED})",
+    )
+    parser.add_argument(
+        "--max-examples",
+        type=int,
+        default=DEFAULT_MAX_EXAMPLES,
+        metavar="N",
+        help=f"examples per property case (default {DEFAULT_MAX_EXAMPLES})",
+    )
+    parser.add_argument(
+        "--device",
+        metavar="DEVICE",
+        help="move every input to the backend's array library on this device "
+        "(e.g. cuda, cuda:1) to certify that device path",
+    )
+    parser.add_argument(
+        "--reference",
+        default="numpy",
+        metavar="NAME",
+        help="the backend expected values come from where none were recorded (default numpy)",
+    )
+    parser.add_argument(
+        "--no-shrink",
+        action="store_true",
+        help="report hypothesis's first failing example without shrinking it",
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="a stale expected-failure declaration fails the run"
+    )
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print the report as JSON")
+    output.add_argument("--plain", action="store_true", help="plain text, even on a terminal")
+    output.add_argument(
+        "--list",
+        action="store_true",
+        help="list the selected case ids (no backend needed) and exit",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show every failure and skipped case in full"
+    )
+    parser.add_argument(
+        "--max-failures",
+        type=int,
+        default=25,
+        metavar="N",
+        help="failures to show in full (default 25; -v shows all)",
+    )
+    return parser
+
+
+# --------------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _worst(s: CategorySummary) -> str:
+    if s.max_abs == 0:
+        return "0"
+    if s.max_abs == float("inf"):
+        return "NaN/inf mismatch"
+    return f"{s.max_abs:.3g} ({s.max_ulp} ulp)" if s.max_ulp else f"{s.max_abs:.3g}"
+
+
+def _identical(s: CategorySummary) -> str:
+    share = s.bit_identical
+    if share is None:
+        return "-"
+    if s.identical == s.elements:
+        return "100%"
+    return f"{100 * share:.3f}%"
+
+
+def _tolerance(s: CategorySummary) -> str:
+    if not s.tolerances:
+        return "-"
+    return ", ".join(
+        name if len(s.tolerances) == 1 else f"{name} ({n})" for name, n in s.tolerances.items()
+    )
+
+
+_COLUMNS = (
+    "category",
+    "cases",
+    "passed",
+    "failed",
+    "xfail",
+    "skipped",
+    "worst error",
+    "bit-identical",
+    "tolerance",
+)
+
+
+def _rows(report: Report) -> list[tuple[str, ...]]:
+    rows = []
+    for s in [*report.by_category(), report.total()]:
+        rows.append(
+            (
+                s.name,
+                str(s.cases),
+                str(s.passed),
+                str(s.failed),
+                str(s.xfailed),
+                str(s.skipped),
+                _worst(s),
+                _identical(s),
+                _tolerance(s),
+            )
+        )
+    return rows
+
+
+def _header(report: Report) -> list[str]:
+    version = f" {report.backend_version}" if report.backend_version else ""
+    where = f" ({report.distribution})" if report.distribution else ""
+    lines = [f"cropcore conformance: backend {report.backend!r}{version}{where}"]
+    if report.device:
+        lines.append(f"  inputs moved to: {report.device}")
+    lines.append(
+        "  expected values: tf-vectors from " + report.provenance + "; tf-tests from "
+        "TensorFlow's and Keras's unit tests; other categories from the reference backend "
+        f"{report.reference!r}, itself held bit-exact to TensorFlow by tf-vectors"
+    )
+    lines.append(
+        f"  hypothesis: seed {report.seed}, {report.max_examples} examples per property case"
+    )
+    used = sorted({r.tolerance for r in report.results if r.status != "skipped"} or {"exact"})
+    lines.append("  tolerances (in units of the result dtype's epsilon where not exact):")
+    lines += [f"    {name}: {TOLERANCES[name].description}" for name in used]
+    if report.tolerances:
+        lines.append(
+            "  declared by the backend: "
+            + ", ".join(f"{p} -> {t}" for p, t in report.tolerances.items())
+        )
+    if report.selected:
+        lines.append("  partial run: only the selected categories and cases")
+    return lines
+
+
+def _details(report: Report, verbose: bool, max_failures: int) -> list[str]:
+    lines: list[str] = []
+    failures = report.failures
+    if failures:
+        lines.append(f"unexpected failures ({len(failures)}):")
+        shown = failures if verbose else failures[: max(max_failures, 0)]
+        for r in shown:
+            lines.append(f"  FAILED {r.id}")
+            lines.append(f"         {r.message}")
+        if len(shown) < len(failures):
+            by_category = Counter(r.category for r in failures[len(shown) :])
+            lines.append(
+                f"  ... and {len(failures) - len(shown)} more ("
+                + ", ".join(f"{c}: {n}" for c, n in by_category.items())
+                + ")"
+                + ("; -v shows all" if shown else "")
+            )
+    if report.expected_failures:
+        lines.append("expected failures declared by the backend:")
+        status = report.declaration_status()
+        for pattern, reason in report.expected_failures.items():
+            n = sum(
+                1
+                for r in report.results
+                if r.declared == reason and r.status == "xfailed" and _matches(r.id, pattern)
+            )
+            state = {
+                "matched": f"{n} case{'s' if n != 1 else ''} failed as declared",
+                "stale": "STALE: no longer matches any failure; remove or update it",
+                "not run": "no matching case in this partial run",
+            }[status[pattern]]
+            lines.append(f"  {pattern}: {reason}  [{state}]")
+        if verbose:
+            lines += [
+                f"  XFAIL {r.id}: {r.message}" for r in report.results if r.status == "xfailed"
+            ]
+        passes = report.unexpected_passes
+        if passes:
+            lines.append(
+                f"  declared but passed ({len(passes)}): "
+                + ", ".join(r.id for r in passes[:10])
+                + (" ..." if len(passes) > 10 else "")
+            )
+    skipped = [r for r in report.results if r.status == "skipped"]
+    if skipped:
+        lines.append(f"skipped ({len(skipped)}):")
+        for reason, n in Counter(r.message for r in skipped).most_common():
+            lines.append(f"  {n:5} {reason}")
+        if verbose:
+            lines += [f"  SKIPPED {r.id}" for r in skipped]
+    return lines
+
+
+def _matches(case_id: str, pattern: str) -> bool:
+    import fnmatch
+
+    return fnmatch.fnmatchcase(case_id, pattern)
+
+
+def _footer(report: Report, exit_status: bool = True) -> str:
+    t = report.total()
+    status = f" (exit status {report.exit_code})" if exit_status else ""
+    return (
+        f"{report.verdict}: backend {report.backend!r}: {t.passed} passed, {t.failed} failed, "
+        f"{t.xfailed} expected failures, {t.skipped} skipped, {len(report.stale)} stale "
+        f"declarations in {report.seconds:.1f} s{status}"
+    )
+
+
+def render_text(
+    report: Report, verbose: bool = False, max_failures: int = 25, exit_status: bool = True
+) -> str:
+    """The report as plain text (``exit_status``: end with the command's exit status)."""
+    rows = [_COLUMNS, *_rows(report)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
+    numeric = {1, 2, 3, 4, 5}
+
+    def line(row: tuple[str, ...]) -> str:
+        cells = [
+            c.rjust(w) if i in numeric else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        return "  ".join(cells).rstrip()
+
+    table = [line(rows[0]), "  ".join("-" * w for w in widths)]
+    table += [line(r) for r in rows[1:-1]]
+    table += ["  ".join("-" * w for w in widths), line(rows[-1])]
+    parts = [*_header(report), "", *table, ""]
+    details = _details(report, verbose, max_failures)
+    if details:
+        parts += [*details, ""]
+    parts.append(_footer(report, exit_status))
+    return "\n".join(parts) + "\n"
+
+
+def render_rich(
+    report: Report, file: IO[str], verbose: bool = False, max_failures: int = 25
+) -> None:
+    """The report as a rich table (for terminals)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = _rows(report)
+    widths = [max(len(name), *(len(row[i]) for row in rows)) for i, name in enumerate(_COLUMNS)]
+    console = Console(file=file, highlight=False)
+    needed = sum(widths) + 3 * len(widths) + 1  # the table never wraps a cell
+    if console.width < needed:
+        console = Console(file=file, highlight=False, width=needed)
+    for text in _header(report):
+        console.print(text, markup=False)
+    table = Table(show_lines=False)
+    for i, (name, width) in enumerate(zip(_COLUMNS, widths, strict=True)):
+        table.add_column(
+            name, justify="right" if 1 <= i <= 5 else "left", no_wrap=True, min_width=width
+        )
+    for row in rows[:-1]:
+        style = "red" if row[3] != "0" else None
+        table.add_row(*row, style=style)
+    table.add_section()
+    table.add_row(*rows[-1], style="bold")
+    console.print(table)
+    for text in _details(report, verbose, max_failures):
+        console.print(text, markup=False)
+    colour = "green" if report.exit_code == 0 else "red"
+    console.print(_footer(report), style=f"bold {colour}", markup=False)
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def _list(args: argparse.Namespace, out: IO[str]) -> int:
+    cases = select(all_cases(), args.category, args.select, args.exclude)
+    for case in cases:
+        out.write(
+            f"{case.id}\t{case.source}\t{case.description}\n" if args.verbose else f"{case.id}\n"
+        )
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "cropcore conformance") -> int:
+    """Run ``cropcore conformance`` with ``argv``; return the exit status."""
+    parser = build_parser(prog)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    out, err = sys.stdout, sys.stderr
+    if args.list:
+        return _list(args, out)
+    if not args.backend:
+        parser.print_usage(err)
+        err.write(f"{prog}: error: name the backend to certify (cropcore backends lists them)\n")
+        return EXIT_USAGE
+    if args.max_examples < 1:
+        err.write(f"{prog}: error: --max-examples must be at least 1\n")
+        return EXIT_USAGE
+    try:
+        report = run(
+            args.backend,
+            categories=args.category,
+            patterns=args.select,
+            exclude=args.exclude,
+            seed=args.seed,
+            max_examples=args.max_examples,
+            device=args.device,
+            shrink=not args.no_shrink,
+            reference=args.reference,
+            strict=args.strict,
+        )
+    except (BackendError, DeclarationError, ValueError) as exc:
+        from cropcore.registry import registry
+
+        backend = registry.get(args.backend)
+        err.write(f"{prog}: error: {' '.join(str(exc).split())}\n")
+        return EXIT_FAILURE if backend is not None and backend.status == "broken" else EXIT_USAGE
+    if args.json:
+        json.dump(_finite(report.to_dict()), out, indent=2, default=str)
+        out.write("\n")
+    elif not args.plain and _rich_terminal(out):
+        render_rich(report, out, args.verbose, args.max_failures)
+    else:
+        out.write(render_text(report, args.verbose, args.max_failures))
+    return report.exit_code
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with non-finite floats as strings ("inf", "nan"), so the JSON is strict."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _rich_terminal(out: IO[str]) -> bool:
+    if not (hasattr(out, "isatty") and out.isatty()):
+        return False
+    import importlib.util
+
+    return importlib.util.find_spec("rich") is not None
