@@ -20,8 +20,8 @@ without running it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-import os
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cropcore._arrays import dtype_name, library_for, library_name
+from cropcore._env import getenv
 from cropcore.errors import (
     BackendDeclinedError,
     BackendError,
@@ -88,7 +89,7 @@ def get_priority() -> tuple[str, ...]:
     """The automatic-selection order now in force."""
     if _priority is not None:
         return _priority
-    env = os.environ.get("CROPCORE_PRIORITY")
+    env = getenv("CROPCORE_PRIORITY")
     if env:
         return tuple(n.strip() for n in env.split(",") if n.strip())
     return DEFAULT_PRIORITY
@@ -170,21 +171,41 @@ def _why_not(
     backend: Backend, call: Any, device_type: str, needs_grad: bool, strict: bool
 ) -> str | None:
     """Why ``backend`` cannot take ``call`` (``None`` if it can). ``strict`` adds the device test."""
+    return _why_not_static(backend, _static_key(call), device_type, needs_grad, strict) or (
+        backend.declines(call)
+    )
+
+
+def _static_key(call: Any) -> tuple[str, str | None, str | None]:
+    """What of ``call`` a backend's capabilities are checked against: op, image dtype, method."""
+    if call.op == "crop2d":
+        return (call.op, None, None)
+    dtype = dtype_name(call.image) if hasattr(call, "image") else None
+    return (call.op, dtype, call.method)
+
+
+def _why_not_static(
+    backend: Backend,
+    key: tuple[str, str | None, str | None],
+    device_type: str,
+    needs_grad: bool,
+    strict: bool,
+) -> str | None:
+    """:func:`_why_not` without the backend's own ``declines`` hook (which depends on the call)."""
     info = backend.info
     assert info is not None
-    if backend.hook(call.op) is None:
-        return f"does not implement {call.op}"
-    if call.op != "crop2d":
-        dtype = dtype_name(call.image) if hasattr(call, "image") else None
-        if dtype is not None and dtype not in info.dtypes:
-            return f"does not support image dtype {dtype}"
-        if call.method not in info.methods:
-            return f"does not support method={call.method!r}"
+    op, dtype, method = key
+    if backend.hook(op) is None:
+        return f"does not implement {op}"
+    if dtype is not None and dtype not in info.dtypes:
+        return f"does not support image dtype {dtype}"
+    if method is not None and method not in info.methods:
+        return f"does not support method={method!r}"
     if strict and device_type not in info.devices:
         return f"computes on {', '.join(info.devices)}, the image is on {device_type}"
     if strict and needs_grad and not info.autograd:
         return "does not propagate autograd gradients"
-    return backend.declines(call)
+    return None
 
 
 def _needs_grad(call: Any, libraries: dict[str, str]) -> bool:
@@ -216,7 +237,7 @@ def select(
         named, rule = _override.get(), "a use_backend() context"
     if named is None:
         named, rule = (
-            os.environ.get("CROPCORE_BACKEND") or None,
+            getenv("CROPCORE_BACKEND") or None,
             "the CROPCORE_BACKEND environment variable",
         )
     needs_grad = "torch" in libraries.values() and _needs_grad(call, libraries)
@@ -260,25 +281,61 @@ def _native_first(priority: tuple[str, ...], library: str) -> list[tuple[str, Ba
     return sorted(found, key=converts)  # stable: priority order within each group
 
 
+# What automatic selection found about each backend of the priority list for one kind of call,
+# before asking the backends' declines hooks: ((name, backend or None, why not or None), ...).
+# Keyed by the call's op, image dtype, method, device type, the autograd attempt, the priority
+# list and the registry's generation (which changes whenever a backend comes, goes or is probed).
+_Verdicts = tuple[tuple[str, "Backend | None", "str | None"], ...]
+_verdicts_cache: dict[tuple[Any, ...], _Verdicts] = {}
+_VERDICTS_CACHE_SIZE = 256
+
+
+def _verdicts(
+    call: Any, library: str, device_type: str, attempt: bool, priority: tuple[str, ...]
+) -> _Verdicts:
+    static = _static_key(call)
+    key = (static, library, device_type, attempt, priority, registry.generation)
+    found = _verdicts_cache.get(key)
+    if found is not None:
+        return found
+    verdicts = []
+    for name, backend in _native_first(priority, library):
+        if backend is None:
+            verdicts.append((name, None, "not installed"))
+            continue
+        backend.probe()
+        if backend.status not in ("available",):
+            verdicts.append((backend.name, backend, f"{backend.status} ({backend.reason})"))
+            continue
+        why = _why_not_static(backend, static, device_type, attempt, strict=True)
+        verdicts.append((backend.name, backend, why))
+    found = tuple(verdicts)
+    if key[-1] == registry.generation:  # no backend came, went or changed status meanwhile
+        if len(_verdicts_cache) >= _VERDICTS_CACHE_SIZE:
+            _verdicts_cache.clear()
+        _verdicts_cache[key] = found
+    return found
+
+
+@functools.lru_cache(maxsize=64)
+def _priority_rule(priority: tuple[str, ...]) -> str:
+    return f"the priority list {list(priority)}"
+
+
 def _automatic(call: Any, device_type: str, needs_grad: bool, decision: Decision) -> Backend:
     priority = get_priority()
-    decision.rule = f"the priority list {list(priority)}"
-    candidates = _native_first(priority, decision.library)
+    decision.rule = _priority_rule(priority)
     rejected: list[str] = []
     for attempt in (needs_grad, False) if needs_grad else (False,):
         rejected = []
-        for name, backend in candidates:
-            if backend is None:
-                rejected.append(f"{name}: not installed")
-                continue
-            backend.probe()
-            if backend.status not in ("available",):
-                rejected.append(f"{backend.name}: {backend.status} ({backend.reason})")
-                continue
-            why = _why_not(backend, call, device_type, attempt, strict=True)
+        for name, backend, why in _verdicts(call, decision.library, device_type, attempt, priority):
+            if why is None:
+                assert backend is not None
+                why = backend.declines(call)
             if why:
-                rejected.append(f"{backend.name}: {why}")
+                rejected.append(f"{name}: {why}")
                 continue
+            assert backend is not None
             if needs_grad and not attempt:
                 warnings.warn(
                     f"no installed backend propagates autograd gradients for {call.op} on "
@@ -316,7 +373,7 @@ def _to_backend(call: Any, backend: Backend, libraries: dict[str, str]) -> Any:
     """``call`` with every array in the backend's library (and, where it is the same, device)."""
     info = backend.info
     target = info.array_library
-    if all(lib == target for lib in libraries.values()) and target in _SINGLE_DEVICE_LIBRARIES:
+    if target in _SINGLE_DEVICE_LIBRARIES and set(libraries.values()) == {target}:
         return call  # the common case: NumPy in, NumPy backend
     accepted = (target, *info.native_libraries)
     target_lib = library_for(target)
@@ -332,14 +389,42 @@ def _to_backend(call: Any, backend: Backend, libraries: dict[str, str]) -> Any:
     return call.replace(**changes) if changes else call
 
 
+def _quick_choice(call: Any, backend: str | None, libraries: dict[str, str]) -> Backend | None:
+    """:func:`select`'s answer for the common case, without building a :class:`Decision`.
+
+    The common case: automatic selection (nothing named), no torch arrays (so no autograd
+    preference), no DEBUG logging, and a backend that takes the call. ``None`` otherwise, and
+    :func:`select` decides (and explains, warns or raises).
+    """
+    if (
+        backend is not None
+        or _override.get() is not None
+        or "torch" in libraries.values()
+        or getenv("CROPCORE_BACKEND")
+        or logger.isEnabledFor(logging.DEBUG)
+    ):
+        return None
+    anchor = call.anchor
+    lib = library_for(anchor)
+    device_type = lib.device(anchor).partition(":")[0]
+    for _, candidate, why in _verdicts(call, lib.name, device_type, False, get_priority()):
+        if why is None and candidate is not None and candidate.declines(call) is None:
+            return candidate
+    return None
+
+
 def run(call: Any, backend: str | None = None) -> Any:
     """Select a backend for ``call``, run it, and return the result in the caller's library."""
     libraries = _libraries(call)
-    chosen, _ = select(call, backend, libraries)
+    chosen = _quick_choice(call, backend, libraries)
+    if chosen is None:
+        chosen, _ = select(call, backend, libraries)
     hook = chosen.hook(call.op)
     result = hook(call=_to_backend(call, chosen, libraries))
-    shape = tuple(int(d) for d in result.shape)
-    if shape != tuple(call.output_shape) or dtype_name(result) != call.output_dtype:
+    shape = result.shape
+    if shape != call.output_shape:  # torch.Size and NumPy shapes compare equal to tuples
+        shape = tuple(int(d) for d in shape)
+    if shape != call.output_shape or dtype_name(result) != call.output_dtype:
         raise BackendError(
             f"backend {chosen.name!r} returned {dtype_name(result)} {shape} from {call.op}; the "
             f"specification requires {call.output_dtype} {tuple(call.output_shape)} (a backend bug)"

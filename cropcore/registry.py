@@ -157,6 +157,9 @@ class Registry:
         self._names: dict[str, str] = {}  # name or alias -> name
         self._pm: pluggy.PluginManager | None = None
         self._direct: dict[str, ModuleType] = {}  # registered with register(), kept over refresh()
+        #: Changes whenever the set of backends changes (discovery, refresh, register,
+        #: unregister): the dispatcher's cached verdicts are valid for one generation only.
+        self.generation = 0
 
     # -- discovery ---------------------------------------------------------------------------------
 
@@ -168,6 +171,7 @@ class Registry:
                 if not self._ready:
                     self._discover()
                     self._ready = True
+                    self.generation += 1
                 backends = self._backends
         assert backends is not None
         return backends
@@ -177,6 +181,7 @@ class Registry:
         with self._lock:
             self._ready = False
             self._backends = None
+            self.generation += 1
 
     def _discover(self) -> None:
         self._pm = pluggy.PluginManager("cropcore")
@@ -271,6 +276,7 @@ class Registry:
                 failed = self._backends.pop(ep_name)
                 raise ValueError(f"could not register backend plugin {ep_name!r}: {failed.reason}")
             self._direct[ep_name] = module
+            self.generation += 1
             return backend
 
     def unregister(self, name: str) -> None:
@@ -282,6 +288,7 @@ class Registry:
             self._names = {k: v for k, v in self._names.items() if v != backend.name}
             if backend.module is not None and self._pm and self._pm.is_registered(backend.module):
                 self._pm.unregister(backend.module)
+            self.generation += 1
 
     # -- look-up -----------------------------------------------------------------------------------
 

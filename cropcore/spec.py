@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import numbers
 import os
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 
 from cropcore._arrays import dtype_name, library_for, library_name
+from cropcore._env import getenv
 from cropcore.errors import OutputTooLargeError
 
 __all__ = [
@@ -76,6 +78,18 @@ _FLOAT32_LIMIT = 3.4e38
 _INT_KINDS = "iu"
 _REAL_KINDS = "iuf"
 
+# The common case, checked first and without conversions: NumPy arrays already in canonical
+# dtypes. Each fast path below either returns exactly what the general path would, or hands over
+# to it (which then also produces the error message).
+_FLOAT32 = np.dtype(np.float32)
+# box_indices dtype -> the unsigned dtype of its size: viewed as that, a negative index is larger
+# than any batch, so one max() checks both bounds.
+_FEW_BOXES = 8
+_UNSIGNED_VIEW = {np.dtype(np.int32): np.dtype(np.uint32), np.dtype(np.int64): np.dtype(np.uint64)}
+
+
+_new_tuple = tuple.__new__
+
 
 class ImageShape(NamedTuple):
     """An image batch's dimensions by meaning, whatever the data format."""
@@ -97,7 +111,7 @@ class ImageShape(NamedTuple):
             batch, depth, height, width = shape
         else:
             batch, height, width, depth = shape
-        return cls(int(batch), int(height), int(width), int(depth))
+        return _new_tuple(cls, (int(batch), int(height), int(width), int(depth)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,7 +316,7 @@ def _kind(dtype: str) -> str:
 
 def data_format_arg(data_format: Any) -> str:
     """``"channels_last"`` or ``"channels_first"``; ``None`` means channels_last (as Keras)."""
-    if data_format is None:
+    if data_format is None or (type(data_format) is str and data_format == "channels_last"):
         return "channels_last"
     if not isinstance(data_format, str):
         raise TypeError(
@@ -336,6 +350,10 @@ def _layout(data_format: str) -> str:
 
 
 def image_arg(image: Any, data_format: str, name: str = "image") -> tuple[Any, ImageShape]:
+    if type(image) is np.ndarray and image.ndim == 4 and image.dtype.isnative:
+        dims = ImageShape.from_format(image.shape, data_format)
+        if dims.height > 0 and dims.width > 0 and image.dtype.name in IMAGE_DTYPES:
+            return image, dims
     image = _as_array(image, name)
     shape = _shape(image)
     if len(shape) != 4:
@@ -357,7 +375,13 @@ def image_arg(image: Any, data_format: str, name: str = "image") -> tuple[Any, I
     return image, dims
 
 
-def grads_arg(grads: Any, data_format: str) -> tuple[Any, tuple[int, int, int, int]]:
+def grads_arg(grads: Any, data_format: str) -> tuple[Any, tuple[int, int, int, int], ImageShape]:
+    """float32 ``grads``, its shape, and its dimensions by meaning (crop height and width, ...)."""
+    if type(grads) is np.ndarray and grads.dtype == _FLOAT32 and grads.ndim == 4:
+        shape = grads.shape
+        dims = ImageShape.from_format(shape, data_format)
+        if dims.height > 0 and dims.width > 0:
+            return grads, shape, dims
     grads = _as_array(grads, "grads")
     shape = _shape(grads)
     if len(shape) != 4:
@@ -380,11 +404,15 @@ def grads_arg(grads: Any, data_format: str) -> tuple[Any, tuple[int, int, int, i
         raise TypeError(
             f"grads must be a floating-point array (it is cast to float32), got {dtype}"
         )
-    return library_for(grads).astype(grads, "float32"), shape
+    return library_for(grads).astype(grads, "float32"), shape, dims
 
 
 def boxes_arg(boxes: Any, box_indices: Any, batch: int) -> tuple[Any, Any]:
     """Canonical float32 boxes and int32 box indices, checked against an image batch of ``batch``."""
+    if type(boxes) is np.ndarray and type(box_indices) is np.ndarray:
+        checked = _numpy_boxes(boxes, box_indices, batch)
+        if checked is not None:
+            return checked
     boxes = _as_array(boxes, "boxes")
     box_indices = _as_array(box_indices, "box_indices")
     boxes_shape, indices_shape = _shape(boxes), _shape(box_indices)
@@ -427,6 +455,35 @@ def boxes_arg(boxes: Any, box_indices: Any, batch: int) -> tuple[Any, Any]:
     return boxes, box_indices
 
 
+def _numpy_boxes(
+    boxes: np.ndarray, box_indices: np.ndarray, batch: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """:func:`boxes_arg` for valid float32 boxes and int32/int64 indices; ``None`` for anything else."""
+    unsigned = _UNSIGNED_VIEW.get(box_indices.dtype)
+    if (
+        unsigned is None
+        or boxes.dtype != _FLOAT32
+        or boxes.ndim != 2
+        or boxes.shape[1] != 4
+        or box_indices.shape != boxes.shape[:1]
+    ):
+        return None
+    num_boxes = boxes.shape[0]
+    if 0 < num_boxes <= _FEW_BOXES:
+        # In Python floats (float64) a sum of float32 values cannot overflow, so it is finite
+        # exactly when every value is; for a few boxes, lists are quicker than NumPy reductions.
+        if (
+            not math.isfinite(sum(boxes.ravel().tolist()))
+            or max(box_indices.view(unsigned).tolist()) >= batch
+        ):
+            return None
+    elif num_boxes and (not np.isfinite(boxes).all() or box_indices.view(unsigned).max() >= batch):
+        return None
+    if box_indices.dtype.itemsize != 4:
+        box_indices = box_indices.astype(np.int32)
+    return boxes, box_indices
+
+
 def _int_value(x: Any, what: str) -> int:
     if isinstance(x, bool | np.bool_) or not isinstance(x, numbers.Integral):
         if hasattr(x, "item") and hasattr(x, "dtype") and _kind(dtype_name(x)) in _INT_KINDS:
@@ -436,6 +493,10 @@ def _int_value(x: Any, what: str) -> int:
 
 
 def crop_size_arg(crop_size: Any) -> tuple[int, int]:
+    if type(crop_size) is tuple and len(crop_size) == 2:
+        height, width = crop_size
+        if type(height) is int and type(width) is int and height > 0 and width > 0:
+            return crop_size
     if hasattr(crop_size, "shape") and hasattr(crop_size, "dtype"):
         shape = _shape(crop_size)
         if len(shape) != 1:
@@ -456,6 +517,8 @@ def crop_size_arg(crop_size: Any) -> tuple[int, int]:
 
 
 def extrapolation_value_arg(value: Any) -> float:
+    if type(value) is float and value == 0.0:
+        return value  # 0.0 or -0.0, both float32
     if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
         if hasattr(value, "item") and getattr(value, "shape", None) in ((), []):
             return extrapolation_value_arg(value.item())
@@ -467,6 +530,12 @@ def extrapolation_value_arg(value: Any) -> float:
 
 
 def image_shape_arg(image_shape: Any, data_format: str) -> ImageShape:
+    if type(image_shape) is tuple and len(image_shape) == 4:
+        a, b, c, d = image_shape
+        if type(a) is int and type(b) is int and type(c) is int and type(d) is int:
+            dims = ImageShape.from_format(image_shape, data_format)
+            if dims.height > 0 and dims.width > 0 and dims.batch >= 0 and dims.depth >= 0:
+                return dims
     if hasattr(image_shape, "shape") and hasattr(image_shape, "dtype"):
         image_shape = library_for(image_shape).to_numpy(image_shape).tolist()
     if isinstance(image_shape, str) or not hasattr(image_shape, "__len__") or len(image_shape) != 4:
@@ -490,7 +559,7 @@ def max_output_bytes() -> int:
 
     ``CROPCORE_MAX_OUTPUT_BYTES`` sets it; by default it is the machine's physical memory.
     """
-    configured = os.environ.get("CROPCORE_MAX_OUTPUT_BYTES")
+    configured = getenv("CROPCORE_MAX_OUTPUT_BYTES")
     if configured:
         try:
             return int(configured)
@@ -511,9 +580,7 @@ def _physical_memory() -> int:
 
 def check_output_size(shape: tuple[int, ...], dtype: str, what: str) -> None:
     """Refuse, before allocating, a result of ``shape`` and ``dtype`` that cannot fit in memory."""
-    nbytes = int(np.dtype(dtype).itemsize)
-    for d in shape:
-        nbytes *= int(d)
+    nbytes = _itemsize(dtype) * math.prod(map(int, shape))
     limit = max_output_bytes()
     if nbytes > limit:
         raise OutputTooLargeError(
@@ -521,6 +588,11 @@ def check_output_size(shape: tuple[int, ...], dtype: str, what: str) -> None:
             f"than the {limit:,} bytes cropcore allows (the machine's memory, or "
             "CROPCORE_MAX_OUTPUT_BYTES); reduce crop_size or the number of boxes"
         )
+
+
+@functools.lru_cache(maxsize=32)
+def _itemsize(dtype: str) -> int:
+    return int(np.dtype(dtype).itemsize)
 
 
 def crop_size_of(shape: tuple[int, ...], data_format: str) -> tuple[int, int]:
@@ -579,11 +651,10 @@ def grad_image_call(
     data_format = data_format_arg(data_format)
     method = method_arg(method)
     dtype = _grad_dtype_arg(dtype)
-    grads, grads_shape = grads_arg(grads, data_format)
+    grads, grads_shape, grads_dims = grads_arg(grads, data_format)
     dims = image_shape_arg(image_shape, data_format)
     boxes, box_indices = boxes_arg(boxes, box_indices, dims.batch)
-    grads_dims = ImageShape.from_format(grads_shape, data_format)
-    if grads_dims.batch != _shape(boxes)[0]:
+    if grads_dims.batch != boxes.shape[0]:
         raise ValueError(
             f"grads has {grads_dims.batch} crops but boxes has {_shape(boxes)[0]} rows; they must match"
         )
@@ -606,6 +677,8 @@ def grad_image_call(
 
 
 def _grad_dtype_arg(dtype: Any) -> str:
+    if type(dtype) is str and dtype in GRAD_IMAGE_DTYPES:
+        return dtype
     try:
         name = np.dtype(dtype).name
     except TypeError:
@@ -630,9 +703,8 @@ def grad_boxes_call(
     """
     data_format = data_format_arg(data_format)
     method = method_arg(method, ("bilinear",))
-    grads, grads_shape = grads_arg(grads, data_format)
+    grads, grads_shape, grads_dims = grads_arg(grads, data_format)
     image, dims = image_arg(image, data_format)
-    grads_dims = ImageShape.from_format(grads_shape, data_format)
     if grads_dims.depth != dims.depth:
         raise ValueError(
             f"grads depth {grads_dims.depth} differs from image depth {dims.depth} "

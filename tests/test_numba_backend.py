@@ -104,10 +104,15 @@ def compiled() -> None:
     rng = np.random.default_rng(0)
     boxes = random_boxes(rng, 3)
     indices = np.zeros(3, np.int32)
-    saved = kernels.PARALLEL_THRESHOLD
+    saved = kernels.PARALLEL_THRESHOLD, kernels.DIRECT_THRESHOLD
     try:
-        for threshold, dtypes in ((1 << 62, IMAGE_DTYPES), (0, PARALLEL_DTYPES)):
-            kernels.PARALLEL_THRESHOLD = threshold  # serial, then parallel
+        for direct, threshold, dtypes in (
+            (1 << 62, 1 << 62, IMAGE_DTYPES),
+            (0, 1 << 62, IMAGE_DTYPES),
+            (0, 0, PARALLEL_DTYPES),
+        ):
+            # direct (small image gradients), serial, then parallel
+            kernels.DIRECT_THRESHOLD, kernels.PARALLEL_THRESHOLD = direct, threshold
             for data_format in FORMATS:
                 for dtype in dtypes:
                     image = to_format(random_image(rng, (1, 4, 5, 2), dtype), data_format)
@@ -124,18 +129,21 @@ def compiled() -> None:
                         backend=BACKEND,
                     )  # fmt: skip
     finally:
-        kernels.PARALLEL_THRESHOLD = saved
+        kernels.PARALLEL_THRESHOLD, kernels.DIRECT_THRESHOLD = saved
 
 
-@pytest.fixture(params=["serial", "parallel"])
+@pytest.fixture(params=["direct", "serial", "parallel"])
 def variant(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> tuple[str, ...]:
-    """Run the test through the serial kernels, then through the parallel ones (any size).
+    """Run the test through each kernel variant, whatever the size of the call.
 
-    Returns the image dtypes to test with that variant.
+    ``direct``: the image gradient's plain loop for small calls (the other ops run serially);
+    ``serial``: the serial kernels (the image gradient's blocked one); ``parallel``: the parallel
+    kernels. Returns the image dtypes to test with that variant.
     """
-    serial = request.param == "serial"
-    monkeypatch.setattr(kernels, "PARALLEL_THRESHOLD", 1 << 62 if serial else 0)
-    return IMAGE_DTYPES if serial else PARALLEL_DTYPES
+    parallel = request.param == "parallel"
+    monkeypatch.setattr(kernels, "PARALLEL_THRESHOLD", 0 if parallel else 1 << 62)
+    monkeypatch.setattr(kernels, "DIRECT_THRESHOLD", 1 << 62 if request.param == "direct" else 0)
+    return PARALLEL_DTYPES if parallel else IMAGE_DTYPES
 
 
 # --------------------------------------------------------------------------------------------------
@@ -442,9 +450,7 @@ def test_span_overflowing_float32_is_extrapolated_not_a_crash():
     assert np.isfinite(grads_image).all()
 
 
-@pytest.mark.parametrize("variant_name", ["serial", "parallel"])
-def test_empty_inputs(variant_name, monkeypatch):
-    monkeypatch.setattr(kernels, "PARALLEL_THRESHOLD", 0 if variant_name == "parallel" else 1 << 62)
+def test_empty_inputs(variant):
     no_boxes, no_indices = np.zeros((0, 4), np.float32), np.zeros(0, np.int32)
     image = np.ones((2, 5, 6, 3), np.float32)
     crops = cropcore.crop_and_resize(image, no_boxes, no_indices, (3, 4), backend=BACKEND)

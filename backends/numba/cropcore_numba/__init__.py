@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
+from types import ModuleType
 
 import numpy as np
 
@@ -73,11 +74,22 @@ def cropcore_backend_check() -> str | None:
     return None
 
 
+def _kernels() -> ModuleType:
+    """:mod:`cropcore_numba.kernels`, imported (and its numba compiled) at the first op."""
+    global _KERNELS
+    if _KERNELS is None:
+        from cropcore_numba import kernels
+
+        _KERNELS = kernels
+    return _KERNELS
+
+
+_KERNELS: ModuleType | None = None
+
+
 @hookimpl
 def cropcore_crop_and_resize(call: CropAndResizeCall) -> np.ndarray:
-    from cropcore_numba import kernels
-
-    return kernels.crop_and_resize(
+    return _kernels().crop_and_resize(
         call.image,
         call.boxes,
         call.box_indices,
@@ -90,9 +102,7 @@ def cropcore_crop_and_resize(call: CropAndResizeCall) -> np.ndarray:
 
 @hookimpl
 def cropcore_crop_and_resize_grad_image(call: GradImageCall) -> np.ndarray:
-    from cropcore_numba import kernels
-
-    return kernels.crop_and_resize_grad_image(
+    return _kernels().crop_and_resize_grad_image(
         call.grads,
         call.boxes,
         call.box_indices,
@@ -105,9 +115,7 @@ def cropcore_crop_and_resize_grad_image(call: GradImageCall) -> np.ndarray:
 
 @hookimpl
 def cropcore_crop_and_resize_grad_boxes(call: GradBoxesCall) -> np.ndarray:
-    from cropcore_numba import kernels
-
-    return kernels.crop_and_resize_grad_boxes(
+    return _kernels().crop_and_resize_grad_boxes(
         call.grads, call.image, call.boxes, call.box_indices, call.channels_first
     )
 

@@ -93,6 +93,9 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 #: Below this many output elements (or gradient elements), the serial kernels run: the cost of
 #: launching the thread pool (tens of microseconds) exceeds the work.
 PARALLEL_THRESHOLD = 1 << 15
+#: Below this many elements (image gradient plus crop gradient), the image gradient runs TF's
+#: plain loop (:func:`_grad_image_direct`) instead of building tables and block lists.
+DIRECT_THRESHOLD = 1 << 15
 
 
 #: Flat indices are converted to this before indexing: Numba then skips its negative-index
@@ -291,9 +294,56 @@ def _accumulate_impl(out, index, value, lut):
 # Sample tables: where each box's crop rows (or columns) fall in the image
 
 
+@njit(inline="always")
+def _axis_scale(start, end, size, crop, ratio_first):  # pragma: no cover - compiled
+    """A box side's ``(scale, offset)``: sample ``k`` lies at ``offset + k * scale`` (crop > 1).
+
+    ``start``/``end``: the box's float32 y1/y2 (or x1/x2); ``size``: image height (or width);
+    ``crop``: crop height (or width); ``ratio_first``: CropAndResizeGradBoxes' rounding of the scale.
+    """
+    zero = np.float32(0)
+    if crop <= 1:
+        return zero, zero
+    size_minus_one = np.float32(size - 1)  # C++ `image_height - 1`, an int converted to float
+    if ratio_first:
+        # GradBoxes: height_ratio = float(H - 1) / (ch - 1) first, then (y2 - y1) * ratio
+        scale = (end - start) * (size_minus_one / np.float32(crop - 1))
+    else:
+        # (y2 - y1) * (H - 1) / (ch - 1), left to right; may overflow to inf (-> NaN below)
+        scale = (end - start) * size_minus_one / np.float32(crop - 1)
+    return scale, start * size_minus_one
+
+
+@njit(inline="always")
+def _axis_sample(start, end, scale, offset, k, size, crop):  # pragma: no cover - compiled
+    """Sample ``k`` of a box side (see :func:`_axis_scale`), as ``(valid, low, high, nearest, lerp)``.
+
+    ``valid``: ``0 <= coord <= size - 1`` (False for NaN); ``low``, ``high``, ``nearest``: int64
+    ``floorf``, ``ceilf`` and ``roundf`` of the coordinate (clamped to ``size - 1``; 0 where
+    invalid); ``lerp``: float32 ``coord - floorf(coord)`` (0 where invalid).
+    """
+    if crop > 1:
+        coord = offset + np.float32(k) * scale  # y1 * (H - 1) + y * height_scale
+    else:
+        # 0.5 * (y1 + y2) * (H - 1): a float sum, then double products, rounded once
+        coord = np.float32(0.5 * np.float64(start + end) * np.float64(size - 1))
+    # TF: extrapolate if `in < 0 || in > H - 1`; written NaN-safe (NaN is outside)
+    if coord >= np.float32(0) and coord <= np.float32(size - 1):
+        last = size - 1
+        floor = math.floor(coord)  # 0 <= coord <= H - 1: a safe conversion
+        fraction = coord - np.float32(floor)  # exact
+        low = min(floor, last)  # float(H - 1) can round above H - 1 when H > 2**24
+        high = min(math.ceil(coord), last)
+        # roundf (half away from zero) of a coordinate >= 0; exact, unlike floorf(v + 0.5f)
+        nearest = min(low + (1 if fraction >= 0.5 else 0), last)
+        return True, np.int64(low), np.int64(high), np.int64(nearest), fraction
+    zero = np.int64(0)
+    return False, zero, zero, zero, np.float32(0)
+
+
 @njit(cache=True, nogil=True)
 def _axis_table(boxes, first_column, size, crop, ratio_first):  # pragma: no cover - compiled
-    """The samples of one crop axis for every box.
+    """The samples of one crop axis for every box (:func:`_axis_sample`, tabulated).
 
     ``boxes``: float32 (N, 4); ``first_column``: 0 for rows (y1 = column 0, y2 = column 2), 1 for
     columns (x1, x2); ``size``: image height (or width); ``crop``: crop height (or width);
@@ -309,37 +359,16 @@ def _axis_table(boxes, first_column, size, crop, ratio_first):  # pragma: no cov
     nearest = np.zeros((num_boxes, crop), np.int64)
     lerp = np.zeros((num_boxes, crop), np.float32)
     valid = np.zeros((num_boxes, crop), np.bool_)
-    last = size - 1
-    size_minus_one = np.float32(size - 1)  # C++ `image_height - 1`, an int converted to float
-    zero = np.float32(0)
     for b in range(num_boxes):
         start = boxes[b, first_column]
         end = boxes[b, first_column + 2]
-        scale = zero
-        offset = zero
-        if crop > 1:
-            if ratio_first:
-                # GradBoxes: height_ratio = float(H - 1) / (ch - 1) first, then (y2 - y1) * ratio
-                scale = (end - start) * (size_minus_one / np.float32(crop - 1))
-            else:
-                # (y2 - y1) * (H - 1) / (ch - 1), left to right; may overflow to inf (-> NaN below)
-                scale = (end - start) * size_minus_one / np.float32(crop - 1)
-            offset = start * size_minus_one
+        scale, offset = _axis_scale(start, end, size, crop, ratio_first)
         for k in range(crop):
-            if crop > 1:
-                coord = offset + np.float32(k) * scale  # y1 * (H - 1) + y * height_scale
-            else:
-                # 0.5 * (y1 + y2) * (H - 1): a float sum, then double products, rounded once
-                coord = np.float32(0.5 * np.float64(start + end) * np.float64(size - 1))
-            # TF: extrapolate if `in < 0 || in > H - 1`; written NaN-safe (NaN is outside)
-            if coord >= zero and coord <= size_minus_one:
-                floor = math.floor(coord)  # 0 <= coord <= H - 1: a safe conversion
-                fraction = coord - np.float32(floor)  # exact
-                lo = min(floor, last)  # float(H - 1) can round above H - 1 when H > 2**24
+            ok, lo, hi, near, fraction = _axis_sample(start, end, scale, offset, k, size, crop)
+            if ok:
                 low[b, k] = lo
-                high[b, k] = min(math.ceil(coord), last)
-                # roundf (half away from zero) of a coordinate >= 0; exact, unlike floorf(v + 0.5f)
-                nearest[b, k] = min(lo + (1 if fraction >= 0.5 else 0), last)
+                high[b, k] = hi
+                nearest[b, k] = near
                 lerp[b, k] = fraction
                 valid[b, k] = True
     return low, high, nearest, lerp, valid
@@ -787,6 +816,78 @@ def _balanced_chunks(start, block_rows, width, crop_width, num_chunks):  # pragm
 
 
 @njit(cache=True, nogil=True)
+def _grad_image_direct(
+    grads, dims, boxes, box_indices, crop_size, nearest, lut, out, channels_first
+):  # pragma: no cover - compiled
+    """A small image gradient, in one thread: TF's own loop, with no tables or block lists.
+
+    The same samples (:func:`_axis_sample`) and the same order of additions into every pixel
+    (boxes, crop rows, crop columns, channels, corners TL, TR, BL, BR) as the blocked kernels;
+    for calls too small to pay for building their tables. Either data format, through strides.
+    """
+    saved = _flush_denormals()  # TF's floating-point mode, in this thread
+    _, height, width, depth = dims
+    crop_height, crop_width = crop_size
+    for k in range(out.size):
+        out[_at(k)] = 0
+    if channels_first:  # out (batch, depth, height, width), grads (N, depth, ch, cw)
+        out_row, out_col, out_channel = width, 1, height * width
+        grad_row, grad_col, grad_channel = crop_width, 1, crop_height * crop_width
+    else:  # out (batch, height, width, depth), grads (N, ch, cw, depth)
+        out_row, out_col, out_channel = width * depth, depth, 1
+        grad_row, grad_col, grad_channel = crop_width * depth, depth, 1
+    out_image = height * width * depth
+    grad_box = crop_height * crop_width * depth
+    one = np.float32(1)
+    # one box's column samples (:func:`_axis_sample`), computed once per box, not once per row
+    col_valid = np.empty(crop_width, np.bool_)
+    col_low = np.empty(crop_width, np.int64)
+    col_high = np.empty(crop_width, np.int64)
+    col_nearest = np.empty(crop_width, np.int64)
+    col_lerp = np.empty(crop_width, np.float32)
+    for b in range(boxes.shape[0]):
+        y1, x1, y2, x2 = boxes[b, 0], boxes[b, 1], boxes[b, 2], boxes[b, 3]
+        image_base = np.int64(box_indices[b]) * out_image
+        y_scale, y_offset = _axis_scale(y1, y2, height, crop_height, False)
+        x_scale, x_offset = _axis_scale(x1, x2, width, crop_width, False)
+        for x in range(crop_width):
+            col_valid[x], col_low[x], col_high[x], col_nearest[x], col_lerp[x] = _axis_sample(
+                x1, x2, x_scale, x_offset, x, width, crop_width
+            )
+        for y in range(crop_height):
+            y_ok, top, bottom, y_near, y_lerp = _axis_sample(
+                y1, y2, y_scale, y_offset, y, height, crop_height
+            )
+            if not y_ok:
+                continue
+            for x in range(crop_width):
+                if not col_valid[x]:
+                    continue
+                left, right, x_near, x_lerp = col_low[x], col_high[x], col_nearest[x], col_lerp[x]
+                source = b * grad_box + y * grad_row + x * grad_col
+                if nearest:
+                    target = image_base + y_near * out_row + x_near * out_col
+                    for d in range(depth):
+                        g = grads[_at(source + d * grad_channel)]
+                        _accumulate(out, target + d * out_channel, g, lut)
+                    continue
+                top_left = image_base + top * out_row + left * out_col
+                top_right = image_base + top * out_row + right * out_col
+                bottom_left = image_base + bottom * out_row + left * out_col
+                bottom_right = image_base + bottom * out_row + right * out_col
+                for d in range(depth):
+                    g = grads[_at(source + d * grad_channel)]
+                    c = d * out_channel
+                    dtop = (one - y_lerp) * g  # float dtop = (1 - y_lerp) * grads(b, y, x, d)
+                    _accumulate(out, top_left + c, (one - x_lerp) * dtop, lut)
+                    _accumulate(out, top_right + c, x_lerp * dtop, lut)
+                    dbottom = y_lerp * g
+                    _accumulate(out, bottom_left + c, (one - x_lerp) * dbottom, lut)
+                    _accumulate(out, bottom_right + c, x_lerp * dbottom, lut)
+    _restore_fp_mode(saved)
+
+
+@njit(cache=True, nogil=True)
 def _grad_image_nhwc_serial(
     grads, dims, boxes, box_indices, crop_size, nearest, lut, out, block_rows
 ):  # pragma: no cover - compiled
@@ -1008,7 +1109,8 @@ class _OutputPool:
 
     def empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         """An uninitialised C-contiguous array, from a recycled block when one fits."""
-        dtype = np.dtype(dtype)
+        if not isinstance(dtype, np.dtype):
+            dtype = np.dtype(dtype)
         nbytes = dtype.itemsize * math.prod(shape)
         if nbytes < self.min_bytes or nbytes > self.max_bytes:
             return np.empty(shape, dtype)
@@ -1060,11 +1162,16 @@ def _half_table() -> np.ndarray:
     return _HALF_TO_FLOAT
 
 
-def _native(a: np.ndarray, dtype: Any = None) -> np.ndarray:
+_FLOAT32 = np.dtype(np.float32)
+_INT32 = np.dtype(np.int32)
+_GRAD_DTYPES = {name: np.dtype(name) for name in ("float16", "float32", "float64")}
+
+
+def _native(a: np.ndarray, dtype: np.dtype | None = None) -> np.ndarray:
     """``a`` as a C-contiguous array in native byte order (``a`` itself when it already is)."""
     if a.flags.c_contiguous and a.dtype.isnative and (dtype is None or a.dtype == dtype):
         return a
-    dtype = a.dtype if dtype is None else np.dtype(dtype)
+    dtype = a.dtype if dtype is None else dtype
     return np.ascontiguousarray(a, dtype=dtype.newbyteorder("="))
 
 
@@ -1125,8 +1232,8 @@ def crop_and_resize(
     else:
         batch, height, width, depth = image.shape
     dims = (int(batch), int(height), int(width), int(depth))
-    boxes = _native(boxes, np.float32)
-    box_indices = _native(box_indices, np.int32)
+    boxes = _native(boxes, _FLOAT32)
+    box_indices = _native(box_indices, _INT32)
     crop_height, crop_width = (int(c) for c in crop_size)
     num_boxes = boxes.shape[0]
     shape = (
@@ -1134,13 +1241,13 @@ def crop_and_resize(
         if channels_first
         else (num_boxes, crop_height, crop_width, depth)
     )
-    crops = _pool.empty(shape, np.float32)
+    crops = _pool.empty(shape, _FLOAT32)
     if crops.size == 0:
         return crops
     if _worth_converting(image, crops.size * (1 if method == "nearest" else 4)):
         # One vectorised pass instead of a conversion per corner read (exact: every integer and
         # half value is a float32, converted with the same rounding).
-        converted = _pool.empty(image.shape, np.float32)
+        converted = _pool.empty(image.shape, _FLOAT32)
         np.copyto(converted, image, casting="unsafe")
         image = converted
     pixels, lut = _pixels(image)
@@ -1187,18 +1294,17 @@ def crop_and_resize_grad_image(
     Returns:
         ``dtype`` (batch, height, width, depth), or (batch, depth, height, width).
     """
-    grads = _native(grads, np.float32)
-    boxes = _native(boxes, np.float32)
-    box_indices = _native(box_indices, np.int32)
-    batch, height, width, depth = (int(d) for d in image_shape)
-    dims = (batch, height, width, depth)
+    grads = _native(grads, _FLOAT32)
+    boxes = _native(boxes, _FLOAT32)
+    box_indices = _native(box_indices, _INT32)
+    dims = batch, height, width, depth = tuple(image_shape)
     if channels_first:
-        crop_size = (int(grads.shape[2]), int(grads.shape[3]))
+        crop_size = grads.shape[2:]
         shape = (batch, depth, height, width)
     else:
-        crop_size = (int(grads.shape[1]), int(grads.shape[2]))
+        crop_size = grads.shape[1:3]
         shape = (batch, height, width, depth)
-    out_dtype = np.dtype(dtype)
+    out_dtype = _GRAD_DTYPES[dtype]
     result = _pool.empty(shape, out_dtype)
     if result.size == 0:
         return result
@@ -1207,9 +1313,12 @@ def crop_and_resize_grad_image(
     if out_dtype.itemsize == 2:  # float16: accumulate on the bits
         out, lut = out.view(np.uint16), _half_table()
     args = (grads.reshape(-1), dims, boxes, box_indices, crop_size, method == "nearest", lut, out)
+    work = result.size + grads.size
+    if work < DIRECT_THRESHOLD:
+        _grad_image_direct(*args, channels_first)
     # Blocks of up to 8 image rows: few enough that a crop row is rarely read twice (once for the
     # block of its top row, once for its bottom row), many enough to balance the threads.
-    if _parallel_ok(result.size + grads.size):
+    elif _parallel_ok(work):
         block_rows = max(1, min(8, (batch * height) // (8 * numba.get_num_threads())))
         kernel = _grad_image_nchw_parallel if channels_first else _grad_image_nhwc_parallel
         num_blocks = batch * -(-height // block_rows)
@@ -1240,10 +1349,10 @@ def crop_and_resize_grad_boxes(
         grads = np.moveaxis(grads, 1, 3)
         image = np.moveaxis(image, 1, 3)
     # C-contiguous copies where needed (one compiled layout; this op is not the hot one)
-    grads = _native(grads, np.float32)
+    grads = _native(grads, _FLOAT32)
     image = _native(image)
-    boxes = _native(boxes, np.float32)
-    box_indices = _native(box_indices, np.int32)
+    boxes = _native(boxes, _FLOAT32)
+    box_indices = _native(box_indices, _INT32)
     out = np.zeros((boxes.shape[0], 4), np.float32)
     if out.size == 0 or grads.size == 0:
         return out
