@@ -991,6 +991,16 @@ def _contact_sheet(
     return sheet
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from cropcore import bench
+
+    try:
+        return bench.run_command(args)
+    except bench.BenchError as exc:
+        error = MissingDependencyError if exc.exit_code == EXIT_FAILURE else CliError
+        raise error(str(exc)) from None
+
+
 # --------------------------------------------------------------------------------------------------
 # Parsing
 
@@ -1113,7 +1123,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="TensorFlow's crop_and_resize and Keras's Cropping2D, exactly, on every "
         "array framework.",
         epilog="examples:\n  cropcore backends\n  cropcore demo\n"
-        "  cropcore crop photo.jpg --boxes boxes.csv --size 224 224\n\n"
+        "  cropcore crop photo.jpg --boxes boxes.csv --size 224 224\n  cropcore bench --workloads tiny roi\n\n"
         "Run 'cropcore COMMAND --help' for a command's options.",
         formatter_class=_FORMATTER,
     )
@@ -1205,6 +1215,18 @@ def build_parser() -> argparse.ArgumentParser:
         "default: every available backend",
     )
     demo.set_defaults(run=_cmd_demo)
+
+    from cropcore import bench as bench_module  # imports no framework, nor rich
+
+    bench = commands.add_parser(
+        "bench",
+        help="time every backend side by side with TensorFlow's kernel",
+        description=bench_module.DESCRIPTION,
+        epilog=bench_module.EPILOG,
+        formatter_class=_FORMATTER,
+    )
+    bench_module.add_arguments(bench)
+    bench.set_defaults(run=_cmd_bench)
 
     # `cropcore conformance ...` is cropcore_conformance's own command line: main() hands it over.
     commands.add_parser(
