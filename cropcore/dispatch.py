@@ -241,6 +241,21 @@ def select(
             "the CROPCORE_BACKEND environment variable",
         )
     needs_grad = "torch" in libraries.values() and _needs_grad(call, libraries)
+    if needs_grad and lib.name != "torch":
+        # The result follows the anchor's library, which has no autograd graph to join.
+        inputs = ", ".join(
+            name
+            for name, library in libraries.items()
+            if library == "torch" and library_for("torch").needs_grad(getattr(call, name))
+        )
+        warnings.warn(
+            f"{inputs} of {call.op} require(s) grad, but the result is a {lib.name} array (it "
+            f"follows the {_anchor_name(call)}), which carries no autograd graph: it is detached. "
+            f"Pass the {_anchor_name(call)} as a torch tensor to differentiate through the call",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        needs_grad = False
     if named is not None:
         chosen = _named(named, rule)
         why = _why_not(chosen, call, device_type, needs_grad, strict=False)
@@ -262,6 +277,11 @@ def select(
         decision.conversions = _planned_conversions(call, chosen, libraries)
         logger.debug("%s", decision)
     return chosen, decision
+
+
+def _anchor_name(call: Any) -> str:
+    """The name of the argument whose library and device the result follows."""
+    return next(name for name in call.arrays if getattr(call, name) is call.anchor)
 
 
 def _native_first(priority: tuple[str, ...], library: str) -> list[tuple[str, Backend | None]]:

@@ -384,6 +384,23 @@ def test_requires_grad_prefers_autograd_backend(register_backend, image):
     assert (len(plain.calls), len(grad.calls)) == (0, 1)
 
 
+def test_torch_boxes_requiring_grad_with_a_numpy_image_warn_and_stay_numpy(register_backend, image):
+    """The result follows the image (NumPy): no graph can reach it, so the call says so and runs
+    where NumPy arrays run, instead of on an autograd backend whose graph would be dropped."""
+    torch = pytest.importorskip("torch")
+    plain = register_backend("fakeplain")
+    grad = register_backend("fakegrad", autograd=True)
+    cropcore.set_priority(["fakeplain", "fakegrad", "numpy"])  # autograd would pick fakegrad
+    boxes = torch.tensor(BOXES, requires_grad=True)
+    with pytest.warns(RuntimeWarning, match=r"boxes of crop_and_resize require\(s\) grad.*image"):
+        out = cropcore.crop_and_resize(image, boxes, [0], (2, 3))
+    assert isinstance(out, np.ndarray)
+    assert (len(plain.calls), len(grad.calls)) == (1, 0)
+    with pytest.warns(RuntimeWarning, match="detached"):
+        decision = cropcore.explain("crop_and_resize", image, boxes, [0], (2, 3))
+    assert decision.backend == "fakeplain"
+
+
 def test_requires_grad_under_no_grad_needs_no_autograd(register_backend, image):
     torch = pytest.importorskip("torch")
     plain = register_backend("fakeplain")

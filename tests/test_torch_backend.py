@@ -793,11 +793,21 @@ def test_numpy_arrays_stay_on_numpy_backends():
     assert decision.backend in ("numba", "numpy")
 
 
-def test_boxes_that_require_grad_prefer_the_torch_backend():
+def test_boxes_that_require_grad_with_a_numpy_image_warn_that_the_result_is_detached():
+    """The result follows the image, a NumPy array: no graph can reach it. The call warns and runs
+    where NumPy arrays run (it used to run on torch and drop the graph silently)."""
     image = np.arange(48, dtype=np.float32).reshape(1, 4, 4, 3)
     boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0]], requires_grad=True)
-    decision = cropcore.explain("crop_and_resize", image, boxes, [0], (2, 2))
-    assert decision.backend == "torch"
+    with pytest.warns(RuntimeWarning, match="detached"):
+        decision = cropcore.explain("crop_and_resize", image, boxes, [0], (2, 2))
+    assert decision.backend != "torch"
+    with pytest.warns(RuntimeWarning, match="Pass the image as a torch tensor"):
+        got = cropcore.crop_and_resize(image, boxes, [0], (2, 2))
+    assert isinstance(got, np.ndarray)
+    assert_bits_equal(got, reference("crop_and_resize", image, boxes.detach().numpy(), [0], (2, 2)))
+    # With the image as a tensor, the graph reaches the boxes.
+    cropcore.crop_and_resize(torch.from_numpy(image), boxes, [0], (2, 2)).sum().backward()
+    assert boxes.grad is not None
 
 
 def test_numpy_arrays_on_the_torch_backend_come_back_as_numpy(path):
