@@ -213,25 +213,11 @@ def bytes_moved(
 
 def roi_align_boxes(boxes: np.ndarray, indices: np.ndarray, workload: Workload) -> np.ndarray:
     """torchvision rois ``(K, 5)`` whose single (``sampling_ratio=1``, ``aligned=True``) sample
-    per bin falls on TF's sample positions (notes/tf_semantics.md §6)."""
+    per bin falls on TF's sample positions (:func:`cropcore.bench.roi_align_rois`)."""
+    from cropcore.bench import roi_align_rois
+
     _, height, width, _ = workload.nhwc
-    crop_height, crop_width = workload.crop_size
-    y1, x1, y2, x2 = (boxes[:, i].astype(np.float64) for i in range(4))
-    ys1, ys2 = y1 * (height - 1), y2 * (height - 1)
-    xs1, xs2 = x1 * (width - 1), x2 * (width - 1)
-    sy = (ys2 - ys1) / (crop_height - 1) if crop_height > 1 else np.zeros_like(ys1)
-    sx = (xs2 - xs1) / (crop_width - 1) if crop_width > 1 else np.zeros_like(xs1)
-    rois = np.stack(
-        [
-            indices.astype(np.float64),
-            xs1 - sx / 2 + 0.5,
-            ys1 - sy / 2 + 0.5,
-            xs2 + sx / 2 + 0.5,
-            ys2 + sy / 2 + 0.5,
-        ],
-        axis=1,
-    )
-    return rois.astype(np.float32)
+    return roi_align_rois(boxes, indices, (height, width), workload.crop_size)
 
 
 # --------------------------------------------------------------------------------------------------

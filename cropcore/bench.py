@@ -347,8 +347,15 @@ def tensorflow_implementation(tf: Any) -> Implementation:
     return Implementation("tensorflow", "reference", prepare, note=f"TensorFlow {tf.__version__}")
 
 
-def roi_align_rois(boxes: np.ndarray, box_indices: np.ndarray, workload: Workload) -> np.ndarray:
-    """torchvision ``(K, 5)`` rois ``[index, x1, y1, x2, y2]`` in pixels for TF's boxes.
+def roi_align_rois(
+    boxes: np.ndarray,
+    box_indices: np.ndarray,
+    image_size: tuple[int, int],
+    crop_size: tuple[int, int],
+) -> np.ndarray:
+    """torchvision float32 ``(K, 5)`` rois ``[index, x1, y1, x2, y2]`` in pixels for TF's boxes.
+
+    ``image_size`` is ``(height, width)``, ``crop_size`` ``(crop_height, crop_width)``.
 
     TF's normalised ``y`` is pixel ``y * (H - 1)`` (likewise ``x``). With ``aligned=True``,
     ``sampling_ratio=1`` and each box widened by half a sample step on either side (and shifted by
@@ -356,8 +363,8 @@ def roi_align_rois(boxes: np.ndarray, box_indices: np.ndarray, workload: Workloa
     TF's sample positions (notes/tf_semantics.md, section 6): bin ``p`` samples at
     ``y1 * (H - 1) + p * step``, TF's ``in_y``.
     """
-    _, height, width, _ = workload.image_shape
-    crop_height, crop_width = workload.crop_size
+    height, width = image_size
+    crop_height, crop_width = crop_size
     y1, x1, y2, x2 = (boxes[:, i].astype(np.float64) for i in range(4))
     ys1, ys2 = y1 * (height - 1), y2 * (height - 1)
     xs1, xs2 = x1 * (width - 1), x2 * (width - 1)
@@ -389,7 +396,9 @@ def torchvision_implementation(torch: Any, roi_align: Callable[..., Any]) -> Imp
         image, boxes, box_indices = workload.inputs()
         nchw = np.ascontiguousarray(image.transpose(0, 3, 1, 2), dtype=np.float32)
         x = torch.from_numpy(nchw)
-        rois = torch.from_numpy(roi_align_rois(boxes, box_indices, workload))
+        rois = torch.from_numpy(
+            roi_align_rois(boxes, box_indices, workload.image_shape[1:3], workload.crop_size)
+        )
         size = tuple(workload.crop_size)
         return lambda: roi_align(x, rois, size, spatial_scale=1.0, sampling_ratio=1, aligned=True)
 
