@@ -397,7 +397,7 @@ def _forward_nhwc_rows(
     crop_height = rows[0].shape[1]
     crop_width = cols[0].shape[1]
     row_low, row_high, row_nearest, row_lerp, row_valid = rows
-    col_low, col_high, col_nearest, col_lerp, col_valid = cols
+    _, _, col_nearest, _, col_valid = cols
     row_size = crop_width * depth
     for item in range(first, last):
         b = item // crop_height
@@ -423,27 +423,52 @@ def _forward_nhwc_rows(
         top_row = (image_row + row_low[b, y]) * width
         bottom_row = (image_row + row_high[b, y]) * width
         y_lerp = row_lerp[b, y]
-        for x in range(crop_width):
-            if col_valid[b, x]:
-                left = col_low[b, x]
-                right = col_high[b, x]
-                x_lerp = col_lerp[b, x]
-                top_left = (top_row + left) * depth
-                top_right = (top_row + right) * depth
-                bottom_left = (bottom_row + left) * depth
-                bottom_right = (bottom_row + right) * depth
-                for d in range(depth):
-                    tl = _to_float(image[_at(top_left + d)], lut)
-                    tr = _to_float(image[_at(top_right + d)], lut)
-                    bl = _to_float(image[_at(bottom_left + d)], lut)
-                    br = _to_float(image[_at(bottom_right + d)], lut)
-                    top = tl + (tr - tl) * x_lerp
-                    bottom = bl + (br - bl) * x_lerp
-                    crops[_at(out + d)] = top + (bottom - top) * y_lerp
-            else:
-                for d in range(depth):
-                    crops[_at(out + d)] = extrapolation_value
-            out += depth
+        # RGB and grey images: the same code with a constant depth, which LLVM unrolls
+        if depth == 3:
+            _bilinear_row(
+                image, lut, crops, out, top_row, bottom_row, y_lerp, b, cols, crop_width, 3,
+                extrapolation_value,
+            )  # fmt: skip
+        elif depth == 1:
+            _bilinear_row(
+                image, lut, crops, out, top_row, bottom_row, y_lerp, b, cols, crop_width, 1,
+                extrapolation_value,
+            )  # fmt: skip
+        else:
+            _bilinear_row(
+                image, lut, crops, out, top_row, bottom_row, y_lerp, b, cols, crop_width, depth,
+                extrapolation_value,
+            )  # fmt: skip
+
+
+@njit(inline="always")
+def _bilinear_row(
+    image, lut, crops, out, top_row, bottom_row, y_lerp, b, cols, crop_width, depth,
+    extrapolation_value,
+):  # fmt: skip  # pragma: no cover - compiled
+    """One bilinear crop row of an NHWC forward pass, written from ``crops[out]`` on."""
+    col_low, col_high, _, col_lerp, col_valid = cols
+    for x in range(crop_width):
+        if col_valid[b, x]:
+            left = col_low[b, x]
+            right = col_high[b, x]
+            x_lerp = col_lerp[b, x]
+            top_left = (top_row + left) * depth
+            top_right = (top_row + right) * depth
+            bottom_left = (bottom_row + left) * depth
+            bottom_right = (bottom_row + right) * depth
+            for d in range(depth):
+                tl = _to_float(image[_at(top_left + d)], lut)
+                tr = _to_float(image[_at(top_right + d)], lut)
+                bl = _to_float(image[_at(bottom_left + d)], lut)
+                br = _to_float(image[_at(bottom_right + d)], lut)
+                top = tl + (tr - tl) * x_lerp
+                bottom = bl + (br - bl) * x_lerp
+                crops[_at(out + d)] = top + (bottom - top) * y_lerp
+        else:
+            for d in range(depth):
+                crops[_at(out + d)] = extrapolation_value
+        out += depth
 
 
 @njit(nogil=True)
