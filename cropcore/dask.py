@@ -606,7 +606,7 @@ class _Rows:
 
 def _read_table(table: Any, root: str | os.PathLike[str] | None) -> _Rows:
     """Read and check the table on the client (the CLI's box-file reader and checks)."""
-    from cropcore.cli import BOX_COLUMNS, CliError, _check_header, _coordinate, read_box_records
+    from cropcore._files import BOX_COLUMNS, CliError, _check_header, _coordinate, read_box_records
 
     try:
         if isinstance(table, str | os.PathLike):
@@ -855,7 +855,7 @@ def _run_partition(job: _Job, part: _Partition) -> dict[str, Any]:
 
 def _crop_partition(job: _Job, part: _Partition) -> list[np.ndarray]:
     """The partition's crops, in row order: ``(H, W, C)`` arrays of ``job.dtype``."""
-    from cropcore.cli import BOX_COLUMNS, BOXES_PER_CALL, pixel_to_normalized, to_uint8
+    from cropcore._files import BOX_COLUMNS, BOXES_PER_CALL, pixel_to_normalized, to_uint8
 
     by_image: dict[str, list[int]] = {}
     for position, image in enumerate(part.images):
@@ -898,7 +898,7 @@ _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 
 def _load_image(path: str, channels: int | None, where: str) -> np.ndarray:
     """uint8 ``(height, width, channels)`` pixels of an image file, read as ``cropcore crop`` reads them."""
-    from cropcore.cli import CliError, _load_pixels
+    from cropcore._files import CliError, _load_pixels
 
     try:
         pixels = _load_pixels(path)
@@ -926,7 +926,7 @@ def _write_partition(job: _Job, part: _Partition, crops: list[np.ndarray]) -> No
             )
         array[part.start : part.stop] = np.stack(crops)  # whole Zarr chunks: no other task's
         return
-    from cropcore.cli import _label_slug, _save
+    from cropcore._files import _label_slug, _save
 
     for offset, crop in enumerate(crops):
         label = _label_slug(part.labels[offset])
