@@ -36,6 +36,7 @@ several copies, read plus written bytes over the time): a multi-threaded kernel 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import gc
 import importlib.metadata
@@ -910,14 +911,11 @@ def machine_info() -> dict[str, Any]:
         info["usable_cores"] = len(os.sched_getaffinity(0))
     if hasattr(os, "getloadavg"):
         info["load_average"] = list(os.getloadavg())
-    if "numba" in sys.modules:
-        try:
-            from cropcore_numba import kernels
-
-            info["numba_threading_layer"] = kernels.threading_layer()
-            info["numba_threads"] = sys.modules["numba"].get_num_threads()
-        except Exception:  # the numba backend's own module may be absent
-            pass
+    numba = sys.modules.get("numba")
+    if numba is not None:
+        info["numba_threads"] = numba.get_num_threads()  # starts the thread pool if needed
+        with contextlib.suppress(ValueError):  # no threading layer could start
+            info["numba_threading_layer"] = numba.threading_layer()
     if "torch" in sys.modules:
         info["torch_threads"] = sys.modules["torch"].get_num_threads()
     return info
