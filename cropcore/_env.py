@@ -27,20 +27,15 @@ def _getenv_portable(name: str) -> str | None:
 
 
 def _fast_path_works() -> bool:
+    """Whether the dict lookup agrees with ``os.environ`` here (checked without changing it)."""
     if os.name != "posix" or not isinstance(_data, dict) or _decode is None:
         return False
-    probe = "CROPCORE_ENV_PROBE"
-    old = os.environ.get(probe)
     try:
-        os.environ[probe] = "ok"
-        return _getenv_fast(probe) == "ok"
+        names = [name for name in list(os.environ)[:8] if name.isascii()]
+        names.append("CROPCORE_ENV_PROBE")  # set or (almost surely) not
+        return all(_getenv_fast(name) == os.environ.get(name) for name in names)
     except Exception:
         return False
-    finally:
-        if old is None:
-            os.environ.pop(probe, None)
-        else:
-            os.environ[probe] = old
 
 
 #: ``getenv(name)``: ``os.environ.get(name)``, faster where the platform allows.
