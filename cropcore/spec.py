@@ -85,6 +85,7 @@ _FLOAT32 = np.dtype(np.float32)
 # box_indices dtype -> the unsigned dtype of its size: viewed as that, a negative index is larger
 # than any batch, so one max() checks both bounds.
 _FEW_BOXES = 8
+_NUMPY_IMAGE_DTYPES = frozenset(np.dtype(name) for name in IMAGE_DTYPES)  # (dtype.name is slow)
 _UNSIGNED_VIEW = {np.dtype(np.int32): np.dtype(np.uint32), np.dtype(np.int64): np.dtype(np.uint64)}
 
 
@@ -352,7 +353,7 @@ def _layout(data_format: str) -> str:
 def image_arg(image: Any, data_format: str, name: str = "image") -> tuple[Any, ImageShape]:
     if type(image) is np.ndarray and image.ndim == 4 and image.dtype.isnative:
         dims = ImageShape.from_format(image.shape, data_format)
-        if dims.height > 0 and dims.width > 0 and image.dtype.name in IMAGE_DTYPES:
+        if dims.height > 0 and dims.width > 0 and image.dtype in _NUMPY_IMAGE_DTYPES:
             return image, dims
     image = _as_array(image, name)
     shape = _shape(image)
@@ -711,7 +712,7 @@ def grad_boxes_call(
             f"(grads shape {grads_shape}, image shape {_shape(image)})"
         )
     boxes, box_indices = boxes_arg(boxes, box_indices, dims.batch)
-    if grads_dims.batch != _shape(boxes)[0]:
+    if grads_dims.batch != boxes.shape[0]:
         raise ValueError(
             f"grads has {grads_dims.batch} crops but boxes has {_shape(boxes)[0]} rows; they must match"
         )
