@@ -1,9 +1,10 @@
-"""Live bit-for-bit comparison of cropcore_numpy.kernels with TensorFlow 2.21's CPU kernels.
+"""Live bit-for-bit comparison of cropcore_numpy.kernels (or any backend) with TensorFlow 2.21's CPU kernels.
 
 Run, in an environment with tensorflow-cpu 2.21 (not needed by the test suite):
-    python scripts/compare_kernels_with_tensorflow.py [--seed N] [--scale K]
+    python scripts/compare_kernels_with_tensorflow.py [--seed N] [--scale K] [--backend NAME]
 
-Loads backends/numpy/cropcore_numpy/kernels.py directly (no cropcore import), runs TF
+Loads backends/numpy/cropcore_numpy/kernels.py directly (no cropcore import); with ``--backend``,
+calls cropcore's public functions on that backend instead (``numba``, ``torch``, ...). It runs TF
 single-threaded (intra/inter-op 1, deterministic accumulation order) and compares every output
 bit for bit. Columns: value-equal (np.array_equal, equal_nan), bit-equal (uint view), and
 bit-equal after canonicalising NaNs (sign/payload ignored; -0.0 vs 0.0 and subnormals still
@@ -34,6 +35,7 @@ _KERNELS = (
 _spec = importlib.util.spec_from_file_location("kernels", _KERNELS)
 K = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(K)
+_REFERENCE = K
 
 DTYPES = ["uint8", "uint16", "int8", "int16", "int32", "int64", "float16", "float32", "float64"]
 GRAD_DTYPES = ["float16", "float32", "float64"]
@@ -831,11 +833,44 @@ def check_denormals(rng, count):
         done += 1
 
 
+class _Backend:
+    """The three kernels of :mod:`cropcore_numpy.kernels`, run through cropcore on ``name``."""
+
+    def __init__(self, name: str) -> None:
+        import cropcore
+
+        self.cropcore, self.name = cropcore, name
+
+    def crop_and_resize(self, image, boxes, box_indices, crop_size, method, extrapolation_value):
+        return self.cropcore.crop_and_resize(
+            image, boxes, box_indices, crop_size, method, extrapolation_value, backend=self.name
+        )
+
+    def crop_and_resize_grad_image(self, grads, boxes, box_indices, image_shape, method, dtype):
+        return self.cropcore.crop_and_resize_grad_image(
+            grads, boxes, box_indices, tuple(image_shape), method, dtype=dtype, backend=self.name
+        )
+
+    def crop_and_resize_grad_boxes(self, grads, image, boxes, box_indices):
+        return self.cropcore.crop_and_resize_grad_boxes(
+            grads, image, boxes, box_indices, backend=self.name
+        )
+
+    def __getattr__(self, name: str):  # helpers such as _coordinates: the reference's
+        return getattr(_REFERENCE, name)
+
+
 def main():
+    global K
     parser = argparse.ArgumentParser()
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", type=int, default=1)
+    parser.add_argument(
+        "--backend", help="compare this cropcore backend (default: the reference kernels, direct)"
+    )
     args = parser.parse_args()
+    if args.backend:
+        K = _Backend(args.backend)
     rng = np.random.default_rng(args.seed)
     t0 = time.time()
     check_notes_vectors()

@@ -73,6 +73,28 @@ def _geometry() -> list[Case]:
     )
     add("crop-1x1-centre-on-last-pixel", [0.5, 0.5, 1.5, 1.5], (1, 1), ev=-2.0)
     add("crop-height-1-width-2", [[0.2, -0.5, 0.6, 1.5]], (1, 2), ev=-3.0)
+    # A centre whose float32 is a negative subnormal flushes to -0.0 (TF runs with flush-to-zero):
+    # inside the image, not extrapolated. Sides from a live comparison that caught a backend out.
+    add(
+        "crop-1-centre-subnormal",
+        [
+            [
+                2.2504417533234157e-38,
+                -9.461006711735435e-41,
+                -0.16201534867286682,
+                -2.2744949013337048e-38,
+            ],
+            [
+                4.3953783439693516e-38,
+                -2.0742395416924381e-38,
+                1.5264577865600586,
+                -6.25015268589248e-39,
+            ],
+        ],
+        (3, 1),
+        ev=-1.0,
+        img=image("float32", (1, 4, 2, 2), "narrow"),  # width 2: the centre is not scaled up
+    )
     # Boxes partly or wholly outside the image: whole samples become extrapolation_value.
     add("partly-outside-top", [-0.5, 0, 0.5, 1], (5, 5), ev=-1.0)
     add("partly-outside-bottom", [0.5, 0, 1.5, 1], (5, 5), ev=-1.0)

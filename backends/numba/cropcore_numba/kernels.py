@@ -294,6 +294,23 @@ def _accumulate_impl(out, index, value, lut):
 # Sample tables: where each box's crop rows (or columns) fall in the image
 
 
+_FLT_MIN = np.float32(2.0**-126)  # below this a float32 is subnormal
+
+
+@njit(inline="always")
+def _flushed(value):  # pragma: no cover - compiled
+    """float32 ``value`` as TF's flush-to-zero mode leaves it: a subnormal becomes a zero of its sign.
+
+    The CPU flushes by itself while the kernels run (:func:`_flush_denormals`), but LLVM optimises
+    as if it did not: given ``fptrunc(x) >= 0`` it may compare the double ``x`` instead, and a
+    double that rounds to a negative subnormal float (TF: -0.0, inside the image) then counts as
+    negative (outside). Flushing in code gives the same value whichever way LLVM compiles it.
+    """
+    if abs(value) < _FLT_MIN:
+        return np.float32(math.copysign(0.0, value))
+    return value
+
+
 @njit(inline="always")
 def _axis_scale(start, end, size, crop, ratio_first):  # pragma: no cover - compiled
     """A box side's ``(scale, offset)``: sample ``k`` lies at ``offset + k * scale`` (crop > 1).
@@ -326,7 +343,7 @@ def _axis_sample(start, end, scale, offset, k, size, crop):  # pragma: no cover 
         coord = offset + np.float32(k) * scale  # y1 * (H - 1) + y * height_scale
     else:
         # 0.5 * (y1 + y2) * (H - 1): a float sum, then double products, rounded once
-        coord = np.float32(0.5 * np.float64(start + end) * np.float64(size - 1))
+        coord = _flushed(np.float32(0.5 * np.float64(start + end) * np.float64(size - 1)))
     # TF: extrapolate if `in < 0 || in > H - 1`; written NaN-safe (NaN is outside)
     if coord >= np.float32(0) and coord <= np.float32(size - 1):
         last = size - 1
