@@ -7,9 +7,11 @@ One module-scoped run in-process on every CPU backend feeds most tests; a few ru
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import types
@@ -273,6 +275,43 @@ def test_the_benchmarks_script_is_the_same_command(tmp_path):
     bad = run_python(str(ROOT / "benchmarks" / "bench_crop.py"), "--repeat", "x", cwd=tmp_path)
     assert bad.returncode == 2
     assert "argument --repeat" in bad.stderr
+
+
+def test_the_grad_image_floor_script_runs(tmp_path):
+    pytest.importorskip("numba")
+    result = run_python(
+        str(ROOT / "benchmarks" / "grad_image_floor.py"), "--repeat", "1", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    for name in ("numba", "ideal", "read"):
+        assert re.search(rf"^  {name} +median +[0-9.]+ ms +min +[0-9.]+ ms", result.stdout, re.M)
+
+
+def test_the_grad_image_floor_bound_does_tfs_arithmetic():
+    """The ``ideal`` kernel of benchmarks/grad_image_floor.py, whose time docs/performance.md calls
+    a bound, does TF's float32 arithmetic: checked against the same sums written out in NumPy."""
+    pytest.importorskip("numba")
+    spec = importlib.util.spec_from_file_location(
+        "floor", ROOT / "benchmarks" / "grad_image_floor.py"
+    )
+    floor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(floor)
+    crop_width, depth = 3, 5
+    rng = np.random.default_rng(0)
+    grads = rng.standard_normal(crop_width * depth, dtype=np.float32)
+    y_lerp, x_lerp = np.float32(0.3), np.float32(0.6)
+    scratch = np.zeros((1, 2 * (crop_width + 2) * depth), np.float32)
+    floor._ideal(grads, scratch, crop_width, depth, y_lerp, x_lerp)
+    one = np.float32(1)
+    expected = np.zeros_like(scratch[0])
+    for target, y_weight in ((0, one - y_lerp), ((crop_width + 2) * depth, y_lerp)):
+        for x in range(crop_width):
+            for d in range(depth):
+                weighted = np.float32(y_weight * grads[x * depth + d])
+                left = target + x * depth + d
+                expected[left] = np.float32(expected[left] + np.float32((one - x_lerp) * weighted))
+                expected[left + depth] = np.float32(expected[left + depth] + x_lerp * weighted)
+    np.testing.assert_array_equal(scratch[0], expected)
 
 
 def test_importing_the_bench_module_loads_no_framework_nor_rich():
