@@ -9,8 +9,8 @@ numba has, interleaved:
 - ``tensorflow``: ``tf.raw_ops.CropAndResizeGradImage`` (when TensorFlow is installed);
 - ``numba``: cropcore's numba backend, through the public API;
 - ``ideal``: the same arithmetic on the same gradient, streamed in order, with every target pixel
-  in L1 (a 40-pixel scratch row per thread): what an exact kernel would cost if the image were
-  free. Its result is meaningless; its time is a bound;
+  in L1 (a 40-pixel scratch row per thread): what an exact kernel that scatters, as TF's and
+  cropcore's do, would cost if the image were free. Its result is meaningless; its time is a bound;
 - ``read``: streaming the gradient once (one add per element into a 1 KB row).
 
 Usage::
