@@ -141,7 +141,7 @@ def crop_and_resize(
     host_indices = library_for(box_indices).to_numpy(box_indices)
     image = _whole_images(image, data_format, rechunk)
     if backend is None:
-        backend = dispatch._override.get()  # the caller's use_backend(), which workers cannot see
+        backend = dispatch.current_override()  # the caller's use_backend(), which workers cannot see
 
     out_shape = spec.ImageShape(0, *crop, dims.depth).to_format(data_format)
     meta = meta_from_array(image._meta, ndim=4, dtype=np.float32)
@@ -216,7 +216,7 @@ def _stand_in(x: Any) -> Any:
 def _dask_image(image: Any, data_format: str) -> da.Array:
     """``image`` as a dask array with known chunk sizes (other arrays are wrapped, whole images per chunk)."""
     if not isinstance(image, da.Array):
-        image = spec._as_array(image, "image")
+        image = spec.as_array(image, "image")
         if len(image.shape) != 4:
             return image  # spec.image_arg refuses it with cropcore's message
         return da.from_array(image, chunks={0: "auto", 1: -1, 2: -1, 3: -1})
@@ -288,7 +288,7 @@ def crop2d(
         ValueError, TypeError: as :func:`cropcore.crop2d` (checked now, from the shape alone).
     """
     if not isinstance(x, da.Array):
-        x = da.asarray(spec._as_array(x, "x"))
+        x = da.asarray(spec.as_array(x, "x"))
     shape = tuple(x.shape)
     if len(shape) == 4:
         # The batch size does not matter to the crop: an unknown one is checked as 1.
@@ -496,7 +496,7 @@ def crop_files(
         raise ValueError(f"channels must be 1, 3, 4 or None, got {channels!r}")
     partition_size = _positive(partition_size, "partition_size")
     if backend is None:
-        backend = dispatch._override.get()
+        backend = dispatch.current_override()
 
     rows = _read_table(table, root)
     if format == "zarr" and channels is None:

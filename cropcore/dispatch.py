@@ -42,8 +42,10 @@ from cropcore.registry import Backend, registry
 __all__ = [
     "DEFAULT_PRIORITY",
     "Decision",
+    "current_override",
     "explain_call",
     "get_priority",
+    "named_backend",
     "run",
     "select",
     "set_priority",
@@ -95,6 +97,11 @@ def get_priority() -> tuple[str, ...]:
     return DEFAULT_PRIORITY
 
 
+def current_override() -> str | None:
+    """The backend named by the innermost :func:`use_backend` of this thread or task, or ``None``."""
+    return _override.get()
+
+
 @contextlib.contextmanager
 def use_backend(name: str | None) -> Iterator[None]:
     """Run the ops inside the ``with`` block on backend ``name`` unless a call names its own.
@@ -142,7 +149,11 @@ def _installed_summary() -> str:
     return "; ".join(parts) or "none"
 
 
-def _named(name: str, rule: str) -> Backend:
+def named_backend(name: str, rule: str = "the backend= argument") -> Backend:
+    """The backend ``name`` (a name or alias) names, probed; raises if unknown or unavailable.
+
+    ``rule`` says where the name came from, for the error messages.
+    """
     if not isinstance(name, str):
         raise TypeError(f"backend must be a backend name (str) or None, got {name!r}")
     backend = registry.get(name)
@@ -257,7 +268,7 @@ def select(
         )
         needs_grad = False
     if named is not None:
-        chosen = _named(named, rule)
+        chosen = named_backend(named, rule)
         why = _why_not(chosen, call, device_type, needs_grad, strict=False)
         if why:
             raise BackendDeclinedError(

@@ -44,10 +44,12 @@ __all__ = [
     "GradBoxesCall",
     "GradImageCall",
     "ImageShape",
+    "as_array",
     "check_output_size",
     "crop2d_call",
     "crop_and_resize_call",
     "grad_boxes_call",
+    "grad_dtype_arg",
     "grad_image_call",
     "max_output_bytes",
 ]
@@ -278,7 +280,7 @@ class Crop2DCall:
 # Argument checks shared by the ops
 
 
-def _as_array(x: Any, name: str) -> Any:
+def as_array(x: Any, name: str) -> Any:
     """``x`` itself when it is an array of some library, else ``np.asarray(x)``."""
     if hasattr(x, "shape") and hasattr(x, "dtype"):
         if library_name(x) == "dask":  # lazy: it has no data to hand a backend
@@ -355,7 +357,7 @@ def image_arg(image: Any, data_format: str, name: str = "image") -> tuple[Any, I
         dims = ImageShape.from_format(image.shape, data_format)
         if dims.height > 0 and dims.width > 0 and image.dtype in _NUMPY_IMAGE_DTYPES:
             return image, dims
-    image = _as_array(image, name)
+    image = as_array(image, name)
     shape = _shape(image)
     if len(shape) != 4:
         raise ValueError(
@@ -383,7 +385,7 @@ def grads_arg(grads: Any, data_format: str) -> tuple[Any, tuple[int, int, int, i
         dims = ImageShape.from_format(shape, data_format)
         if dims.height > 0 and dims.width > 0:
             return grads, shape, dims
-    grads = _as_array(grads, "grads")
+    grads = as_array(grads, "grads")
     shape = _shape(grads)
     if len(shape) != 4:
         layout = (
@@ -414,8 +416,8 @@ def boxes_arg(boxes: Any, box_indices: Any, batch: int) -> tuple[Any, Any]:
         checked = _numpy_boxes(boxes, box_indices, batch)
         if checked is not None:
             return checked
-    boxes = _as_array(boxes, "boxes")
-    box_indices = _as_array(box_indices, "box_indices")
+    boxes = as_array(boxes, "boxes")
+    box_indices = as_array(box_indices, "box_indices")
     boxes_shape, indices_shape = _shape(boxes), _shape(box_indices)
     if len(boxes_shape) != 2 or boxes_shape[1] != 4:
         raise ValueError(f"boxes must have shape (num_boxes, 4), got shape {boxes_shape}")
@@ -651,7 +653,7 @@ def grad_image_call(
     """
     data_format = data_format_arg(data_format)
     method = method_arg(method)
-    dtype = _grad_dtype_arg(dtype)
+    dtype = grad_dtype_arg(dtype)
     grads, grads_shape, grads_dims = grads_arg(grads, data_format)
     dims = image_shape_arg(image_shape, data_format)
     boxes, box_indices = boxes_arg(boxes, box_indices, dims.batch)
@@ -677,7 +679,7 @@ def grad_image_call(
     return call
 
 
-def _grad_dtype_arg(dtype: Any) -> str:
+def grad_dtype_arg(dtype: Any) -> str:
     if type(dtype) is str and dtype in GRAD_IMAGE_DTYPES:
         return dtype
     try:
@@ -780,7 +782,7 @@ def crop2d_call(
     """Check a ``crop2d`` call (Keras ``Cropping2D``'s rules) and return it in canonical form."""
     data_format = data_format_arg(data_format)
     crop = cropping_arg(cropping)
-    x = _as_array(x, "x")
+    x = as_array(x, "x")
     shape = _shape(x)
     if len(shape) != 4:
         raise ValueError(
@@ -795,7 +797,3 @@ def crop2d_call(
         )
     return Crop2DCall(x=x, cropping=crop, data_format=data_format, image_shape=dims)
 
-
-def is_array(x: Any) -> bool:
-    """Whether ``x`` is an array of some library (as opposed to a list or scalar)."""
-    return hasattr(x, "shape") and hasattr(x, "dtype") and library_name(x) != "builtins"

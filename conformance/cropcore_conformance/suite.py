@@ -346,9 +346,9 @@ def resolve_backend(name: str) -> Backend:
 
     The same look-up as ``backend=NAME`` (names and aliases, the same messages).
     """
-    from cropcore.dispatch import _named
+    from cropcore.dispatch import named_backend
 
-    return _named(name, "the conformance suite")
+    return named_backend(name, "the conformance suite")
 
 
 def run(

@@ -392,7 +392,7 @@ def crop_and_resize_grad_image(
     dims = spec.image_shape_arg(image_shape, data_format)
     boxes, box_indices = _boxes_unchecked(boxes, box_indices, grads.device)
     _grads_unchecked(grads, boxes, dims.depth, channels_first)
-    dtype = getattr(torch, spec._grad_dtype_arg(dtype))
+    dtype = getattr(torch, spec.grad_dtype_arg(dtype))
     return torch.ops.cropcore.crop_and_resize_grad_image(
         grads.to(torch.float32),
         boxes,
