@@ -32,8 +32,8 @@ from cropcore.errors import (
     OutputTooLargeError,
     UnknownBackendError,
 )
-from cropcore.hookspecs import hookimpl
-from cropcore.registry import Backend, BackendInfo
+from cropcore.hookspecs import BackendInfo, hookimpl
+from cropcore.registry import Backend
 
 __version__ = "0.1.0"
 

@@ -35,7 +35,7 @@ def library_name(x: Any) -> str:
     kind = type(x)
     name = _TYPE_LIBRARIES.get(kind)
     if name is None:
-        if issubclass(kind, np.ndarray | np.generic):
+        if issubclass(kind, (np.ndarray, np.generic)):
             name = "numpy"
         elif hasattr(kind, "__cuda_array_interface__") and not hasattr(kind, "__dlpack__"):
             name = CudaArrayInterfaceLibrary.name  # e.g. numba.cuda device arrays

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from cropcore import dispatch, spec
+from cropcore.ops import op_for
 from cropcore.registry import Backend, registry
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -183,14 +184,6 @@ def crop2d(
     return dispatch.run(call, backend)
 
 
-_CALLS = {
-    "crop_and_resize": spec.crop_and_resize_call,
-    "crop_and_resize_grad_image": spec.grad_image_call,
-    "crop_and_resize_grad_boxes": spec.grad_boxes_call,
-    "crop2d": spec.crop2d_call,
-}
-
-
 def explain(op: str, *args: Any, backend: str | None = None, **kwargs: Any) -> dispatch.Decision:
     """Which backend ``op(*args, **kwargs)`` would run on, and why, without running it.
 
@@ -201,11 +194,7 @@ def explain(op: str, *args: Any, backend: str | None = None, **kwargs: Any) -> d
         >>> print(cropcore.explain("crop_and_resize", image, boxes, box_indices, (7, 7)))
         crop_and_resize on a numpy array (cpu) runs on backend 'numpy', chosen by the priority list ...
     """
-    try:
-        make_call = _CALLS[op]
-    except KeyError:
-        raise ValueError(f"op must be one of {', '.join(_CALLS)}, got {op!r}") from None
-    return dispatch.explain_call(make_call(*args, **kwargs), backend)
+    return dispatch.explain_call(op_for(op).make_call(*args, **kwargs), backend)
 
 
 def backends(*, probe: bool = False, refresh: bool = False) -> list[Backend]:

@@ -141,7 +141,9 @@ def crop_and_resize(
     host_indices = library_for(box_indices).to_numpy(box_indices)
     image = _whole_images(image, data_format, rechunk)
     if backend is None:
-        backend = dispatch.current_override()  # the caller's use_backend(), which workers cannot see
+        backend = (
+            dispatch.current_override()
+        )  # the caller's use_backend(), which workers cannot see
 
     out_shape = spec.ImageShape(0, *crop, dims.depth).to_format(data_format)
     meta = meta_from_array(image._meta, ndim=4, dtype=np.float32)

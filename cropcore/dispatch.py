@@ -29,14 +29,17 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from cropcore import config, memory
 from cropcore._arrays import dtype_name, library_for, library_name
-from cropcore._env import getenv
 from cropcore.errors import (
     BackendDeclinedError,
     BackendError,
     BackendUnavailableError,
     UnknownBackendError,
 )
+from cropcore.ops import OPS
 from cropcore.registry import Backend, registry
 
 __all__ = [
@@ -91,10 +94,7 @@ def get_priority() -> tuple[str, ...]:
     """The automatic-selection order now in force."""
     if _priority is not None:
         return _priority
-    env = getenv("CROPCORE_PRIORITY")
-    if env:
-        return tuple(n.strip() for n in env.split(",") if n.strip())
-    return DEFAULT_PRIORITY
+    return config.get("CROPCORE_PRIORITY") or DEFAULT_PRIORITY
 
 
 def current_override() -> str | None:
@@ -189,10 +189,8 @@ def _why_not(
 
 def _static_key(call: Any) -> tuple[str, str | None, str | None]:
     """What of ``call`` a backend's capabilities are checked against: op, image dtype, method."""
-    if call.op == "crop2d":
-        return (call.op, None, None)
     dtype = dtype_name(call.image) if hasattr(call, "image") else None
-    return (call.op, dtype, call.method)
+    return (call.op, dtype, getattr(call, "method", None))
 
 
 def _why_not_static(
@@ -206,7 +204,7 @@ def _why_not_static(
     info = backend.info
     assert info is not None
     op, dtype, method = key
-    if backend.hook(op) is None:
+    if op not in backend.ops:
         return f"does not implement {op}"
     if dtype is not None and dtype not in info.dtypes:
         return f"does not support image dtype {dtype}"
@@ -248,7 +246,7 @@ def select(
         named, rule = _override.get(), "a use_backend() context"
     if named is None:
         named, rule = (
-            getenv("CROPCORE_BACKEND") or None,
+            config.get("CROPCORE_BACKEND") or None,
             "the CROPCORE_BACKEND environment variable",
         )
     needs_grad = "torch" in libraries.values() and _needs_grad(call, libraries)
@@ -431,7 +429,7 @@ def _quick_choice(call: Any, backend: str | None, libraries: dict[str, str]) -> 
         backend is not None
         or _override.get() is not None
         or "torch" in libraries.values()
-        or getenv("CROPCORE_BACKEND")
+        or config.get("CROPCORE_BACKEND")
         or logger.isEnabledFor(logging.DEBUG)
     ):
         return None
@@ -451,7 +449,15 @@ def run(call: Any, backend: str | None = None) -> Any:
     if chosen is None:
         chosen, _ = select(call, backend, libraries)
     hook = chosen.hook(call.op)
-    result = hook(call=_to_backend(call, chosen, libraries))
+    if hook is None:  # an op the core runs itself (crop2d's slice), on the caller's arrays
+        return OPS[call.op].in_core(call)
+    output_bytes = memory.nbytes(call.output_shape, call.output_dtype)
+    if _nothing_to_compute(call, output_bytes, libraries):
+        return _zeros(call)
+    converted = _to_backend(call, chosen, libraries)
+    peak = chosen.peak_bytes(converted, output_bytes)
+    memory.check_peak(peak, output_bytes, chosen.name, call.op)
+    result = hook(call=converted)
     shape = result.shape
     if shape != call.output_shape:  # torch.Size and NumPy shapes compare equal to tuples
         shape = tuple(int(d) for d in shape)
@@ -464,6 +470,29 @@ def run(call: Any, backend: str | None = None) -> Any:
     if library_name(result) == library_name(anchor):
         return library_for(anchor).to_device(result, anchor)
     return library_for(anchor).convert(result, anchor)
+
+
+def _nothing_to_compute(call: Any, output_bytes: int, libraries: dict[str, str]) -> bool:
+    """Whether the result is empty, or a gradient of empty ``grads`` (no boxes, or depth 0): zeros.
+
+    Not when an input needs autograd: the backend then builds the (empty) graph.
+    """
+    if output_bytes:
+        grads = getattr(call, "grads", None)
+        if grads is None or 0 not in grads.shape:
+            return False
+    return "torch" not in libraries.values() or not _needs_grad(call, libraries)
+
+
+def _zeros(call: Any) -> Any:
+    """The result of a call with nothing to compute, in the anchor's library and on its device.
+
+    Only the result is allocated: a backend could allocate tables as large as the crop for an
+    empty result (a crop of 2**31 rows for no box).
+    """
+    anchor = call.anchor
+    zeros = np.zeros(call.output_shape, call.output_dtype)
+    return library_for(anchor).from_numpy(zeros, anchor)
 
 
 def explain_call(call: Any, backend: str | None = None) -> Decision:

@@ -12,7 +12,8 @@ hook implementation's signature against the specifications below. Rules for the 
   ...). Import those inside the op hooks, or in :func:`cropcore_backend_check`. Listing backends
   imports every plugin module; a framework loads only when its backend first runs.
 - :func:`cropcore_backend_info` is required; so is at least one op hook. An op the backend does not
-  implement is simply not offered by it.
+  implement is simply not offered by it, except ``crop2d``, a slice, which cropcore runs itself for
+  a backend without that hook.
 - Op hooks receive one *call* object from :mod:`cropcore.spec`, already validated and canonical:
   ``boxes`` float32 ``(num_boxes, 4)`` and finite, ``box_indices`` int32 in ``[0, batch)``,
   ``crop_size`` two positive ints, ``method`` one of the allowed strings, ``data_format`` either
@@ -35,19 +36,73 @@ and signature checking), so the hook options below matter only to pluggy's bookk
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import pluggy
 
-if TYPE_CHECKING:
-    from cropcore.registry import BackendInfo
-    from cropcore.spec import Crop2DCall, CropAndResizeCall, GradBoxesCall, GradImageCall
+from cropcore.calls import (
+    IMAGE_DTYPES,
+    METHODS,
+    Crop2DCall,
+    CropAndResizeCall,
+    GradBoxesCall,
+    GradImageCall,
+    ImageShape,
+)
 
-__all__ = ["hookimpl", "hookspec"]
+__all__ = [
+    "IMAGE_DTYPES",
+    "METHODS",
+    "BackendInfo",
+    "Crop2DCall",
+    "CropAndResizeCall",
+    "GradBoxesCall",
+    "GradImageCall",
+    "ImageShape",
+    "hookimpl",
+    "hookspec",
+]
 
 hookspec = pluggy.HookspecMarker("cropcore")
 #: Decorate a backend module's functions with this to implement the hooks below.
 hookimpl = pluggy.HookimplMarker("cropcore")
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What a backend says about itself (returned by its ``cropcore_backend_info`` hook).
+
+    Attributes:
+        name: what users pass as ``backend=``; lower case, unique.
+        array_library: the library whose arrays its kernels take and return
+            (``"numpy"``, ``"torch"``, ``"cupy"``, ...).
+        aliases: other names accepted for ``backend=`` (the CuPy backend has ``"cuda"``).
+        devices: device types it computes on (``"cpu"``, ``"cuda"``).
+        dtypes: image dtypes it accepts (NumPy names).
+        methods: sampling methods it implements.
+        requires: modules that must be importable (checked without importing them); the version
+            shown is the first one's distribution version unless ``version`` is given.
+        install_hint: how to install what is missing, e.g. ``pip install "cropcore[numba]"``.
+        version: a version string to show; empty means the version of ``requires[0]``.
+        description: one line for ``cropcore backends``.
+        native_libraries: array libraries it takes without conversion, besides ``array_library``
+            (for example a NumPy backend that also reads torch CPU tensors through DLPack).
+        autograd: whether its results carry gradients through the framework's autograd.
+    """
+
+    name: str
+    array_library: str = "numpy"
+    aliases: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ("cpu",)
+    dtypes: tuple[str, ...] = IMAGE_DTYPES
+    methods: tuple[str, ...] = METHODS
+    requires: tuple[str, ...] = ()
+    install_hint: str = ""
+    version: str = ""
+    description: str = ""
+    native_libraries: tuple[str, ...] = ()
+    autograd: bool = False
 
 
 @hookspec
@@ -81,6 +136,18 @@ def cropcore_backend_declines(call: Any) -> str | None:
     validated call *before* conversion: its arrays are still in the caller's library. ``dtypes``,
     ``methods`` and ``devices`` from :func:`cropcore_backend_info` are already checked by cropcore;
     this hook is for anything finer (a size limit, an unsupported combination).
+    """
+
+
+@hookspec
+def cropcore_backend_peak_bytes(call: Any) -> int:
+    """Bytes of host memory this backend needs at its peak to run ``call``, its result included.
+
+    Optional; without it, a backend that computes on the CPU is taken to need the result's bytes,
+    one that computes on a device none. Called after selection, before the op hook, with the call
+    as the op hook will receive it; it must be fast and must not allocate. cropcore refuses the
+    call with :class:`cropcore.errors.OutputTooLargeError` when the peak exceeds the memory
+    available (or ``CROPCORE_MAX_OUTPUT_BYTES``), so count every temporary as large as the result.
     """
 
 
@@ -129,6 +196,9 @@ def cropcore_crop_and_resize_grad_boxes(call: GradBoxesCall) -> Any:
 @hookspec
 def cropcore_crop2d(call: Crop2DCall) -> Any:
     """Keras's ``Cropping2D``: ``call.x[call.slices]``.
+
+    Optional: without it cropcore slices ``call.x`` itself (a view, in the caller's library and
+    on its device), which is what every built-in backend wants.
 
     ``call.x``: 4-D, any dtype. ``call.cropping``: ``((top, bottom), (left, right))``, already
     checked to leave at least one row and one column. Returns an array of ``call.x``'s dtype with

@@ -9,6 +9,7 @@ lazily, the first time it is probed or selected.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import importlib.util
 import logging
@@ -22,7 +23,8 @@ from typing import Any
 import pluggy
 
 from cropcore import hookspecs
-from cropcore.spec import IMAGE_DTYPES, METHODS, OPS
+from cropcore.hookspecs import BackendInfo
+from cropcore.ops import OPS
 
 __all__ = ["ENTRY_POINT_GROUP", "Backend", "BackendInfo", "Registry", "registry"]
 
@@ -30,41 +32,6 @@ logger = logging.getLogger("cropcore.registry")
 
 #: The entry-point group backends register under.
 ENTRY_POINT_GROUP = "cropcore.backends"
-
-
-@dataclass(frozen=True)
-class BackendInfo:
-    """What a backend says about itself (returned by its ``cropcore_backend_info`` hook).
-
-    Attributes:
-        name: what users pass as ``backend=``; lower case, unique.
-        array_library: the library whose arrays its kernels take and return
-            (``"numpy"``, ``"torch"``, ``"cupy"``, ...).
-        aliases: other names accepted for ``backend=`` (the CuPy backend has ``"cuda"``).
-        devices: device types it computes on (``"cpu"``, ``"cuda"``).
-        dtypes: image dtypes it accepts (NumPy names).
-        methods: sampling methods it implements.
-        requires: modules that must be importable (checked without importing them).
-        install_hint: how to install what is missing, e.g. ``pip install "cropcore[numba]"``.
-        version: a version string to show (the framework's, or the plugin's).
-        description: one line for ``cropcore backends``.
-        native_libraries: array libraries it takes without conversion, besides ``array_library``
-            (for example a NumPy backend that also reads torch CPU tensors through DLPack).
-        autograd: whether its results carry gradients through the framework's autograd.
-    """
-
-    name: str
-    array_library: str = "numpy"
-    aliases: tuple[str, ...] = ()
-    devices: tuple[str, ...] = ("cpu",)
-    dtypes: tuple[str, ...] = IMAGE_DTYPES
-    methods: tuple[str, ...] = METHODS
-    requires: tuple[str, ...] = ()
-    install_hint: str = ""
-    version: str = ""
-    description: str = ""
-    native_libraries: tuple[str, ...] = ()
-    autograd: bool = False
 
 
 @dataclass
@@ -93,7 +60,12 @@ class Backend:
 
     @property
     def version(self) -> str:
-        return self.info.version if self.info else ""
+        """The version the plugin states, else that of the distribution of its first requirement."""
+        if self.info is None:
+            return ""
+        if self.info.version or not self.info.requires:
+            return self.info.version
+        return _distribution_version(self.info.requires[0])
 
     @property
     def devices(self) -> tuple[str, ...]:
@@ -106,6 +78,16 @@ class Backend:
     def hook(self, op: str) -> Callable[..., Any] | None:
         """The plugin's implementation of op ``op`` (``"crop_and_resize"``, ...), or ``None``."""
         return self._hooks.get(f"cropcore_{op}")
+
+    def peak_bytes(self, call: Any, result_bytes: int) -> int:
+        """Host memory the plugin needs at its peak for ``call`` (``cropcore_backend_peak_bytes``).
+
+        Without the hook: the result's bytes on a CPU backend, nothing on a device-only one.
+        """
+        hook = self._hooks.get("cropcore_backend_peak_bytes")
+        if hook is not None:
+            return int(hook(call=call))
+        return result_bytes if self.info is None or "cpu" in self.info.devices else 0
 
     def declines(self, call: Any) -> str | None:
         hook = self._hooks.get("cropcore_backend_declines")
@@ -226,8 +208,10 @@ class Registry:
             if unknown:
                 raise TypeError(f"unknown hook(s) {', '.join(unknown)}: not in cropcore.hookspecs")
             hooks = dict(_impls(self._pm, module))
-            ops = tuple(op for op in OPS if f"cropcore_{op}" in hooks)
-            if not ops:
+            kernels = [name for name, op in OPS.items() if op.hook in hooks]
+            # An op cropcore runs itself (crop2d's slice) is offered by every backend.
+            ops = tuple(name for name, op in OPS.items() if op.hook in hooks or op.in_core)
+            if not kernels:
                 raise TypeError(
                     "the plugin implements none of the op hooks (cropcore_crop_and_resize, ...)"
                 )
@@ -331,6 +315,21 @@ def _entry_points(group: str) -> list[importlib.metadata.EntryPoint]:
 def _dist_name(ep: importlib.metadata.EntryPoint) -> str:
     dist = getattr(ep, "dist", None)
     return dist.name if dist is not None else ""
+
+
+@functools.cache
+def _distribution_version(module: str) -> str:
+    """The version of the distribution that provides top-level module ``module`` ("" if none)."""
+    try:
+        return importlib.metadata.version(module)
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    for dist in importlib.metadata.packages_distributions().get(module, ()):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return ""
 
 
 def _importable(module: str) -> bool:

@@ -239,7 +239,12 @@ MUTATIONS = [
     mutation(
         "crop2d-shifted-by-one-row",
         "tf-vectors tf-tests edge-cases properties round-trips",
-        (INIT, "return call.x[call.slices]", "return np.roll(call.x, 1, axis=1)[call.slices]"),
+        (  # the reference has no crop2d hook (the core slices): the mutant brings a wrong one
+            INIT,
+            "@hookimpl\ndef cropcore_backend_info",
+            "@hookimpl\ndef cropcore_crop2d(call):\n    return np.roll(call.x, 1, axis=1)[call.slices]"
+            "\n\n\n@hookimpl\ndef cropcore_backend_info",
+        ),
     ),
 ]
 

@@ -37,6 +37,7 @@ import numpy as np
 import pytest
 
 import cropcore
+import cropcore.ops
 import cropcore_cupy
 from cropcore import BackendInfo, hookimpl
 from cropcore.errors import BackendDeclinedError, BackendError, BackendUnavailableError
@@ -321,7 +322,7 @@ def test_plugin_is_registered_with_alias_cuda():
     assert set(info.dtypes) == set(DTYPES)
     assert set(info.methods) == set(METHODS)
     assert not info.autograd
-    assert set(backend.ops) == set(cropcore.spec.OPS)
+    assert set(backend.ops) == set(cropcore.ops.OPS)
     assert "cupy" in [b.name for b in cropcore.backends()]
 
 
@@ -338,20 +339,14 @@ def test_listing_backends_imports_no_framework():
 
 
 def test_version_comes_from_the_distribution_without_importing_cupy():
-    version = registry.get("cupy").info.version
-    installed = [d for d in cropcore_cupy._CUPY_DISTRIBUTIONS if _has_dist(d)]
-    if installed:
-        assert version == importlib.metadata.version(installed[0])
+    imported = "cupy" in sys.modules
+    version = registry.get("cupy").version
+    distributions = importlib.metadata.packages_distributions().get("cupy", [])
+    if distributions:
+        assert version == importlib.metadata.version(distributions[0])
     else:
         assert version == ""
-
-
-def _has_dist(name: str) -> bool:
-    try:
-        importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
+    assert ("cupy" in sys.modules) == imported
 
 
 def test_without_cupy_or_a_device_the_backend_is_unavailable_with_the_reason():
@@ -401,10 +396,6 @@ def test_plugin_hooks_that_run_on_the_host():
     assert tolerances["*/grad_image/*"] == "reordered-sums"
     assert tolerances["*/grad_boxes/*"] == "reordered-sums"
     assert list(tolerances)[-1] == "*"
-    crop2d = cropcore.spec.crop2d_call(np.arange(48).reshape(1, 4, 4, 3), ((1, 1), (0, 2)))
-    view = cropcore_cupy.cropcore_crop2d(crop2d)
-    assert view.base is not None
-    np.testing.assert_array_equal(view, np.arange(48).reshape(1, 4, 4, 3)[:, 1:3, 0:2])
 
 
 def test_conformance_declarations_name_classes_the_suite_defines():

@@ -462,3 +462,12 @@ def test_cuda_array_interface_object_without_cupy_is_refused_with_install_hint(m
     monkeypatch.setattr(importlib, "import_module", no_cupy)
     with pytest.raises(TypeError, match=r"needs CuPy: pip install \"cropcore\[cupy\]\""):
         cropcore.crop_and_resize(_CudaArrayInterfaceOnly(), BOXES, [0], (2, 2))
+
+
+def test_crop2d_is_sliced_by_the_core_for_a_backend_without_the_hook(register_backend):
+    fake = register_backend("nocrop2d", ops=("crop_and_resize",))
+    x = np.arange(2 * 5 * 6 * 3, dtype=np.float32).reshape(2, 5, 6, 3)
+    out = cropcore.crop2d(x, ((1, 2), (0, 3)), backend="nocrop2d")
+    assert fake.calls == []
+    assert np.shares_memory(out, x)
+    np.testing.assert_array_equal(out, x[:, 1:3, 0:3, :])

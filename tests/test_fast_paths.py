@@ -1,8 +1,7 @@
 """The quick routes through validation and dispatch give exactly the general routes' answers.
 
 Small calls spend most of their time in cropcore's Python code, so :mod:`cropcore.spec` checks
-canonical NumPy arguments first without conversions, :mod:`cropcore._env` reads environment
-variables without exceptions, and :mod:`cropcore.dispatch` caches what it found about each
+canonical NumPy arguments first without conversions, and :mod:`cropcore.dispatch` caches what it found about each
 backend for a kind of call. Each quick route must return what the general one returns, raise what
 it raises, and notice every change the general one would notice.
 """
@@ -10,7 +9,6 @@ it raises, and notice every change the general one would notice.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
@@ -18,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import cropcore
-from cropcore import _env, spec
+from cropcore import spec
 from cropcore.registry import registry
 
 
@@ -187,19 +185,6 @@ def test_check_output_size_is_exact_for_numpy_integer_dimensions(monkeypatch):
 
 # --------------------------------------------------------------------------------------------------
 # Environment variables
-
-
-@pytest.mark.parametrize("value", ["numpy", "", "caf\u00e9", "a=b,c"])
-def test_getenv_sees_every_change(monkeypatch, value):
-    name = "CROPCORE_TEST_VARIABLE"
-    monkeypatch.delenv(name, raising=False)
-    assert _env.getenv(name) is None
-    monkeypatch.setenv(name, value)
-    assert _env.getenv(name) == os.environ.get(name) == value
-    os.environ[name] = value + "!"
-    assert _env.getenv(name) == value + "!"
-    del os.environ[name]
-    assert _env.getenv(name) is None
 
 
 def test_environment_backend_is_read_at_every_call(register_backend, image, monkeypatch):

@@ -91,7 +91,8 @@ def test_third_party_plugin_is_discovered_listed_and_dispatched_to(site):
     assert backend.aliases == ("thirdparty-alias",)
     assert backend.version == "1.2.3"
     assert backend.distribution == "thirdparty-backend"
-    assert backend.ops == ("crop_and_resize",)
+    # crop2d is a slice the core runs itself, so every backend offers it.
+    assert backend.ops == ("crop_and_resize", "crop2d")
 
     image = np.zeros((1, 3, 3, 1), np.float32)
     out = cropcore.crop_and_resize(image, [[0, 0, 1, 1]], [0], (2, 2), backend="thirdparty-alias")
@@ -250,3 +251,11 @@ def test_a_crop_on_the_numpy_backend_loads_no_framework():
     result = _run(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_a_backend_without_a_stated_version_shows_its_requirement_s():
+    import importlib.metadata
+
+    from cropcore.registry import registry
+
+    assert registry.get("numpy").version == importlib.metadata.version("numpy")

@@ -384,6 +384,36 @@ def test_empty_boxes_are_valid():
     assert call.output_shape == (0, 2, 2, 3)
 
 
+def test_empty_box_indices_list_is_taken_as_int32_as_tensorflow_takes_it():
+    # np.asarray([]) is float64; TensorFlow converts [] to an empty int32 tensor.
+    call = forward(boxes=np.zeros((0, 4), np.float32), box_indices=[])
+    assert call.box_indices.dtype == np.int32
+    assert call.output_shape == (0, 2, 2, 3)
+
+
+def test_empty_float_box_indices_array_is_still_refused():
+    with pytest.raises(TypeError, match="box_indices must be an integer array"):
+        forward(boxes=np.zeros((0, 4), np.float32), box_indices=np.zeros(0, np.float64))
+
+
+def test_shape_only_mode_reads_no_box_values():
+    boxes = np.array([[np.nan, 0, 1, 1]], np.float32)
+    call = spec.crop_and_resize_call(
+        np.zeros((1, 4, 5, 3), np.float32), boxes, [7], (2, 2), check_values=False
+    )
+    assert call.box_indices.dtype == np.int32
+    assert call.output_shape == (1, 2, 2, 3)
+    with pytest.raises(ValueError, match="boxes must be finite"):
+        spec.crop_and_resize_call(np.zeros((1, 4, 5, 3), np.float32), boxes, [0], (2, 2))
+
+
+def test_shape_only_mode_still_checks_shapes():
+    with pytest.raises(ValueError, match="boxes must have shape"):
+        spec.crop_and_resize_call(
+            np.zeros((1, 4, 5, 3), np.float32), np.zeros((1, 3)), [0], (2, 2), check_values=False
+        )
+
+
 def test_empty_boxes_on_an_empty_batch_are_valid():
     call = forward(
         image=np.zeros((0, 4, 5, 3)), boxes=np.zeros((0, 4)), box_indices=np.zeros(0, int)

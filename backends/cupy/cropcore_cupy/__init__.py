@@ -28,18 +28,16 @@ Modules and files:
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import os
 import sys
 from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from cropcore import BackendInfo, hookimpl
-from cropcore.spec import IMAGE_DTYPES, METHODS
+from cropcore.hookspecs import IMAGE_DTYPES, METHODS, BackendInfo, hookimpl
 
 if TYPE_CHECKING:
-    from cropcore.spec import Crop2DCall, CropAndResizeCall, GradBoxesCall, GradImageCall
+    from cropcore.hookspecs import CropAndResizeCall, GradBoxesCall, GradImageCall
 
 __all__ = [
     "DETERMINISTIC_ENV",
@@ -47,7 +45,6 @@ __all__ = [
     "cropcore_backend_declines",
     "cropcore_backend_info",
     "cropcore_conformance_tolerances",
-    "cropcore_crop2d",
     "cropcore_crop_and_resize",
     "cropcore_crop_and_resize_grad_boxes",
     "cropcore_crop_and_resize_grad_image",
@@ -58,9 +55,6 @@ __all__ = [
 
 #: Set to 1 (or true, yes, on) to make the image gradient deterministic by default.
 DETERMINISTIC_ENV = "CROPCORE_DETERMINISTIC"
-
-#: The distributions that install the ``cupy`` module, most likely first.
-_CUPY_DISTRIBUTIONS = ("cupy-cuda12x", "cupy-cuda13x", "cupy-cuda11x", "cupy")
 
 _deterministic: bool | None = None
 _scoped: ContextVar[bool | None] = ContextVar("cropcore_cupy_deterministic", default=None)
@@ -124,15 +118,6 @@ def is_deterministic() -> bool:
 # Plugin hooks
 
 
-def _cupy_version() -> str:
-    for distribution in _CUPY_DISTRIBUTIONS:
-        try:
-            return importlib.metadata.version(distribution)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return ""
-
-
 @hookimpl
 def cropcore_backend_info() -> BackendInfo:
     return BackendInfo(
@@ -144,7 +129,6 @@ def cropcore_backend_info() -> BackendInfo:
         methods=METHODS,
         requires=("cupy",),
         install_hint='pip install "cropcore[cupy]"',
-        version=_cupy_version(),
         description=(
             "fused CUDA kernels through CuPy (no FMA, flush-to-zero: TensorFlow's CPU rounding); "
             "deterministic image gradient on request"
@@ -205,13 +189,6 @@ def cropcore_crop_and_resize_grad_boxes(call: GradBoxesCall) -> Any:
     from cropcore_cupy import kernels
 
     return kernels.crop_and_resize_grad_boxes(call)
-
-
-@hookimpl
-def cropcore_crop2d(call: Crop2DCall) -> Any:
-    # Keras's Cropping2D is a slice: a CuPy view costs no kernel and no memory; a copy kernel could
-    # only be slower.
-    return call.x[call.slices]
 
 
 @hookimpl

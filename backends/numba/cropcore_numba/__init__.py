@@ -12,30 +12,29 @@ compiles lazily, with an on-disk cache) is imported by the first op hook or by
 
 from __future__ import annotations
 
-import importlib.metadata
 import platform
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
-from cropcore import BackendInfo, hookimpl
-from cropcore.spec import Crop2DCall, CropAndResizeCall, GradBoxesCall, GradImageCall
+from cropcore import memory
+from cropcore.hookspecs import (
+    BackendInfo,
+    CropAndResizeCall,
+    GradBoxesCall,
+    GradImageCall,
+    hookimpl,
+)
 
 __all__ = [
     "cropcore_backend_check",
     "cropcore_backend_info",
-    "cropcore_crop2d",
+    "cropcore_backend_peak_bytes",
     "cropcore_crop_and_resize",
     "cropcore_crop_and_resize_grad_boxes",
     "cropcore_crop_and_resize_grad_image",
 ]
-
-
-def _numba_version() -> str:
-    try:
-        return importlib.metadata.version("numba")
-    except importlib.metadata.PackageNotFoundError:
-        return ""
 
 
 @hookimpl
@@ -46,7 +45,6 @@ def cropcore_backend_info() -> BackendInfo:
         devices=("cpu",),
         requires=("numba",),
         install_hint='pip install "cropcore[numba]"',
-        version=_numba_version(),
         description="compiled, multi-threaded CPU kernels (bit-exact with TensorFlow's CPU kernel)",
     )
 
@@ -121,6 +119,11 @@ def cropcore_crop_and_resize_grad_boxes(call: GradBoxesCall) -> np.ndarray:
 
 
 @hookimpl
-def cropcore_crop2d(call: Crop2DCall) -> np.ndarray:
-    # Keras's Cropping2D is a slice: a view costs nothing, a compiled copy could only be slower.
-    return call.x[call.slices]
+def cropcore_backend_peak_bytes(call: Any) -> int:
+    # The compiled kernels write the result directly; besides it they keep per-box tables of rows
+    # and columns, and the forward op may convert the image to float32 first.
+    tables = 32 * call.boxes.shape[0] * (call.crop_size[0] + call.crop_size[1])
+    result = memory.nbytes(call.output_shape, call.output_dtype)
+    if isinstance(call, CropAndResizeCall):
+        return result + 4 * call.image.size + tables
+    return result + tables

@@ -8,14 +8,22 @@ served through transposed views.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from cropcore import BackendInfo, hookimpl
-from cropcore.spec import Crop2DCall, CropAndResizeCall, GradBoxesCall, GradImageCall
+from cropcore import memory
+from cropcore.hookspecs import (
+    BackendInfo,
+    CropAndResizeCall,
+    GradBoxesCall,
+    GradImageCall,
+    hookimpl,
+)
 
 __all__ = [
     "cropcore_backend_info",
-    "cropcore_crop2d",
+    "cropcore_backend_peak_bytes",
     "cropcore_crop_and_resize",
     "cropcore_crop_and_resize_grad_boxes",
     "cropcore_crop_and_resize_grad_image",
@@ -36,7 +44,7 @@ def cropcore_backend_info() -> BackendInfo:
         name="numpy",
         array_library="numpy",
         devices=("cpu",),
-        version=np.__version__,
+        requires=("numpy",),
         description="reference implementation (vectorised NumPy, bit-exact with TensorFlow's CPU kernel)",
     )
 
@@ -84,5 +92,16 @@ def cropcore_crop_and_resize_grad_boxes(call: GradBoxesCall) -> np.ndarray:
 
 
 @hookimpl
-def cropcore_crop2d(call: Crop2DCall) -> np.ndarray:
-    return call.x[call.slices]
+def cropcore_backend_peak_bytes(call: Any) -> int:
+    # The vectorised kernels hold whole-call temporaries: three crop-sized float32 arrays and a
+    # gather in the forward op; per-sample contributions (four corners, float64 at most), their
+    # targets and the result's transposed copy in the image gradient; about ten sample-sized
+    # float32 arrays in the box gradient; and per-box tables of rows and columns.
+    samples = call.boxes.shape[0] * call.crop_size[0] * call.crop_size[1]
+    tables = 64 * call.boxes.shape[0] * (call.crop_size[0] + call.crop_size[1])
+    if isinstance(call, CropAndResizeCall):
+        return 4 * memory.nbytes(call.output_shape, "float32") + 16 * samples + tables
+    grads = samples * call.image_shape.depth
+    if isinstance(call, GradImageCall):
+        return 2 * memory.nbytes(call.output_shape, call.dtype) + 48 * grads + 48 * samples + tables
+    return 64 * grads + 16 * samples + tables

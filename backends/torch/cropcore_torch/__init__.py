@@ -28,11 +28,11 @@ from __future__ import annotations
 import importlib.metadata
 from typing import TYPE_CHECKING, Any
 
-from cropcore import BackendInfo, hookimpl
-from cropcore.spec import IMAGE_DTYPES
+from cropcore import memory
+from cropcore.hookspecs import IMAGE_DTYPES, BackendInfo, hookimpl
 
 if TYPE_CHECKING:
-    from cropcore.spec import Crop2DCall, CropAndResizeCall, GradBoxesCall, GradImageCall
+    from cropcore.hookspecs import CropAndResizeCall, GradBoxesCall, GradImageCall
 
 __all__ = [
     "CropAndResize",
@@ -43,7 +43,6 @@ __all__ = [
     "crop_and_resize_grad_image",
     "cropcore_backend_check",
     "cropcore_backend_info",
-    "cropcore_crop2d",
     "cropcore_crop_and_resize",
     "cropcore_crop_and_resize_grad_boxes",
     "cropcore_crop_and_resize_grad_image",
@@ -69,13 +68,6 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-def _torch_version() -> str:
-    try:
-        return importlib.metadata.version("torch")
-    except importlib.metadata.PackageNotFoundError:
-        return ""
-
-
 @hookimpl
 def cropcore_backend_info() -> BackendInfo:
     return BackendInfo(
@@ -85,7 +77,6 @@ def cropcore_backend_info() -> BackendInfo:
         dtypes=IMAGE_DTYPES,
         requires=("torch",),
         install_hint='pip install "cropcore[torch]"',
-        version=_torch_version(),
         description=(
             "torch tensors on CPU and CUDA, with autograd; bit-exact with TensorFlow's CPU kernel "
             "on CPU"
@@ -150,16 +141,12 @@ def cropcore_crop_and_resize_grad_boxes(call: GradBoxesCall) -> Any:
 
 
 @hookimpl
-def cropcore_crop2d(call: Crop2DCall) -> Any:
-    return call.x[call.slices]
-
-
-@hookimpl
-def cropcore_conformance_expected_failures() -> dict[str, str]:
-    return {
-        "edge-cases/crop2d/layout-byteswapped": (
-            "torch tensors have no byte order: a byte-swapped NumPy array named to the torch "
-            "backend is converted to native order, so crop2d returns the same values as a "
-            "native-order float32 array instead of a view with dtype '>f4'"
-        ),
-    }
+def cropcore_backend_peak_bytes(call: Any) -> int:
+    # On CPU: the compiled loops write the result directly; the torch kernels (no C compiler, or
+    # CROPCORE_TORCH_NATIVE=0) work in chunks of boxes, so their temporaries stay a fraction of
+    # the result; per-box tables of rows and columns besides. On a GPU nothing is held on the host.
+    anchor = call.image if hasattr(call, "image") else call.grads
+    if anchor.device.type != "cpu":
+        return 0
+    tables = 64 * call.boxes.shape[0] * (call.crop_size[0] + call.crop_size[1])
+    return 2 * memory.nbytes(call.output_shape, call.output_dtype) + tables

@@ -217,11 +217,6 @@ _grad_boxes.register_autograd(_no_double_backward, setup_context=_no_context)
 # The functions users call
 
 
-def _format(data_format: str) -> bool:
-    """``channels_first`` for a data_format, refusing anything else (no device work)."""
-    return spec.data_format_arg(data_format) == "channels_first"
-
-
 def _tensor(x: Any, name: str) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(
@@ -230,57 +225,9 @@ def _tensor(x: Any, name: str) -> Tensor:
     return x
 
 
-def _boxes_unchecked(boxes: Any, box_indices: Any, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Shape and dtype checks of ``boxes`` and ``box_indices``; their values are not looked at."""
-    boxes = _tensor(boxes, "boxes")
-    box_indices = _tensor(box_indices, "box_indices")
-    if boxes.dim() != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"boxes must have shape (num_boxes, 4), got shape {tuple(boxes.shape)}")
-    if box_indices.dim() != 1 or box_indices.shape[0] != boxes.shape[0]:
-        raise ValueError(
-            f"box_indices must have shape ({boxes.shape[0]},) to match boxes, got shape "
-            f"{tuple(box_indices.shape)}"
-        )
-    if box_indices.is_floating_point() or box_indices.is_complex() or boxes.is_complex():
-        raise TypeError(
-            f"box_indices must be integers and boxes real, got {box_indices.dtype} and {boxes.dtype}"
-        )
-    return (
-        boxes.to(device=device, dtype=torch.float32),
-        box_indices.to(device=device, dtype=torch.int32),
-    )
-
-
-def _image_unchecked(image: Any, channels_first: bool, name: str = "image") -> spec.ImageShape:
-    image = _tensor(image, name)
-    if image.dim() != 4:
-        raise ValueError(f"{name} must be 4-D, got shape {tuple(image.shape)}")
-    if image.dtype not in IMAGE_DTYPES:
-        raise TypeError(f"{name} dtype must be one of {spec.IMAGE_DTYPES}, got {image.dtype}")
-    shape = spec.ImageShape.from_format(
-        tuple(image.shape), "channels_first" if channels_first else "channels_last"
-    )
-    if shape.height <= 0 or shape.width <= 0:
-        raise ValueError(
-            f"{name} height and width must be positive, got shape {tuple(image.shape)}"
-        )
-    return shape
-
-
-def _grads_unchecked(grads: Tensor, boxes: Tensor, depth: int, channels_first: bool) -> None:
-    if grads.dim() != 4:
-        raise ValueError(f"grads must be 4-D, got shape {tuple(grads.shape)}")
-    if not grads.is_floating_point():
-        raise TypeError(f"grads must be floating point, got {grads.dtype}")
-    layout = "channels_first" if channels_first else "channels_last"
-    crops = spec.ImageShape.from_format(tuple(grads.shape), layout)
-    if crops.batch != boxes.shape[0] or crops.depth != depth:
-        raise ValueError(
-            f"grads of shape {tuple(grads.shape)} do not match {boxes.shape[0]} boxes of an image "
-            f"of depth {depth} ({layout})"
-        )
-    if crops.height <= 0 or crops.width <= 0:
-        raise ValueError(f"grads crop height and width must be positive, got {tuple(grads.shape)}")
+def _on(device: torch.device, boxes: Tensor, box_indices: Tensor) -> tuple[Tensor, Tensor]:
+    """Boxes and box indices (canonical dtypes already) on ``device``, where the op runs."""
+    return boxes.to(device=device), box_indices.to(device=device)
 
 
 @torch.compiler.disable
@@ -341,20 +288,23 @@ def crop_and_resize(
             extrapolation_value,
             data_format=data_format,
         )
-    channels_first = _format(data_format)
-    _image_unchecked(image, channels_first)
-    boxes, box_indices = _boxes_unchecked(boxes, box_indices, image.device)
-    crop_height, crop_width = spec.crop_size_arg(crop_size)
-    method = spec.method_arg(method)
-    return torch.ops.cropcore.crop_and_resize(
-        image,
-        boxes,
-        box_indices,
-        crop_height,
-        crop_width,
+    call = spec.crop_and_resize_call(
+        _tensor(image, "image"),
+        _tensor(boxes, "boxes"),
+        _tensor(box_indices, "box_indices"),
+        crop_size,
         method,
-        float(extrapolation_value),
-        channels_first,
+        extrapolation_value,
+        data_format,
+        check_values=False,
+    )
+    return torch.ops.cropcore.crop_and_resize(
+        call.image,
+        *_on(call.image.device, call.boxes, call.box_indices),
+        *call.crop_size,
+        call.method,
+        call.extrapolation_value,
+        call.channels_first,
     )
 
 
@@ -387,20 +337,23 @@ def crop_and_resize_grad_image(
             data_format=data_format,
             dtype=dtype,
         )
-    channels_first = _format(data_format)
-    grads = _tensor(grads, "grads")
-    dims = spec.image_shape_arg(image_shape, data_format)
-    boxes, box_indices = _boxes_unchecked(boxes, box_indices, grads.device)
-    _grads_unchecked(grads, boxes, dims.depth, channels_first)
-    dtype = getattr(torch, spec.grad_dtype_arg(dtype))
-    return torch.ops.cropcore.crop_and_resize_grad_image(
-        grads.to(torch.float32),
-        boxes,
-        box_indices,
-        *dims,
-        spec.method_arg(method),
+    call = spec.grad_image_call(
+        _tensor(grads, "grads"),
+        _tensor(boxes, "boxes"),
+        _tensor(box_indices, "box_indices"),
+        image_shape,
+        method,
+        data_format,
         dtype,
-        channels_first,
+        check_values=False,
+    )
+    return torch.ops.cropcore.crop_and_resize_grad_image(
+        call.grads,
+        *_on(call.grads.device, call.boxes, call.box_indices),
+        *call.image_shape,
+        call.method,
+        getattr(torch, call.dtype),
+        call.channels_first,
     )
 
 
@@ -430,14 +383,20 @@ def crop_and_resize_grad_boxes(
             method,
             data_format=data_format,
         )
-    channels_first = _format(data_format)
-    spec.method_arg(method, ("bilinear",))
-    dims = _image_unchecked(image, channels_first)
-    grads = _tensor(grads, "grads")
-    boxes, box_indices = _boxes_unchecked(boxes, box_indices, image.device)
-    _grads_unchecked(grads, boxes, dims.depth, channels_first)
+    call = spec.grad_boxes_call(
+        _tensor(grads, "grads"),
+        _tensor(image, "image"),
+        _tensor(boxes, "boxes"),
+        _tensor(box_indices, "box_indices"),
+        method,
+        data_format,
+        check_values=False,
+    )
     return torch.ops.cropcore.crop_and_resize_grad_boxes(
-        grads.to(torch.float32), image, boxes, box_indices, channels_first
+        call.grads,
+        call.image,
+        *_on(call.image.device, call.boxes, call.box_indices),
+        call.channels_first,
     )
 
 

@@ -1,0 +1,145 @@
+"""Every ``CROPCORE_*`` environment variable, in one table, read through one parser.
+
+Requirements:
+
+- One place lists every variable cropcore or its built-in backends read (:data:`VARIABLES`), with its
+  type, default and meaning; docs/dispatch.md's table is checked against it by the tests.
+- Variables are read at every use (``os.environ.get``, no CPython internals), so a change to
+  ``os.environ`` (``monkeypatch.setenv``, a notebook cell) takes effect at the next call. Parsing is
+  cached by the raw text, so reading a set variable costs one look-up.
+- A malformed value raises ``ValueError`` naming the variable and the value expected; an empty
+  value means unset.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["VARIABLES", "Variable", "get"]
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _name(text: str) -> str:
+    return text.strip()
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError("expected 1/0, true/false, yes/no or on/off")
+
+
+def _bytes(text: str) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ValueError("must be a whole number of bytes") from None
+    if value < 0:
+        raise ValueError("must be a whole number of bytes, not negative")
+    return value
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable: its name, how its text is parsed, its default and meaning."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    meaning: str
+    read_by: str = "cropcore"
+
+
+VARIABLES: dict[str, Variable] = {
+    v.name: v
+    for v in (
+        Variable(
+            "CROPCORE_BACKEND",
+            _name,
+            None,
+            "the backend of every call that names none and runs outside use_backend()",
+        ),
+        Variable(
+            "CROPCORE_PRIORITY",
+            _names,
+            None,
+            "comma-separated automatic-selection order, unless set_priority() was called",
+        ),
+        Variable(
+            "CROPCORE_MAX_OUTPUT_BYTES",
+            _bytes,
+            None,
+            "the largest result, and the most host memory one call may need at its peak, in "
+            "bytes (default: physical memory for the result, the memory available for the peak)",
+        ),
+        Variable(
+            "CROPCORE_NUMBA_POOL_BYTES",
+            _bytes,
+            512 << 20,
+            "bytes of dropped results the numba backend keeps for reuse; 0 turns reuse off",
+            "cropcore_numba",
+        ),
+        Variable(
+            "CROPCORE_TORCH_RECYCLE",
+            _flag,
+            True,
+            "whether the torch backend reuses the memory of large CPU results",
+            "cropcore_torch",
+        ),
+        Variable(
+            "CROPCORE_TORCH_NATIVE",
+            _flag,
+            True,
+            "whether the torch backend runs its compiled CPU loops (else its torch kernels)",
+            "cropcore_torch",
+        ),
+        Variable(
+            "CROPCORE_CACHE_DIR",
+            _name,
+            None,
+            "where compiled native code is kept (default ~/.cache/cropcore)",
+            "cropcore_torch",
+        ),
+        Variable(
+            "CROPCORE_DETERMINISTIC",
+            _flag,
+            None,
+            "whether CUDA image gradients run the deterministic kernel (else the atomic one)",
+            "cropcore_cupy",
+        ),
+    )
+}
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed(name: str, text: str) -> Any:
+    try:
+        return VARIABLES[name].parse(text)
+    except ValueError as exc:
+        raise ValueError(f"{name}={text!r}: {exc}") from None
+
+
+def get(name: str) -> Any:
+    """The value of environment variable ``name`` (one of :data:`VARIABLES`), parsed.
+
+    Its default when it is unset or empty. Raises ``KeyError`` for a name not in the table (a typo
+    in cropcore's own code) and ``ValueError`` for a malformed value.
+    """
+    variable = VARIABLES[name]
+    text = os.environ.get(name)
+    if not text:
+        return variable.default
+    return _parsed(name, text)
