@@ -29,7 +29,7 @@ Image = pytest.importorskip("PIL.Image")
 
 import cropcore  # noqa: E402
 import cropcore.dask as cdask  # noqa: E402
-from cropcore.cli import to_uint8  # noqa: E402
+from cropcore.cli.files import to_uint8  # noqa: E402
 
 CLIENT_TIMEOUT = 60  # seconds: no client call in this file may wait longer
 

@@ -141,7 +141,9 @@ def crop_and_resize(
     host_indices = library_for(box_indices).to_numpy(box_indices)
     image = _whole_images(image, data_format, rechunk)
     if backend is None:
-        backend = dispatch.current_override()  # the caller's use_backend(), which workers cannot see
+        backend = (
+            dispatch.current_override()
+        )  # the caller's use_backend(), which workers cannot see
 
     out_shape = spec.ImageShape(0, *crop, dims.depth).to_format(data_format)
     meta = meta_from_array(image._meta, ndim=4, dtype=np.float32)
@@ -606,7 +608,13 @@ class _Rows:
 
 def _read_table(table: Any, root: str | os.PathLike[str] | None) -> _Rows:
     """Read and check the table on the client (the CLI's box-file reader and checks)."""
-    from cropcore._files import BOX_COLUMNS, CliError, _check_header, _coordinate, read_box_records
+    from cropcore.cli.files import (
+        BOX_COLUMNS,
+        InputFileError,
+        check_header,
+        coordinate,
+        read_box_records,
+    )
 
     try:
         if isinstance(table, str | os.PathLike):
@@ -616,7 +624,7 @@ def _read_table(table: Any, root: str | os.PathLike[str] | None) -> _Rows:
             default_root = source.resolve().parent
         else:
             source, records, header = _records_of(table)
-            _check_header(list(header), source, "columns")
+            check_header(list(header), source, "columns")
             default_root = Path.cwd()
         base = Path(root) if root is not None else default_root
         images, coordinates, labels, wheres = [], [], [], []
@@ -626,20 +634,20 @@ def _read_table(table: Any, root: str | os.PathLike[str] | None) -> _Rows:
             if isinstance(image, os.PathLike):
                 image = os.fspath(image)
             if not isinstance(image, str) or not image.strip():
-                raise CliError(f"{place}: image must be a file path, got {image!r}")
-            box = [_coordinate(record, key, source, where) for key in BOX_COLUMNS]
+                raise InputFileError(f"{place}: image must be a file path, got {image!r}")
+            box = [coordinate(record, key, source, where) for key in BOX_COLUMNS]
             with np.errstate(over="ignore"):
                 finite = np.isfinite(np.float32(box))
             if not finite.all():
                 key = BOX_COLUMNS[int(np.argmin(finite))]
-                raise CliError(f"{place}: {key} overflows float32 (it must be finite)")
+                raise InputFileError(f"{place}: {key} overflows float32 (it must be finite)")
             label = record.get("label")
             missing = label is None or (isinstance(label, float) and math.isnan(label))
             images.append(str((base / image.strip()).absolute()))
             coordinates.append(box)
             labels.append("" if missing else str(label).strip())
             wheres.append(place)
-    except CliError as exc:
+    except InputFileError as exc:
         raise ValueError(str(exc)) from None
     if not images:
         raise ValueError(f"{source}: the table has no rows")
@@ -855,7 +863,7 @@ def _run_partition(job: _Job, part: _Partition) -> dict[str, Any]:
 
 def _crop_partition(job: _Job, part: _Partition) -> list[np.ndarray]:
     """The partition's crops, in row order: ``(H, W, C)`` arrays of ``job.dtype``."""
-    from cropcore._files import BOX_COLUMNS, BOXES_PER_CALL, pixel_to_normalized, to_uint8
+    from cropcore.cli.files import BOX_COLUMNS, BOXES_PER_CALL, pixel_to_normalized, to_uint8
 
     by_image: dict[str, list[int]] = {}
     for position, image in enumerate(part.images):
@@ -898,11 +906,11 @@ _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 
 def _load_image(path: str, channels: int | None, where: str) -> np.ndarray:
     """uint8 ``(height, width, channels)`` pixels of an image file, read as ``cropcore crop`` reads them."""
-    from cropcore._files import CliError, _load_pixels
+    from cropcore.cli.files import InputFileError, load_pixels
 
     try:
-        pixels = _load_pixels(path)
-    except CliError as exc:
+        pixels = load_pixels(path)
+    except InputFileError as exc:
         raise ValueError(f"{exc} (named at {where})") from None
     if channels is not None and pixels.shape[2] != channels:
         from PIL import Image
@@ -926,16 +934,16 @@ def _write_partition(job: _Job, part: _Partition, crops: list[np.ndarray]) -> No
             )
         array[part.start : part.stop] = np.stack(crops)  # whole Zarr chunks: no other task's
         return
-    from cropcore._files import _label_slug, _save
+    from cropcore.cli.files import label_slug, save_image
 
     for offset, crop in enumerate(crops):
-        label = _label_slug(part.labels[offset])
+        label = label_slug(part.labels[offset])
         suffix = f"_{label}" if label else ""
         stem = Path(part.images[offset]).stem
         name = f"{stem}_{part.start + offset:0{job.digits}d}{suffix}.{job.format}"
         # Written under a temporary name and renamed: a killed task leaves no half-written file.
         temporary = os.path.join(job.out, f".{name}.{uuid.uuid4().hex}.tmp")
-        _save(crop, Path(temporary), job.format)
+        save_image(crop, Path(temporary), job.format)
         os.replace(temporary, os.path.join(job.out, name))
 
 
