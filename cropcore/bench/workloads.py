@@ -18,6 +18,7 @@ __all__ = ["BYTE_MODEL", "OPS", "WORKLOADS", "Workload", "custom_workload"]
 #: The ops timed: ``crop_and_resize``, ``crop_and_resize_grad_image``, ``crop_and_resize_grad_boxes``.
 OPS = ("forward", "grad_image", "grad_boxes")
 
+#: What "GB/s" counts (the JSON file and the report quote it).
 BYTE_MODEL = (
     "bytes per call, a lower bound on the memory traffic: forward = crops written (float32) + "
     "image read, counted as min(image bytes, 4 corner reads per output sample) + boxes and box "
@@ -93,7 +94,7 @@ class Workload:
         return math.prod(self.image_shape) * np.dtype(self.dtype).itemsize
 
     def bytes_moved(self, op: str) -> int:
-        """Bytes read plus written by one call of ``op``, by the byte model (module docstring)."""
+        """Bytes read plus written by one call of ``op``, by the byte model (:data:`BYTE_MODEL`)."""
         itemsize = np.dtype(self.dtype).itemsize
         samples = self.crop_bytes // 4
         image_read = min(self.image_bytes, 4 * samples * itemsize)

@@ -82,6 +82,7 @@ examples:
 
 
 def positive_int(text: str) -> int:
+    """``--size``'s values: positive integers, or argparse's one-line error."""
     try:
         value = int(text)
     except ValueError:
@@ -92,6 +93,7 @@ def positive_int(text: str) -> int:
 
 
 def number(text: str) -> float:
+    """``--extrapolation-value``: any float, or argparse's one-line error."""
     try:
         return float(text)
     except ValueError:
