@@ -65,7 +65,7 @@ def _warm(crop: int, backend: str | None) -> str:
     import zarr  # noqa: F401
 
     import cropcore
-    import cropcore.cli
+    import cropcore.cli.files
     import cropcore.dask
 
     image = np.zeros((1, 8, 8, 3), np.uint8)

@@ -13,13 +13,7 @@ import tomllib
 ROOT = Path(__file__).resolve().parents[1]
 CONTRACTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
 #: The application subpackages: everything in cropcore/ that the core must not import.
-APPLICATIONS = {
-    "cropcore.bench",
-    "cropcore.cli",
-    "cropcore.dask",
-    "cropcore.__main__",
-    "cropcore._files",
-}
+APPLICATIONS = {"cropcore.bench", "cropcore.cli", "cropcore.dask", "cropcore.__main__"}
 
 
 def _core_contract() -> dict:

@@ -1,8 +1,8 @@
 """``cropcore bench``: the command end to end on the tiny workload, its files, and its pieces.
 
 The runs use ``--quick`` (3 rounds, 1 warm-up) on small inputs; nothing here asserts a timing.
-One module-scoped run in-process on every CPU backend feeds most tests; a few run
-``python -m cropcore bench`` and ``benchmarks/bench_crop.py`` in a subprocess, as a user would.
+One module-scoped run in-process on every CPU backend feeds most tests; one runs
+``python -m cropcore bench`` in a subprocess, as a user would.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import pytest
 
 import cropcore
 from cropcore import bench
+from cropcore.bench import implementations, report
 from cropcore.cli import main
 
 Image = pytest.importorskip("PIL.Image")
@@ -158,15 +159,35 @@ def test_the_chart_is_a_png(tiny_run):
     assert_png(tiny_run.out / "bench.png")
 
 
-def test_the_chart_falls_back_to_pillow_without_matplotlib(tiny_run, tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, "_import_matplotlib", lambda: None)  # as if not installed
-    report = bench.run_benchmark(
+def test_without_matplotlib_write_chart_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "_import_matplotlib", lambda: None)  # as if not installed
+    result = bench.run_benchmark(
         bench.BenchConfig([bench.WORKLOADS["tiny"]], ["forward"], ["numpy"], repeat=2, warmup=1,
                           references=False, copy_bytes=2**20),
     )  # fmt: skip
-    path, library = bench.write_chart(report, tmp_path / "chart.png")
-    assert library == "pillow"
-    assert_png(path)
+    with pytest.raises(bench.MissingDependencyError, match=r'pip install "cropcore\[bench\]"'):
+        bench.write_chart(result, tmp_path / "chart.png")
+    assert not (tmp_path / "chart.png").exists()
+
+
+def test_without_matplotlib_the_command_writes_the_table_and_json_and_says_so_once(
+    tmp_path, capsys, monkeypatch
+):
+    for module in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, module, None)  # makes importing it fail
+    status = main([*QUICK_TINY, "--ops", "forward", "--backends", "numpy", "--out", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert status == 0, captured
+    assert "│ tiny     │ forward │ numpy" in captured.out
+    assert json.loads((tmp_path / "bench.json").read_text())["ok"] is True
+    assert not (tmp_path / "bench.png").exists()
+    notes = [line for line in captured.out.splitlines() if line.startswith("note: no chart")]
+    assert notes == [
+        "note: no chart: the chart needs matplotlib, which is not installed: pip install "
+        '"cropcore[bench]" (or pass --no-chart)'
+    ]
+    assert (captured.out + captured.err).count("cropcore[bench]") == 1
+    assert "Traceback" not in captured.err
 
 
 def test_a_custom_shape_is_benchmarked_as_the_custom_workload(tmp_path, capsys):
@@ -220,6 +241,7 @@ def test_a_backend_that_differs_fails_the_run(register_backend, tmp_path, capsys
         (["--crop", "7", "--shape", "1,8,8,1"], "argument --crop: must be 2 positive integers"),
         (["--boxes", "-1", "--shape", "1,8,8,1"], "argument --boxes: must be a positive integer"),
         (["--repeat", "0"], "argument --repeat: must be a positive integer, got '0'"),
+        (["--repeat", "x"], "argument --repeat: must be a positive integer, got 'x'"),
         (["--max-seconds", "nan"], "argument --max-seconds: must be a positive number"),
         (["--workloads", "huge"], "argument --workloads: invalid choice: 'huge'"),
         (["--ops", "backward"], "argument --ops: invalid choice: 'backward'"),
@@ -263,18 +285,17 @@ def test_python_m_cropcore_bench_in_a_subprocess(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_the_benchmarks_script_is_the_same_command(tmp_path):
-    result = run_python(
-        str(ROOT / "benchmarks" / "bench_crop.py"), "--workloads", "tiny", "--ops", "grad_boxes",
-        "--quick", "--no-tensorflow", "--backends", "numpy", "--json", "b.json", "--no-chart",
-        cwd=tmp_path,
+def test_one_op_with_the_no_tensorflow_alias_and_only_a_json_file(tmp_path, capsys):
+    status = main(
+        [
+            "bench", "--workloads", "tiny", "--ops", "grad_boxes", "--quick", "--no-tensorflow",
+            "--backends", "numpy", "--json", str(tmp_path / "b.json"), "--no-chart",
+        ]
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    assert status == 0, capsys.readouterr()
     data = json.loads((tmp_path / "b.json").read_text())
     assert [(r["implementation"], r["op"]) for r in data["results"]] == [("numpy", "grad_boxes")]
-    bad = run_python(str(ROOT / "benchmarks" / "bench_crop.py"), "--repeat", "x", cwd=tmp_path)
-    assert bad.returncode == 2
-    assert "argument --repeat" in bad.stderr
+    assert sorted(os.listdir(tmp_path)) == ["b.json"]
 
 
 def test_the_grad_image_floor_script_runs(tmp_path):
@@ -428,8 +449,8 @@ def test_roi_align_rois_put_torchvisions_samples_on_tensorflows():
 
 def test_torchvision_is_a_reference_row_where_it_is_installed(monkeypatch, tmp_path, capsys):
     torch = pytest.importorskip("torch")
-    monkeypatch.setattr(bench, "_import_roi_align", lambda: (torch, fake_roi_align))
-    monkeypatch.setattr(bench, "_import_tensorflow", lambda: None)
+    monkeypatch.setattr(implementations, "_import_roi_align", lambda: (torch, fake_roi_align))
+    monkeypatch.setattr(implementations, "_import_tensorflow", lambda: None)
     status = main(["bench", "--workloads", "tiny", "--quick", "--backends", "numpy",
                    "--out", str(tmp_path)])  # fmt: skip
     out = capsys.readouterr().out

@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 
 import cropcore
-from cropcore import BackendInfo, cli, hookimpl
-from cropcore.cli import main, pixel_to_normalized
+from cropcore import BackendInfo, hookimpl
+from cropcore.cli import crop as crop_command
+from cropcore.cli import main
+from cropcore.cli.files import InputFileError, pixel_to_normalized, read_boxes
 from cropcore.registry import registry
 
 Image = pytest.importorskip("PIL.Image")
@@ -272,6 +274,13 @@ def test_json_pixel_boxes_on_two_images_of_different_sizes(tmp_path, photo):
     np.testing.assert_array_equal(read(out / "photo_2.png"), expected(photo, entries[2]))
 
 
+def test_a_bad_box_file_is_a_library_error_not_the_command_lines(tmp_path):
+    boxes = write_text(tmp_path / "b.csv", HEADER + "photo.png,0,x,1,1\n")
+    with pytest.raises(InputFileError, match=r"b\.csv: line 2: x1 must be a number, got 'x'$"):
+        read_boxes(boxes, ["photo.png"])
+    assert issubclass(InputFileError, ValueError)
+
+
 def test_pixel_coordinates_divide_by_size_minus_one():
     assert pixel_to_normalized((3, 4, 6, 8), 7, 9) == (0.5, 0.5, 1.0, 1.0)
 
@@ -281,7 +290,7 @@ def test_pixel_coordinates_on_a_single_row_image_pass_y_through():
 
 
 def test_many_boxes_are_cropped_in_batches_with_the_same_results(tmp_path, photo, monkeypatch):
-    monkeypatch.setattr(cli, "BOXES_PER_CALL", 2)
+    monkeypatch.setattr(crop_command, "BOXES_PER_CALL", 2)
     rng = np.random.default_rng(4)
     boxes_array = rng.uniform(-0.2, 1.2, (5, 4))
     lines = "".join("photo.png," + ",".join(map(repr, box)) + "\n" for box in boxes_array.tolist())

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,8 @@ Image = pytest.importorskip("PIL.Image")
 
 import cropcore  # noqa: E402
 import cropcore.dask as cdask  # noqa: E402
-from cropcore.cli import to_uint8  # noqa: E402
+from cropcore.cli.files import to_uint8  # noqa: E402
+from cropcore.dask import pipeline  # noqa: E402
 
 CLIENT_TIMEOUT = 60  # seconds: no client call in this file may wait longer
 
@@ -489,6 +491,34 @@ def test_table_errors_name_the_file_and_line(tmp_path):
     with pytest.raises(ValueError, match=r"missing column\(s\) x2"):
         cdask.crop_files([{"image": "a.png", "y1": 0, "x1": 0, "y2": 1}], tmp_path / "o.zarr")
     assert not (tmp_path / "out.zarr").exists()
+
+
+@pytest.mark.parametrize(
+    ("module", "package", "format"),
+    [("PIL", "Pillow", "zarr"), ("PIL", "Pillow", "png"), ("zarr", "zarr", "zarr")],
+)
+def test_a_missing_package_is_named_with_the_dask_extra_before_anything_is_submitted(
+    collection, tmp_path, monkeypatch, module, package, format
+):
+    _, table, _ = collection
+    for name in [m for m in sys.modules if m == module or m.startswith(f"{module}.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # makes importing it fail
+    monkeypatch.setitem(sys.modules, module, None)
+    submitted = []
+    client = types.SimpleNamespace(
+        submit=lambda *args, **kwargs: submitted.append(args),
+        nthreads=lambda: {"worker": 1},
+    )
+    monkeypatch.setattr(pipeline, "run_local", lambda *args: submitted.append(args))
+    out = tmp_path / "out"
+    with pytest.raises(ImportError) as info:
+        cdask.crop_files(table, out, (8, 8), format=format, client=client, progress=False)
+    message = str(info.value)
+    assert f"needs {package}, which is not installed" in message
+    assert message.endswith('install it with: pip install "cropcore[dask]"')
+    assert "cropcore[cli]" not in message
+    assert submitted == []
+    assert not out.exists()
 
 
 def test_image_file_output_equals_what_cropcore_crop_writes(collection, tmp_path, monkeypatch):

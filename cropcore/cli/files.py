@@ -1,8 +1,14 @@
-"""Box files, image files and input errors: what ``cropcore crop`` and :mod:`cropcore.dask` share.
+"""Box files and image files: what ``cropcore crop`` and :mod:`cropcore.dask` read and write.
 
-Pillow is imported only by the functions that read or write images (through :func:`_require`),
-so importing this module needs only NumPy. A bad input raises :class:`CliError` (one line, naming
-the file and the row at fault); a missing optional dependency :class:`MissingDependencyError`.
+Requirements:
+
+- Importing this module needs only NumPy. Pillow is imported by the functions that read or write
+  images (through :func:`require`); without it they raise :class:`MissingDependencyError`, and
+  the caller says which extra to install (``cropcore crop`` names ``cli``, ``cropcore.dask``
+  names ``dask``).
+- A file that is missing, unreadable or malformed raises :class:`InputFileError`, a
+  ``ValueError`` whose one-line message names the file and the line or entry at fault. These are
+  library errors: the command line turns them into its exit statuses.
 """
 
 from __future__ import annotations
@@ -24,20 +30,24 @@ import numpy as np
 __all__ = [
     "BOXES_PER_CALL",
     "BOX_COLUMNS",
-    "EXIT_FAILURE",
-    "EXIT_OK",
-    "EXIT_USAGE",
     "FORMATS",
     "BoxRow",
-    "CliError",
+    "ImageFile",
+    "InputFileError",
     "MissingDependencyError",
+    "as_uint8_array",
+    "check_header",
+    "coordinate",
+    "label_slug",
+    "load_pixels",
+    "open_image",
     "pixel_to_normalized",
     "read_box_records",
     "read_boxes",
+    "require",
+    "save_image",
     "to_uint8",
 ]
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 #: Output formats ``cropcore crop --format`` offers (file extension -> Pillow format).
 FORMATS = {
@@ -51,32 +61,38 @@ FORMATS = {
 }
 
 BOX_COLUMNS = ("y1", "x1", "y2", "x2")
-#: ``cropcore crop`` crops at most this many boxes of an image per call, to bound its memory.
+#: Boxes of one image cropped per call, at most, to bound the memory of a call.
 BOXES_PER_CALL = 64
 
 
-class CliError(Exception):
-    """A problem with the user's input: one line on stderr, exit status 2."""
+class InputFileError(ValueError):
+    """A box or image file that is missing, unreadable or malformed, or a crop that cannot be written.
 
-    exit_code = EXIT_USAGE
-
-
-class MissingDependencyError(CliError):
-    """rich or Pillow is not installed: exit status 1."""
-
-    exit_code = EXIT_FAILURE
+    The message is one line naming the file and, for a box file, the line (CSV) or entry (JSON).
+    """
 
 
-def _require(module: str) -> Any:
-    """Import one of the ``cli`` extra's modules, or say how to install it."""
+class MissingDependencyError(ImportError):
+    """An optional package these helpers need (Pillow) is not installed.
+
+    Attributes:
+        package: the distribution to install (``"Pillow"``).
+        reason: why the import failed (the original ``ImportError``'s message).
+    """
+
+    def __init__(self, package: str, reason: str) -> None:
+        super().__init__(f"{package} is not installed ({reason})")
+        self.package = package
+        self.reason = reason
+
+
+def require(module: str) -> Any:
+    """Import ``module`` (``"PIL.Image"``, ``"rich"``, ...), or raise :class:`MissingDependencyError`."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        package = {"PIL": "Pillow"}.get(module.partition(".")[0], module.partition(".")[0])
-        raise MissingDependencyError(
-            f"this command needs {package}, which is not installed ({exc}); "
-            'install the command-line extras with: pip install "cropcore[cli]"'
-        ) from None
+        top = module.partition(".")[0]
+        raise MissingDependencyError({"PIL": "Pillow"}.get(top, top), str(exc)) from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -106,14 +122,14 @@ def read_boxes(path: str | os.PathLike[str], image_paths: Sequence[str]) -> list
     """Read a box file (CSV or JSON, see ``cropcore crop --help``) for the images ``image_paths``.
 
     A ``.json`` file (or one whose text starts with ``[`` or ``{``) is JSON, anything else CSV.
-    Raises :class:`CliError` naming the file and the line (CSV) or entry (JSON) at fault.
+    Raises :class:`InputFileError` naming the file and the line (CSV) or entry (JSON) at fault.
     """
     path = Path(path)
     records = read_box_records(path)
     resolve = _image_resolver(path, image_paths)
     rows = []
     for number, (where, record) in enumerate(records):
-        coords = tuple(_coordinate(record, key, path, where) for key in BOX_COLUMNS)
+        coords = tuple(coordinate(record, key, path, where) for key in BOX_COLUMNS)
         label = record.get("label")
         rows.append(
             BoxRow(
@@ -132,27 +148,27 @@ def read_box_records(path: str | os.PathLike[str]) -> list[tuple[str, dict[str, 
 
     ``record`` maps the lower-cased column names (CSV) or keys (JSON) to their raw values; ``where``
     is ``"line 3"`` or ``"boxes[2]"``, for messages. Shared with ``cropcore.dask.crop_files``.
-    Raises :class:`CliError` for a file that cannot be read or parsed, or that has no boxes.
+    Raises :class:`InputFileError` for a file that cannot be read or parsed, or that has no boxes.
     """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        raise CliError(f"{path}: box file not found") from None
+        raise InputFileError(f"{path}: box file not found") from None
     except IsADirectoryError:
-        raise CliError(f"{path}: the box file is a directory") from None
+        raise InputFileError(f"{path}: the box file is a directory") from None
     except UnicodeDecodeError as exc:
-        raise CliError(
+        raise InputFileError(
             f"{path}: the box file is not UTF-8 text ({exc.reason} at byte {exc.start})"
         ) from None
     except OSError as exc:
-        raise CliError(f"{path}: cannot read the box file: {exc.strerror or exc}") from None
+        raise InputFileError(f"{path}: cannot read the box file: {exc.strerror or exc}") from None
     is_json = path.suffix.lower() == ".json" or (
         path.suffix.lower() not in (".csv", ".tsv", ".txt") and text.lstrip()[:1] in ("[", "{")
     )
     records = _json_records(text, path) if is_json else _csv_records(text, path)
     if not records:
-        raise CliError(f"{path}: the box file has no boxes")
+        raise InputFileError(f"{path}: the box file has no boxes")
     return records
 
 
@@ -174,49 +190,54 @@ def _csv_records(text: str, path: Path) -> list[tuple[str, dict[str, Any]]]:
                 continue  # blank line
             if header is None:
                 header = [field.strip().lower() for field in fields]
-                _check_header(header, path, f"line {reader.line_num}")
+                check_header(header, path, f"line {reader.line_num}")
                 continue
             where = f"line {reader.line_num}"
             if len(fields) != len(header):
-                raise CliError(
+                raise InputFileError(
                     f"{path}: {where}: {len(fields)} fields, but the header has {len(header)} "
                     f"({','.join(header)})"
                 )
             records.append((where, dict(zip(header, (f.strip() for f in fields), strict=True))))
     except csv.Error as exc:
-        raise CliError(f"{path}: line {reader.line_num}: malformed CSV: {exc}") from None
+        raise InputFileError(f"{path}: line {reader.line_num}: malformed CSV: {exc}") from None
     if header is None:
-        raise CliError(f"{path}: the box file is empty; it needs a header line image,y1,x1,y2,x2")
+        raise InputFileError(
+            f"{path}: the box file is empty; it needs a header line image,y1,x1,y2,x2"
+        )
     return records
 
 
-def _check_header(header: list[str], path: Path, where: str) -> None:
+def check_header(header: list[str], path: Path, where: str) -> None:
+    """Refuse a header (lower-cased column names) that lacks a box column or repeats one."""
     missing = [name for name in BOX_COLUMNS if name not in header]
     if missing:
         looks_numeric = any(_is_number(field) for field in header)  # no real header is numeric
         hint = " (the first line must be a header)" if looks_numeric else ""
-        raise CliError(
+        raise InputFileError(
             f"{path}: {where}: missing column(s) {', '.join(missing)}{hint}; the header must "
             "name image,y1,x1,y2,x2 (label optional)"
         )
     duplicated = sorted({name for name in header if name and header.count(name) > 1})
     if duplicated:
-        raise CliError(f"{path}: {where}: column(s) {', '.join(duplicated)} appear more than once")
+        raise InputFileError(
+            f"{path}: {where}: column(s) {', '.join(duplicated)} appear more than once"
+        )
 
 
 def _json_records(text: str, path: Path) -> list[tuple[str, dict[str, Any]]]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CliError(
+        raise InputFileError(
             f"{path}: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
         ) from None
     if isinstance(data, dict):
         if "boxes" not in data:
-            raise CliError(f'{path}: a JSON object box file needs a "boxes" list')
+            raise InputFileError(f'{path}: a JSON object box file needs a "boxes" list')
         data = data["boxes"]
     if not isinstance(data, list):
-        raise CliError(
+        raise InputFileError(
             f"{path}: the boxes must be a JSON list of objects with keys image, y1, x1, y2, x2, "
             f"got {type(data).__name__}"
         )
@@ -224,7 +245,7 @@ def _json_records(text: str, path: Path) -> list[tuple[str, dict[str, Any]]]:
     for i, entry in enumerate(data):
         where = f"boxes[{i}]"
         if not isinstance(entry, dict):
-            raise CliError(
+            raise InputFileError(
                 f"{path}: {where}: each box must be an object with keys image, y1, x1, y2, x2 "
                 f"(label optional), got {json.dumps(entry)[:60]}"
             )
@@ -240,18 +261,21 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _coordinate(record: dict[str, Any], key: str, path: Path, where: str) -> float:
+def coordinate(record: dict[str, Any], key: str, path: Path, where: str) -> float:
+    """``record[key]`` as a finite float, or :class:`InputFileError` naming ``path`` and ``where``."""
     value = record.get(key)
     if value is None or (isinstance(value, str) and not value.strip()):
-        raise CliError(f"{path}: {where}: missing value for {key}")
+        raise InputFileError(f"{path}: {where}: missing value for {key}")
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise CliError(f"{path}: {where}: {key} must be a number, got {json.dumps(value)[:40]}")
+        raise InputFileError(
+            f"{path}: {where}: {key} must be a number, got {json.dumps(value)[:40]}"
+        )
     try:
         number = float(value)
     except (ValueError, OverflowError):
-        raise CliError(f"{path}: {where}: {key} must be a number, got {value!r}") from None
+        raise InputFileError(f"{path}: {where}: {key} must be a number, got {value!r}") from None
     if not math.isfinite(number):
-        raise CliError(f"{path}: {where}: {key} must be finite, got {value!r}")
+        raise InputFileError(f"{path}: {where}: {key} must be finite, got {value!r}")
     return number
 
 
@@ -268,12 +292,12 @@ def _image_resolver(path: Path, image_paths: Sequence[str]):
         if value is None or (isinstance(value, str) and not value.strip()):
             if count == 1:
                 return 0
-            raise CliError(
+            raise InputFileError(
                 f"{path}: {where}: no image given; with {count} images every box needs an "
                 "image (a file name or an index from 0)"
             )
         if isinstance(value, bool) or not isinstance(value, int | str):
-            raise CliError(
+            raise InputFileError(
                 f"{path}: {where}: image must be a file name or an integer index, got {json.dumps(value)[:40]}"
             )
         if isinstance(value, int):
@@ -283,20 +307,20 @@ def _image_resolver(path: Path, image_paths: Sequence[str]):
             matches = by_name.get(text) or by_name.get(os.path.normpath(text))
             if matches and len(matches) > 1:
                 which = " and ".join(image_paths[i] for i in sorted(matches))
-                raise CliError(
+                raise InputFileError(
                     f"{path}: {where}: image {text!r} is ambiguous: it names {which}; write the "
                     "path as given on the command line, or an index"
                 )
             if matches:
                 return next(iter(matches))
             if not text.isdigit():
-                raise CliError(
+                raise InputFileError(
                     f"{path}: {where}: image {text!r} is not one of the images given ({names}) "
                     f"nor an index in [0, {count})"
                 )
             index = int(text)
         if not 0 <= index < count:
-            raise CliError(
+            raise InputFileError(
                 f"{path}: {where}: image index {index} is out of range: {count} image(s) given, "
                 f"so it must be in [0, {count})"
             )
@@ -339,54 +363,57 @@ def to_uint8(crops: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class _ImageFile:
+class ImageFile:
+    """An image file Pillow can read, and its size in pixels."""
+
     path: str
     height: int
     width: int
 
 
-def _open_image(path: str) -> _ImageFile:
+def open_image(path: str) -> ImageFile:
     """Check that ``path`` is an image Pillow can read (reads its header only)."""
-    Image = _require("PIL.Image")
+    Image = require("PIL.Image")
     try:
         with Image.open(path) as im:
             width, height = im.size
     except FileNotFoundError:
-        raise CliError(f"{path}: image file not found") from None
+        raise InputFileError(f"{path}: image file not found") from None
     except IsADirectoryError:
-        raise CliError(f"{path}: is a directory, not an image file") from None
+        raise InputFileError(f"{path}: is a directory, not an image file") from None
     except Image.UnidentifiedImageError:
-        raise CliError(f"{path}: not an image file Pillow can read") from None
+        raise InputFileError(f"{path}: not an image file Pillow can read") from None
     except (OSError, ValueError, SyntaxError) as exc:
-        raise CliError(f"{path}: cannot read the image: {exc}") from None
-    return _ImageFile(path, height, width)
+        raise InputFileError(f"{path}: cannot read the image: {exc}") from None
+    return ImageFile(path, height, width)
 
 
-def _load_pixels(path: str) -> np.ndarray:
+def load_pixels(path: str) -> np.ndarray:
     """The pixels of an image file as uint8 ``(height, width, channels)``, channels 1 (L), 3 or 4."""
-    Image = _require("PIL.Image")
+    Image = require("PIL.Image")
     try:
         with Image.open(path) as im:
             im.load()
-            return _as_uint8_array(im, path)
-    except CliError:
+            return as_uint8_array(im, path)
+    except InputFileError:
         raise
     except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt files fail here
-        raise CliError(f"{path}: cannot read the image: {exc}") from None
+        raise InputFileError(f"{path}: cannot read the image: {exc}") from None
 
 
-def _as_uint8_array(im: Any, path: str) -> np.ndarray:
+def as_uint8_array(im: Any, path: str) -> np.ndarray:
+    """A Pillow image as uint8 ``(height, width, channels)``, converted as :func:`load_pixels` says."""
     mode = im.mode
     if mode.startswith("I;16") or mode == "I":
         values = np.asarray(im).astype(np.int64)
         if values.size and (values.min() < 0 or values.max() > 65535):
-            raise CliError(
+            raise InputFileError(
                 f"{path}: 32-bit integer pixel values outside [0, 65535]; the command line reads "
                 "8- and 16-bit images (the Python API takes any dtype)"
             )
         array = ((values * 255 + 32767) // 65535).astype(np.uint8)  # 16 bits -> 8, rounded
     elif mode == "F":
-        raise CliError(
+        raise InputFileError(
             f"{path}: floating-point images are not supported by the command line, which writes "
             "8-bit crops; use cropcore.crop_and_resize from Python"
         )
@@ -405,17 +432,19 @@ def _as_uint8_array(im: Any, path: str) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.uint8)
 
 
-def _save(array: np.ndarray, path: Path, fmt: str) -> None:
+def save_image(array: np.ndarray, path: Path, fmt: str) -> None:
     """Write a uint8 ``(height, width, channels)`` array as an image file."""
-    Image = _require("PIL.Image")
+    Image = require("PIL.Image")
     im = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
     if FORMATS[fmt] == "JPEG" and im.mode == "RGBA":
         im = im.convert("RGB")  # JPEG has no alpha channel
     try:
         im.save(path, format=FORMATS[fmt])
     except (OSError, KeyError, ValueError) as exc:
-        raise CliError(f"{path}: cannot write the crop: {exc}") from None
+        raise InputFileError(f"{path}: cannot write the crop: {exc}") from None
 
 
-def _label_slug(label: str) -> str:
+def label_slug(label: str) -> str:
+    """``label`` as a file-name part: runs of characters other than letters, digits, ``.``, ``-``
+    and ``_`` become ``_`` (at most 64 characters)."""
     return re.sub(r"[^\w.-]+", "_", label).strip("._")[:64]
