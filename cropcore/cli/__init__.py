@@ -13,7 +13,8 @@ Requirements:
 - Exit status: 0 success; 1 failure (``demo``: a backend disagrees with the reference or fails; a
   missing dependency); 2 bad input or usage.
 
-One module per command, each with ``add_parser(commands)`` and ``run(args)``:
+One module per command, each with its ``NAME``, ``SUMMARY``, ``HELP`` and ``EPILOG``,
+``add_arguments(parser)`` and ``run(args)``:
 :mod:`~cropcore.cli.backends`, :mod:`~cropcore.cli.crop`, :mod:`~cropcore.cli.demo` (its contact
 sheet in :mod:`~cropcore.cli.sheet`) and :mod:`~cropcore.cli.bench` (the options and the run are
 :mod:`cropcore.bench`'s); ``conformance`` is handed to ``cropcore_conformance``. Box and image
@@ -67,8 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     from cropcore.cli import backends, bench, crop, demo  # none imports rich, Pillow or a framework
 
+    # Each command's module: NAME, SUMMARY, HELP, EPILOG, add_arguments(parser) and run(args).
     for command in (backends, crop, demo, bench):
-        command.add_parser(commands)
+        subparser = commands.add_parser(
+            command.NAME,
+            help=command.SUMMARY,
+            description=command.HELP,
+            epilog=command.EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        command.add_arguments(subparser)
+        subparser.set_defaults(run=command.run)
     # `cropcore conformance ...` is cropcore_conformance's own command line: main() hands it over.
     commands.add_parser(
         "conformance", help="certify a backend against the conformance suite", add_help=False

@@ -23,17 +23,13 @@ EPILOG = """examples:
 """
 
 
-def add_parser(commands: argparse._SubParsersAction) -> None:
-    """Add ``backends`` to the ``cropcore`` command's subcommands."""
-    parser = commands.add_parser(
-        "backends",
-        help="list the installed backends and whether they can run",
-        description=HELP,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+NAME = "backends"
+SUMMARY = "list the installed backends and whether they can run"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``cropcore backends``."""
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

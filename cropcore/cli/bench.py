@@ -11,18 +11,15 @@ import argparse
 from cropcore import bench
 from cropcore.cli.errors import EXIT_FAILURE, CliError, MissingDependencyError
 
+NAME = "bench"
+SUMMARY = "time every backend side by side with TensorFlow's kernel"
+HELP = bench.DESCRIPTION
+EPILOG = bench.EPILOG
 
-def add_parser(commands: argparse._SubParsersAction) -> None:
-    """Add ``bench`` to the ``cropcore`` command's subcommands."""
-    parser = commands.add_parser(
-        "bench",
-        help="time every backend side by side with TensorFlow's kernel",
-        description=bench.DESCRIPTION,
-        epilog=bench.EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``cropcore bench``."""
     bench.add_arguments(parser)
-    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

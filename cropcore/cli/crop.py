@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 import cropcore
-from cropcore.cli.errors import EXIT_OK, REFUSALS, CliError, require
+from cropcore.cli.errors import EXIT_OK, REFUSALS, CliError, output_directory, require
 from cropcore.cli.files import (
     BOX_COLUMNS,
     BOXES_PER_CALL,
@@ -100,15 +100,12 @@ def number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
 
 
-def add_parser(commands: argparse._SubParsersAction) -> None:
-    """Add ``crop`` to the ``cropcore`` command's subcommands."""
-    parser = commands.add_parser(
-        "crop",
-        help="crop boxes out of image files",
-        description=HELP,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+NAME = "crop"
+SUMMARY = "crop boxes out of image files"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``cropcore crop``."""
     parser.add_argument(
         "images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)"
     )
@@ -154,7 +151,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "-q", "--quiet", action="store_true", help="no progress bar, notes or summary"
     )
-    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -194,13 +190,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except REFUSALS as exc:
         raise CliError(str(exc)) from None
-    out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CliError(
-            f"{out}: cannot create the output directory: {exc.strerror or exc}"
-        ) from None
+    out = output_directory(args.out)
     digits = len(str(len(rows) - 1))
     rows_by_image: dict[int, list[BoxRow]] = {}
     for row in rows:

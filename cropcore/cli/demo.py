@@ -21,7 +21,7 @@ import numpy as np
 
 import cropcore
 from cropcore._arrays import library_for
-from cropcore.cli.errors import EXIT_FAILURE, EXIT_OK, CliError, require
+from cropcore.cli.errors import EXIT_FAILURE, EXIT_OK, CliError, output_directory, require
 from cropcore.cli.files import as_uint8_array, label_slug, pixel_to_normalized, save_image, to_uint8
 from cropcore.cli.sheet import contact_sheet
 from cropcore.registry import registry
@@ -78,15 +78,12 @@ EPILOG = """examples:
 """
 
 
-def add_parser(commands: argparse._SubParsersAction) -> None:
-    """Add ``demo`` to the ``cropcore`` command's subcommands."""
-    parser = commands.add_parser(
-        "demo",
-        help="crop a bundled photo on every backend and check that they agree",
-        description=HELP,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+NAME = "demo"
+SUMMARY = "crop a bundled photo on every backend and check that they agree"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``cropcore demo``."""
     parser.add_argument(
         "--out",
         default="cropcore-demo",
@@ -100,7 +97,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="run only this backend (repeat for several; the numpy reference always runs); "
         "default: every available backend",
     )
-    parser.set_defaults(run=run)
 
 
 @dataclass
@@ -275,13 +271,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     console = Console(highlight=False)
-    out = Path(args.out).resolve()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CliError(
-            f"{out}: cannot create the output directory: {exc.strerror or exc}"
-        ) from None
+    out = output_directory(Path(args.out).resolve())
     with (files("cropcore") / "data" / DEMO_IMAGE).open("rb") as f, Image.open(f) as im:
         photo = as_uint8_array(im, DEMO_IMAGE)
     height, width = photo.shape[:2]

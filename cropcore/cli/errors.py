@@ -8,6 +8,8 @@ translates a library error (:class:`~cropcore.cli.files.InputFileError`,
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from cropcore.cli import files
@@ -70,3 +72,15 @@ def from_library_error(exc: Exception) -> CliError:
     if isinstance(exc, files.MissingDependencyError):
         return missing(exc.package, exc.reason)
     return CliError(str(exc))
+
+
+def output_directory(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a directory that exists (made if needed), or a :class:`CliError` naming it."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(
+            f"{out}: cannot create the output directory: {exc.strerror or exc}"
+        ) from None
+    return out
