@@ -1,8 +1,12 @@
-"""Record reference vectors from TensorFlow and Keras into ``tests/data/tf_reference.npz``.
+"""Record reference vectors from TensorFlow and Keras into the conformance package's data.
 
 Run it with a Python that has TensorFlow and Keras 3 (the project's own venv has neither)::
 
-    /work/tfenv/bin/python scripts/record_reference.py [--output tests/data/tf_reference.npz]
+    /work/tfenv/bin/python scripts/record_reference.py [--output PATH]
+
+The default output is ``conformance/cropcore_conformance/data/tf_reference.npz``, the one copy:
+the conformance package ships it and cropcore's tests read it through
+``cropcore_conformance.vectors``.
 
 Requirements, in order of importance:
 
@@ -14,8 +18,7 @@ Requirements, in order of importance:
   order in which ``CropAndResizeGradImage`` accumulates into a pixel (and hence its rounding) is
   TF's sequential order.
 - Compact: small images, small crops, deflated. Re-recording with the same libraries gives the
-  same bytes (:func:`write_npz`), so ``sha256sum`` tells whether anything changed. After
-  re-recording, copy the file into the conformance package: ``scripts/sync_conformance_data.py``.
+  same bytes (:func:`write_npz`), so ``sha256sum`` tells whether anything changed.
 
 File layout: key ``meta`` is a JSON document (versions, seed, and one entry per case: ``id``,
 ``op``, ``name``, the scalar parameters, the names of the case's arrays); each array of a case is
@@ -49,7 +52,13 @@ import tensorflow as tf
 
 SEED = 20240229
 FORMAT_VERSION = 1
-DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "tests" / "data" / "tf_reference.npz"
+DEFAULT_OUTPUT = (
+    Path(__file__).resolve().parents[1]
+    / "conformance"
+    / "cropcore_conformance"
+    / "data"
+    / "tf_reference.npz"
+)
 
 IMAGE_DTYPES = (
     "uint8",
