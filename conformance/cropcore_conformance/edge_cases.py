@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cropcore.spec import IMAGE_DTYPES, METHODS
 from cropcore_conformance.builders import (
-    IMAGE_DTYPES,
-    METHODS,
     boxes,
     forward,
     image,
