@@ -103,64 +103,25 @@ def geometry_cases() -> list[Case]:
     quad = np.arange(4, dtype=F32).reshape(1, 2, 2, 1) + 1
     add("negative-zero-is-inside", [-0.0, -0.0, 1, 1], (2, 2), ev=-1.0, img=quad)
     add("tiny-negative-is-outside", [-1e-7, 0, 1, 1], (2, 2), ev=-1.0, img=quad)
-    add(
-        "just-past-one-is-outside",
-        [0, 0, float(np.nextafter(F32(1), F32(2))), 1],
-        (2, 2),
-        ev=-1.0,
-        img=quad,
-    )
-    add(
-        "just-below-one-is-inside",
-        [0, 0, float(np.nextafter(F32(1), F32(0))), 1],
-        (2, 2),
-        ev=-1.0,
-        img=quad,
-    )
+    below_one, past_one = (float(np.nextafter(F32(1), F32(to))) for to in (0, 2))
+    # fmt: off
+    add("just-past-one-is-outside", [0, 0, past_one, 1], (2, 2), ev=-1.0, img=quad)
+    add("just-below-one-is-inside", [0, 0, below_one, 1], (2, 2), ev=-1.0, img=quad)
     # TensorFlow's float32 step can overshoot size - 1 on the last sample: then it is extrapolated.
-    add(
-        "edge-overshoot-height-58-crop-8",
-        [0, 0, 1, 1],
-        (8, 3),
-        ev=-1.0,
-        img=image("float32", (1, 58, 3, 1), "overshoot"),
-    )
-    add(
-        "edge-overshoot-width-4-crop-22",
-        [0, 0, 1, 1],
-        (2, 22),
-        ev=-1.0,
-        img=image("float32", (1, 2, 4, 2), "overshoot"),
-    )
+    add("edge-overshoot-height-58-crop-8", [0, 0, 1, 1], (8, 3), ev=-1.0,
+        img=image("float32", (1, 58, 3, 1), "overshoot"))
+    add("edge-overshoot-width-4-crop-22", [0, 0, 1, 1], (2, 22), ev=-1.0,
+        img=image("float32", (1, 2, 4, 2), "overshoot"))
     # 1-pixel, 1-row and 1-column images are never extrapolated along their size-1 axis.
-    add(
-        "image-1x1",
-        [[0, 0, 1, 1], [-3, -3, 4, 4], [0.5, 0.5, 0.5, 0.5]],
-        (3, 3),
-        ev=-1.0,
-        img=np.array([5, -6], F32).reshape(1, 1, 1, 2),
-    )
-    add(
-        "image-height-1",
-        [[-5, 0, 7, 1], [0, 0, 1, 1], [0.3, -0.5, 0.3, 1.5]],
-        (2, 3),
-        ev=-1.0,
-        img=image("float32", (1, 1, 6, 2), "row"),
-    )
-    add(
-        "image-width-1",
-        [[0, -3, 1, 4], [0, 0, 1, 1], [-0.5, 0.3, 1.5, 0.3]],
-        (3, 2),
-        ev=-1.0,
-        img=image("float32", (1, 5, 1, 2), "column"),
-    )
-    add(
-        "image-height-1-crop-1",
-        [[-5, 0, 7, 1]],
-        (1, 1),
-        ev=-1.0,
-        img=image("float32", (1, 1, 6, 2), "row"),
-    )
+    row, column = image("float32", (1, 1, 6, 2), "row"), image("float32", (1, 5, 1, 2), "column")
+    add("image-1x1", [[0, 0, 1, 1], [-3, -3, 4, 4], [0.5, 0.5, 0.5, 0.5]], (3, 3), ev=-1.0,
+        img=np.array([5, -6], F32).reshape(1, 1, 1, 2))
+    add("image-height-1", [[-5, 0, 7, 1], [0, 0, 1, 1], [0.3, -0.5, 0.3, 1.5]], (2, 3), ev=-1.0,
+        img=row)
+    add("image-width-1", [[0, -3, 1, 4], [0, 0, 1, 1], [-0.5, 0.3, 1.5, 0.3]], (3, 2), ev=-1.0,
+        img=column)
+    add("image-height-1-crop-1", [[-5, 0, 7, 1]], (1, 1), ev=-1.0, img=row)
+    # fmt: on
     return cases
 
 
