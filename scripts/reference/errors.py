@@ -11,6 +11,8 @@ from reference.inputs import INF, NAN
 from reference.npz import Recorder
 from reference.tf_calls import clean_message, tf_crop_and_resize, tf_grad_boxes, tf_grad_image
 
+F32 = np.float32
+
 
 # cropcore's mapping of a refusal (design.md): bad value or shape -> ValueError, bad type or dtype
 # -> TypeError, box index out of range -> IndexError. ``argument`` is the cropcore argument that the
@@ -175,53 +177,32 @@ def record_errors(rec: Recorder) -> None:
             rec, "grad_image", name, expected, argument, arrays, {"dtype": dtype, "method": method}
         )
 
-    grad_image("grads-rank-3", "ValueError", "grads", grads=grads[0])
-    grad_image(
-        "grads-crop-height-0", "ValueError", "grads", grads=np.ones((1, 0, 3, 1), np.float32)
-    )
-    grad_image(
-        "grads-count-differs-from-boxes",
-        "ValueError",
-        "grads",
-        grads=np.ones((2, 3, 3, 1), np.float32),
-    )
-    grad_image("boxes-3-columns", "ValueError", "boxes", boxes=box[:, :3])
-    grad_image(
-        "box-indices-too-many", "ValueError", "box_indices", box_indices=np.array([0, 0], np.int32)
-    )
-    grad_image(
-        "image-shape-3-elements",
-        "ValueError",
-        "image_shape",
-        image_size=np.array([1, 2, 2], np.int32),
-    )
-    grad_image(
-        "image-shape-height-0",
-        "ValueError",
-        "image_shape",
-        image_size=np.array([1, 0, 2, 1], np.int32),
-    )
-    grad_image(
-        "image-shape-negative-batch",
-        "ValueError",
-        "image_shape",
-        image_size=np.array([-1, 2, 2, 1], np.int32),
-    )
-    grad_image(
-        "image-shape-depth-differs-from-grads",
-        "ValueError",
-        "grads",
-        image_size=np.array([1, 2, 2, 2], np.int32),
-    )
-    grad_image(
-        "box-index-equals-batch", "IndexError", "box_indices", box_indices=np.array([1], np.int32)
-    )
-    grad_image(
-        "box-index-negative", "IndexError", "box_indices", box_indices=np.array([-1], np.int32)
-    )
-    for dtype in ("uint8", "int32"):
-        grad_image(f"dtype-{dtype}", "TypeError", "dtype", dtype=dtype)
-    grad_image("method-bicubic", "ValueError", "method", method="bicubic")
+    i32 = np.int32
+    # (name, expected exception, argument named, arguments changed)
+    # fmt: off
+    for name, expected, argument, changes in [
+        ("grads-rank-3", "ValueError", "grads", {"grads": grads[0]}),
+        ("grads-crop-height-0", "ValueError", "grads", {"grads": np.ones((1, 0, 3, 1), F32)}),
+        ("grads-count-differs-from-boxes", "ValueError", "grads",
+         {"grads": np.ones((2, 3, 3, 1), F32)}),
+        ("boxes-3-columns", "ValueError", "boxes", {"boxes": box[:, :3]}),
+        ("box-indices-too-many", "ValueError", "box_indices",
+         {"box_indices": np.array([0, 0], i32)}),
+        ("image-shape-3-elements", "ValueError", "image_shape",
+         {"image_size": np.array([1, 2, 2], i32)}),
+        ("image-shape-height-0", "ValueError", "image_shape",
+         {"image_size": np.array([1, 0, 2, 1], i32)}),
+        ("image-shape-negative-batch", "ValueError", "image_shape",
+         {"image_size": np.array([-1, 2, 2, 1], i32)}),
+        ("image-shape-depth-differs-from-grads", "ValueError", "grads",
+         {"image_size": np.array([1, 2, 2, 2], i32)}),
+        ("box-index-equals-batch", "IndexError", "box_indices", {"box_indices": np.array([1], i32)}),
+        ("box-index-negative", "IndexError", "box_indices", {"box_indices": np.array([-1], i32)}),
+        *[(f"dtype-{dtype}", "TypeError", "dtype", {"dtype": dtype}) for dtype in ("uint8", "int32")],
+        ("method-bicubic", "ValueError", "method", {"method": "bicubic"}),
+    ]:
+        grad_image(name, expected, argument, **changes)
+    # fmt: on
 
     image = img2
 
@@ -238,31 +219,25 @@ def record_errors(rec: Recorder) -> None:
         arrays = {"grads": grads, "image": image, "boxes": boxes, "box_indices": box_indices}
         record_error(rec, "grad_boxes", name, expected, argument, arrays, {"method": method})
 
-    grad_boxes("grads-rank-3", "ValueError", "grads", grads=grads[0])
-    grad_boxes("grads-crop-width-0", "ValueError", "grads", grads=np.ones((1, 3, 0, 1), np.float32))
-    grad_boxes("image-rank-3", "ValueError", "image", image=image[0])
-    grad_boxes("image-height-0", "ValueError", "image", image=np.ones((1, 0, 2, 1), np.float32))
-    grad_boxes(
-        "image-depth-differs-from-grads",
-        "ValueError",
-        "grads",
-        image=np.ones((1, 2, 2, 2), np.float32),
-    )
-    grad_boxes("image-dtype-bool", "TypeError", "image", image=image.astype(bool))
-    grad_boxes("boxes-3-columns", "ValueError", "boxes", boxes=box[:, :3])
-    grad_boxes(
-        "box-indices-too-many", "ValueError", "box_indices", box_indices=np.array([0, 0], np.int32)
-    )
-    grad_boxes(
-        "grads-count-differs-from-boxes",
-        "ValueError",
-        "grads",
-        grads=np.ones((2, 3, 3, 1), np.float32),
-    )
-    grad_boxes(
-        "box-index-equals-batch", "IndexError", "box_indices", box_indices=np.array([1], np.int32)
-    )
-    grad_boxes("method-nearest", "ValueError", "method", method="nearest")
+    # fmt: off
+    for name, expected, argument, changes in [
+        ("grads-rank-3", "ValueError", "grads", {"grads": grads[0]}),
+        ("grads-crop-width-0", "ValueError", "grads", {"grads": np.ones((1, 3, 0, 1), F32)}),
+        ("image-rank-3", "ValueError", "image", {"image": image[0]}),
+        ("image-height-0", "ValueError", "image", {"image": np.ones((1, 0, 2, 1), F32)}),
+        ("image-depth-differs-from-grads", "ValueError", "grads",
+         {"image": np.ones((1, 2, 2, 2), F32)}),
+        ("image-dtype-bool", "TypeError", "image", {"image": image.astype(bool)}),
+        ("boxes-3-columns", "ValueError", "boxes", {"boxes": box[:, :3]}),
+        ("box-indices-too-many", "ValueError", "box_indices",
+         {"box_indices": np.array([0, 0], i32)}),
+        ("grads-count-differs-from-boxes", "ValueError", "grads",
+         {"grads": np.ones((2, 3, 3, 1), F32)}),
+        ("box-index-equals-batch", "IndexError", "box_indices", {"box_indices": np.array([1], i32)}),
+        ("method-nearest", "ValueError", "method", {"method": "nearest"}),
+    ]:
+        grad_boxes(name, expected, argument, **changes)
+    # fmt: on
 
 
 def record_error(rec, op, name, expected, argument, arrays, params) -> None:
