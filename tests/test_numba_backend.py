@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -297,7 +296,7 @@ def test_deep_images_match_the_reference(dtype, data_format, variant):
 # TensorFlow's recorded answers
 
 
-TF_VECTORS = Path(__file__).parent / "data" / "tf_reference.npz"
+from cropcore_conformance.vectors import DATA_PATH as TF_VECTORS  # noqa: E402
 
 
 def _recorded() -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:

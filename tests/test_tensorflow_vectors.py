@@ -1,4 +1,5 @@
-"""cropcore against vectors recorded from TensorFlow 2.21 and Keras 3 (``tests/data/tf_reference.npz``).
+"""cropcore against vectors recorded from TensorFlow 2.21 and Keras 3 (the conformance package's
+``data/tf_reference.npz``, read through :mod:`cropcore_conformance.vectors`).
 
 The file is written by ``scripts/record_reference.py`` (run it with a Python that has TensorFlow);
 its ``meta`` entry lists every case with its parameters and the library versions. Each case runs in
@@ -17,28 +18,24 @@ transposed.
 from __future__ import annotations
 
 import ast
-import json
 import re
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 import cropcore
+from cropcore_conformance import vectors
 
-REFERENCE = Path(__file__).parent / "data" / "tf_reference.npz"
 BACKEND = "numpy"
 DATA_FORMATS = ("channels_last", "channels_first")
 EXCEPTIONS = {"ValueError": ValueError, "TypeError": TypeError, "IndexError": IndexError}
 
 
-@cache
 def _reference() -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    with np.load(REFERENCE, allow_pickle=False) as npz:
-        arrays = {key: npz[key] for key in npz.files}
-    return json.loads(str(arrays.pop("meta"))), arrays
+    meta, arrays = vectors.load()
+    assert meta, f"no recorded vectors at {vectors.DATA_PATH}"
+    return meta, arrays
 
 
 def cases(op: str) -> list[Any]:
@@ -252,6 +249,14 @@ def test_crop2d_refuses_what_keras_refuses(case):
 
 # --------------------------------------------------------------------------------------------------
 # The file itself
+
+
+def test_reference_file_is_in_the_layout_the_suite_reads():
+    meta, arrays = _reference()
+    assert meta["format_version"] == vectors.FORMAT_VERSION
+    for case in meta["cases"]:
+        missing = [name for name in case["arrays"] if f"{case['id']}/{name}" not in arrays]
+        assert not missing, f"{case['id']} lacks arrays {missing}"
 
 
 def test_reference_file_records_its_provenance():

@@ -11,13 +11,11 @@ from typing import Any
 
 import numpy as np
 
+from cropcore.spec import METHODS
 from cropcore_conformance.cases import Case, ErrorCase, ValueCase
 from cropcore_conformance.inputs import Laid
 
 __all__ = [
-    "FLOAT_DTYPES",
-    "IMAGE_DTYPES",
-    "METHODS",
     "boxes",
     "error",
     "forward",
@@ -26,20 +24,6 @@ __all__ = [
     "image",
     "nchw",
 ]
-
-IMAGE_DTYPES = (
-    "uint8",
-    "uint16",
-    "int8",
-    "int16",
-    "int32",
-    "int64",
-    "float16",
-    "float32",
-    "float64",
-)
-FLOAT_DTYPES = ("float16", "float32", "float64")
-METHODS = ("bilinear", "nearest")
 
 
 def rng(*key: int | str) -> np.random.Generator:

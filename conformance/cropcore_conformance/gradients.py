@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cropcore.spec import GRAD_IMAGE_DTYPES, IMAGE_DTYPES
 from cropcore_conformance.builders import (
-    FLOAT_DTYPES,
-    IMAGE_DTYPES,
     boxes,
     grad_boxes,
     grad_image,
@@ -42,7 +41,14 @@ def _grad_image_cases() -> list[Case]:
     cases: list[Case] = []
 
     def add(
-        name, grads, box_values, box_indices, image_shape, dtypes=FLOAT_DTYPES, formats=BOTH, **kw
+        name,
+        grads,
+        box_values,
+        box_indices,
+        image_shape,
+        dtypes=GRAD_IMAGE_DTYPES,
+        formats=BOTH,
+        **kw,
     ):
         cases.extend(
             grad_image(
@@ -405,7 +411,7 @@ def _reproducibility_cases() -> list[Case]:
     b = boxes(32, 16, 16, "repro", low=0.0, high=1.0)
     indices = np.arange(32, dtype=np.int32) % 2
     cases: list[Case] = []
-    for dtype in FLOAT_DTYPES:
+    for dtype in GRAD_IMAGE_DTYPES:
         cases.append(
             _reproducible(
                 "grad_image",

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from cropcore_conformance.builders import IMAGE_DTYPES
+from cropcore.spec import IMAGE_DTYPES
 from cropcore_conformance.cases import (
     Case,
     Context,

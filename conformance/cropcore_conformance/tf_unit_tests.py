@@ -23,15 +23,10 @@ import numpy as np
 
 from cropcore_conformance.cases import (
     Case,
-    Context,
     ErrorCase,
-    FailCase,
-    FunctionCase,
-    Outcome,
     ValueCase,
-    check_result,
 )
-from cropcore_conformance.inputs import materialize
+from cropcore_conformance.tf_unit_gradients import d9m_cases, grad_random_boxes_cases
 
 __all__ = ["CPP_TESTS", "KERAS_CROPPING2D_TESTS", "tf_test_cases"]
 
@@ -41,178 +36,45 @@ IMG3 = [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
 
 #: ``crop_and_resize_op_test.cc``: (test name, image dtype, method, image, boxes, box_ind,
 #: crop size, extrapolation value, expected output (row-major, depth 1)).
+# fmt: off
 CPP_TESTS: list[tuple[str, str, str, Any, Any, Any, tuple[int, int], float, Any]] = [
     *[
         # REGISTER_TEST(T): TestCropAndResize<T> and TestCropAndResize<T>nearest.
-        (
-            f"TestCropAndResize{dtype.title()}{suffix}",
-            dtype,
-            method,
-            IMG2,
-            [[0, 0, 1, 1]],
-            [0],
-            (1, 1),
-            0.0,
-            [value],
-        )
+        (f"TestCropAndResize{dtype.title()}{suffix}", dtype, method, IMG2,
+         [[0, 0, 1, 1]], [0], (1, 1), 0.0, [value])
         for dtype in ("float32", "float64", "uint8", "uint16", "int8", "int16", "int32", "int64")
         for suffix, method, value in (("", "bilinear", 2.5), ("Nearest", "nearest", 4.0))
     ],
-    (
-        "TestCropAndResize2x2To1x1Uint8",
-        "uint8",
-        "bilinear",
-        IMG2,
-        [[0, 0, 1, 1]],
-        [0],
-        (1, 1),
-        0.0,
-        [2.5],
-    ),
-    (
-        "TestCropAndResize2x2To1x1Uint8NearestNeibor",
-        "uint8",
-        "nearest",
-        IMG2,
-        [[0, 0, 1, 1]],
-        [0],
-        (1, 1),
-        0.0,
-        [4.0],
-    ),
-    (
-        "TestCropAndResize2x2To1x1Flipped",
-        "float32",
-        "bilinear",
-        IMG2,
-        [[1, 1, 0, 0]],
-        [0],
-        (1, 1),
-        0.0,
-        [2.5],
-    ),
-    (
-        "TestCropAndResize2x2To1x1FlippedNearestNeighbor",
-        "float32",
-        "nearest",
-        IMG2,
-        [[1, 1, 0, 0]],
-        [0],
-        (1, 1),
-        0.0,
-        [4.0],
-    ),
-    (
-        "TestCropAndResize2x2To3x3",
-        "float32",
-        "bilinear",
-        IMG2,
-        [[0, 0, 1, 1]],
-        [0],
-        (3, 3),
-        0.0,
-        [1, 1.5, 2, 2, 2.5, 3, 3, 3.5, 4],
-    ),
-    (
-        "TestCropAndResize2x2To3x3NearestNeighbor",
-        "float32",
-        "nearest",
-        IMG2,
-        [[0, 0, 1, 1]],
-        [0],
-        (3, 3),
-        0.0,
-        [1, 2, 2, 3, 4, 4, 3, 4, 4],
-    ),
-    (
-        "TestCropAndResize2x2To3x3Flipped",
-        "float32",
-        "bilinear",
-        IMG2,
-        [[1, 1, 0, 0]],
-        [0],
-        (3, 3),
-        0.0,
-        [4, 3.5, 3, 3, 2.5, 2, 2, 1.5, 1],
-    ),
-    (
-        "TestCropAndResize2x2To3x3FlippedNearestNeighbor",
-        "float32",
-        "nearest",
-        IMG2,
-        [[1, 1, 0, 0]],
-        [0],
-        (3, 3),
-        0.0,
-        [4, 4, 3, 4, 4, 3, 2, 2, 1],
-    ),
-    (
-        "TestCropAndResize3x3To2x2",
-        "float32",
-        "bilinear",
-        IMG3,
-        [[0, 0, 1, 1], [0, 0, 0.5, 0.5]],
-        [0, 0],
-        (2, 2),
-        0.0,
-        [1, 3, 7, 9, 1, 2, 4, 5],
-    ),
-    (
-        "TestCropAndResize3x3To2x2NearestNeighbor",
-        "float32",
-        "nearest",
-        IMG3,
-        [[0, 0, 1, 1], [0, 0, 0.5, 0.5]],
-        [0, 0],
-        (2, 2),
-        0.0,
-        [1, 3, 7, 9, 1, 2, 4, 5],
-    ),
-    (
-        "TestCropAndResize3x3To2x2Flipped",
-        "float32",
-        "bilinear",
-        IMG3,
-        [[1, 1, 0, 0], [0.5, 0.5, 0, 0]],
-        [0, 0],
-        (2, 2),
-        0.0,
-        [9, 7, 3, 1, 5, 4, 2, 1],
-    ),
-    (
-        "TestCropAndResize3x3To2x2FlippedNearestNeighbor",
-        "float32",
-        "nearest",
-        IMG3,
-        [[1, 1, 0, 0], [0.5, 0.5, 0, 0]],
-        [0, 0],
-        (2, 2),
-        0.0,
-        [9, 7, 3, 1, 5, 4, 2, 1],
-    ),
-    (
-        "TestCropAndResize2x2To3x3Extrapolated",
-        "float32",
-        "bilinear",
-        IMG2,
-        [[-1, -1, 1, 1]],
-        [0],
-        (3, 3),
-        -1.0,
-        [-1, -1, -1, -1, 1, 2, -1, 3, 4],
-    ),
-    (
-        "TestCropAndResize2x2To3x3NoCrop",
-        "float32",
-        "bilinear",
-        IMG2,
-        np.zeros((0, 4)),
-        [],
-        (3, 3),
-        0.0,
-        np.zeros((0, 3, 3, 1)),
-    ),
+    ("TestCropAndResize2x2To1x1Uint8", "uint8", "bilinear", IMG2,
+     [[0, 0, 1, 1]], [0], (1, 1), 0.0, [2.5]),
+    ("TestCropAndResize2x2To1x1Uint8NearestNeibor", "uint8", "nearest", IMG2,
+     [[0, 0, 1, 1]], [0], (1, 1), 0.0, [4.0]),
+    ("TestCropAndResize2x2To1x1Flipped", "float32", "bilinear", IMG2,
+     [[1, 1, 0, 0]], [0], (1, 1), 0.0, [2.5]),
+    ("TestCropAndResize2x2To1x1FlippedNearestNeighbor", "float32", "nearest", IMG2,
+     [[1, 1, 0, 0]], [0], (1, 1), 0.0, [4.0]),
+    ("TestCropAndResize2x2To3x3", "float32", "bilinear", IMG2,
+     [[0, 0, 1, 1]], [0], (3, 3), 0.0, [1, 1.5, 2, 2, 2.5, 3, 3, 3.5, 4]),
+    ("TestCropAndResize2x2To3x3NearestNeighbor", "float32", "nearest", IMG2,
+     [[0, 0, 1, 1]], [0], (3, 3), 0.0, [1, 2, 2, 3, 4, 4, 3, 4, 4]),
+    ("TestCropAndResize2x2To3x3Flipped", "float32", "bilinear", IMG2,
+     [[1, 1, 0, 0]], [0], (3, 3), 0.0, [4, 3.5, 3, 3, 2.5, 2, 2, 1.5, 1]),
+    ("TestCropAndResize2x2To3x3FlippedNearestNeighbor", "float32", "nearest", IMG2,
+     [[1, 1, 0, 0]], [0], (3, 3), 0.0, [4, 4, 3, 4, 4, 3, 2, 2, 1]),
+    ("TestCropAndResize3x3To2x2", "float32", "bilinear", IMG3,
+     [[0, 0, 1, 1], [0, 0, 0.5, 0.5]], [0, 0], (2, 2), 0.0, [1, 3, 7, 9, 1, 2, 4, 5]),
+    ("TestCropAndResize3x3To2x2NearestNeighbor", "float32", "nearest", IMG3,
+     [[0, 0, 1, 1], [0, 0, 0.5, 0.5]], [0, 0], (2, 2), 0.0, [1, 3, 7, 9, 1, 2, 4, 5]),
+    ("TestCropAndResize3x3To2x2Flipped", "float32", "bilinear", IMG3,
+     [[1, 1, 0, 0], [0.5, 0.5, 0, 0]], [0, 0], (2, 2), 0.0, [9, 7, 3, 1, 5, 4, 2, 1]),
+    ("TestCropAndResize3x3To2x2FlippedNearestNeighbor", "float32", "nearest", IMG3,
+     [[1, 1, 0, 0], [0.5, 0.5, 0, 0]], [0, 0], (2, 2), 0.0, [9, 7, 3, 1, 5, 4, 2, 1]),
+    ("TestCropAndResize2x2To3x3Extrapolated", "float32", "bilinear", IMG2,
+     [[-1, -1, 1, 1]], [0], (3, 3), -1.0, [-1, -1, -1, -1, 1, 2, -1, 3, 4]),
+    ("TestCropAndResize2x2To3x3NoCrop", "float32", "bilinear", IMG2,
+     np.zeros((0, 4)), [], (3, 3), 0.0, np.zeros((0, 3, 3, 1))),
 ]
+# fmt: on
 
 #: ``crop_and_resize_op_test.cc`` refusals: (test name, image, boxes, box_ind, crop, exception).
 CPP_ERROR_TESTS = [
@@ -283,6 +145,20 @@ def _slug(text: str) -> str:
     return text.lower()
 
 
+def _forward(name: str, kwargs: dict[str, Any], description: str, **expectation: Any) -> Case:
+    """``tf-tests/forward/<name>``: an :class:`ErrorCase` given ``expected_error``, else a
+    :class:`ValueCase`."""
+    kind = ErrorCase if "expected_error" in expectation else ValueCase
+    return kind(
+        f"{C}/forward/{name}",
+        "forward",
+        "tensorflow-test",
+        kwargs=kwargs,
+        description=description,
+        **expectation,
+    )
+
+
 def _cpp_cases() -> list[Case]:
     cases: list[Case] = []
     for name, dtype, method, img, box, ind, crop, ev, expected in CPP_TESTS:
@@ -298,14 +174,7 @@ def _cpp_cases() -> list[Case]:
             "extrapolation_value": ev,
         }
         cases.append(
-            ValueCase(
-                f"{C}/forward/{_slug(name)}",
-                "forward",
-                "tensorflow-test",
-                kwargs=kwargs,
-                expected=expected,
-                description=f"crop_and_resize_op_test.cc {name}",
-            )
+            _forward(_slug(name), kwargs, f"crop_and_resize_op_test.cc {name}", expected=expected)
         )
     for name, img, box, ind, crop, exc in CPP_ERROR_TESTS:
         image = np.asarray(img, np.float32)
@@ -318,66 +187,44 @@ def _cpp_cases() -> list[Case]:
             "crop_size": crop,
         }
         cases.append(
-            ErrorCase(
-                f"{C}/forward/{_slug(name)}",
-                "forward",
-                "tensorflow-test",
-                kwargs=kwargs,
-                expected_error=exc,
-                description=f"crop_and_resize_op_test.cc {name}",
-            )
+            _forward(_slug(name), kwargs, f"crop_and_resize_op_test.cc {name}", expected_error=exc)
         )
     # TestWithSharding: value = column index; box 0 gives columns 0..499, box 1 499..998.
     column = np.tile(np.arange(999, dtype=np.float32), (999, 1)).reshape(1, 999, 999, 1)
     expected = np.empty((2, 500, 500, 1), np.float32)
     expected[0, :, :, 0] = np.arange(500)
     expected[1, :, :, 0] = np.arange(499, 999)
-    cases.append(
-        ValueCase(
-            f"{C}/forward/test-with-sharding",
-            "forward",
-            "tensorflow-test",
-            kwargs={
-                "image": column,
-                "boxes": np.array([[0, 0, 0.5, 0.5], [0.5, 0.5, 1, 1]], np.float32),
-                "box_indices": np.array([0, 0], np.int32),
-                "crop_size": (500, 500),
-            },
-            expected=expected,
-            description="crop_and_resize_op_test.cc TestWithSharding",
-        )
-    )
+    kwargs = {
+        "image": column,
+        "boxes": np.array([[0, 0, 0.5, 0.5], [0.5, 0.5, 1, 1]], np.float32),
+        "box_indices": np.array([0, 0], np.int32),
+        "crop_size": (500, 500),
+    }
+    description = "crop_and_resize_op_test.cc TestWithSharding"
+    cases.append(_forward("test-with-sharding", kwargs, description, expected=expected))
     return cases
 
 
 def _python_cases() -> list[Case]:
     cases: list[Case] = []
     for name, kwargs, exc in PYTHON_ERROR_TESTS:
-        cases.append(
-            ErrorCase(
-                f"{C}/forward/{_slug(name)}",
-                "forward",
-                "tensorflow-test",
-                kwargs=kwargs,
-                expected_error=exc,
-                description=f"image_ops_test.py {name} (CPU)",
-            )
-        )
+        description = f"image_ops_test.py {name} (CPU)"
+        cases.append(_forward(_slug(name), kwargs, description, expected_error=exc))
     image = np.arange(48, dtype=np.float32).reshape(2, 3, 4, 2)
+    kwargs = {
+        "image": image,
+        "boxes": np.array([[0, 0, 1, 1], [0.1, 0.2, 0.7, 0.8]], np.float32),
+        "box_indices": np.array([0, 1], np.int32),
+        "crop_size": (4, 5),
+    }
+    description = "image_grad_test_base.py testShapeIsCorrectAfterOp"
     cases.append(
-        ValueCase(
-            f"{C}/forward/test-shape-is-correct-after-op",
-            "forward",
-            "tensorflow-test",
-            kwargs={
-                "image": image,
-                "boxes": np.array([[0, 0, 1, 1], [0.1, 0.2, 0.7, 0.8]], np.float32),
-                "box_indices": np.array([0, 1], np.int32),
-                "crop_size": (4, 5),
-            },
+        _forward(
+            "test-shape-is-correct-after-op",
+            kwargs,
+            description,
             shape_only=True,
             expected_shape=(2, 4, 5, 2),
-            description="image_grad_test_base.py testShapeIsCorrectAfterOp",
         )
     )
     # The docstring of tf.image.crop_and_resize.
@@ -402,178 +249,9 @@ def _python_cases() -> list[Case]:
                 description="tf.image.crop_and_resize docstring example",
             )
         )
-    cases += _grad_random_boxes()
-    cases += _d9m()
+    cases += grad_random_boxes_cases()
+    cases += d9m_cases()
     return cases
-
-
-def _random_boxes(
-    rng: np.random.RandomState,
-    num_boxes: int,
-    height: int,
-    width: int,
-    crop: tuple[int, int],
-    radius: float,
-) -> np.ndarray:
-    """TF's testGradRandomBoxes boxes: uniform in [-0.5, 1.5], away from the grid anchors.
-
-    TF keeps the box edges ``radius`` away from ``linspace(0, 1, size)``; here every sample
-    coordinate is (a stricter rule, so that no finite difference crosses a pixel or the image edge).
-    """
-
-    def samples(a: float, b: float, size: int, n: int) -> np.ndarray:
-        return np.array([0.5 * (a + b)]) if n == 1 else np.linspace(a, b, n)
-
-    out = []
-    while len(out) < num_boxes:
-        y1, x1, y2, x2 = rng.uniform(-0.5, 1.5, size=4)
-        ok = True
-        for a, b, size, n in ((y1, y2, height, crop[0]), (x1, x2, width, crop[1])):
-            anchors = np.linspace(0, 1, size)
-            for s in samples(a, b, size, n):
-                if np.min(np.abs(anchors - s)) < radius * 2:
-                    ok = False
-        if ok:
-            out.append([y1, x1, y2, x2])
-    return np.asarray(out, np.float32)
-
-
-def _grad_random_boxes() -> list[Case]:
-    """image_grad_test_base.py testGradRandomBoxes: analytic against numeric Jacobians."""
-    cases: list[Case] = []
-    delta, radius, height = 1e-3, 2e-3, 4
-    for width in (1, 2):
-        for crop_height in (1, 2):
-            for crop_width in (2, 3):
-                for depth in (1, 2):
-                    for num_boxes in (1, 2):
-                        config = (width, crop_height, crop_width, depth, num_boxes)
-                        name = "test-grad-random-boxes-w{}-ch{}-cw{}-d{}-n{}".format(*config)
-                        cases.append(
-                            FunctionCase(
-                                f"{C}/grad_image/{name}",
-                                "grad_image",
-                                check=_jacobian_check(height, *config, delta, radius),
-                                ops=("forward", "grad_image", "grad_boxes"),
-                                source="tensorflow-test",
-                                description="image_grad_test_base.py testGradRandomBoxes: "
-                                "max |analytic - numeric Jacobian| < 2e-3",
-                            )
-                        )
-    return cases
-
-
-def _jacobian_check(height, width, crop_height, crop_width, depth, num_boxes, delta, radius):
-    def check(ctx: Context) -> Outcome:
-        rng = np.random.RandomState(1)
-        batch = num_boxes
-        shape = (batch, height, width, depth)
-        image = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
-        boxes = _random_boxes(rng, num_boxes, height, width, (crop_height, crop_width), radius)
-        box_indices = np.arange(batch, dtype=np.int32)
-        crop = (crop_height, crop_width)
-
-        def forward(img: np.ndarray, bxs: np.ndarray) -> np.ndarray:
-            args = {"image": img, "boxes": bxs, "box_indices": box_indices, "crop_size": crop}
-            inputs = ctx.prepare(args)
-            return check_result("forward", ctx.run_backend("forward", inputs), inputs).ravel()
-
-        out_size = num_boxes * crop_height * crop_width * depth
-        analytic_image = np.zeros((out_size, image.size))
-        analytic_boxes = np.zeros((out_size, boxes.size))
-        for k in range(out_size):
-            grads = np.zeros(out_size, np.float32)
-            grads[k] = 1
-            grads = grads.reshape(num_boxes, crop_height, crop_width, depth)
-            args = {
-                "grads": grads,
-                "boxes": boxes,
-                "box_indices": box_indices,
-                "image_shape": shape,
-            }
-            inputs = ctx.prepare(args)
-            analytic_image[k] = check_result(
-                "grad_image", ctx.run_backend("grad_image", inputs), inputs
-            ).ravel()
-            args = {"grads": grads, "image": image, "boxes": boxes, "box_indices": box_indices}
-            inputs = ctx.prepare(args)
-            analytic_boxes[k] = check_result(
-                "grad_boxes", ctx.run_backend("grad_boxes", inputs), inputs
-            ).ravel()
-        numeric_image = np.zeros_like(analytic_image)
-        for i in range(image.size):
-            plus, minus = image.copy(), image.copy()
-            plus.reshape(-1)[i] += delta
-            minus.reshape(-1)[i] -= delta
-            numeric_image[:, i] = (forward(plus, boxes) - forward(minus, boxes)) / (2 * delta)
-        numeric_boxes = np.zeros_like(analytic_boxes)
-        for i in range(boxes.size):
-            plus, minus = boxes.copy(), boxes.copy()
-            plus.reshape(-1)[i] += np.float32(delta)
-            minus.reshape(-1)[i] -= np.float32(delta)
-            numeric_boxes[:, i] = (forward(image, plus) - forward(image, minus)) / (2 * delta)
-        error = max(
-            np.max(np.abs(analytic_image - numeric_image), initial=0),
-            np.max(np.abs(analytic_boxes - numeric_boxes), initial=0),
-        )
-        if not error < 2e-3:
-            raise FailCase(
-                f"max |analytic - numeric Jacobian| = {error:.3g}, TensorFlow's bound is 2e-3"
-            )
-        return Outcome.passed()
-
-    return check
-
-
-def _d9m() -> list[Case]:
-    """image_grad_d9m_test.py: recomputing a gradient gives the same bits (force_cpu)."""
-    rng = np.random.RandomState(456)
-    image = rng.uniform(-1, 1, size=(16, 64, 64, 1))
-    boxes = rng.uniform(0, 1.01, size=(64, 4)).astype(np.float32)
-    box_indices = rng.randint(0, 16, size=64).astype(np.int32)
-    grads = rng.uniform(-0.001, 0.001, size=(64, 128, 128, 1)).astype(np.float32)
-    cases: list[Case] = []
-    for dtype in ("float16", "float32", "float64"):
-        grad_image = {
-            "grads": grads,
-            "boxes": boxes,
-            "box_indices": box_indices,
-            "image_shape": image.shape,
-            "dtype": dtype,
-        }
-        grad_boxes = {
-            "grads": grads,
-            "image": image.astype(dtype),
-            "boxes": boxes,
-            "box_indices": box_indices,
-        }
-        for op, test, kwargs in (
-            ("grad_image", "test-reproducible-backprop-to-image", grad_image),
-            ("grad_boxes", "test-reproducible-backprop-to-boxes", grad_boxes),
-        ):
-            cases.append(
-                FunctionCase(
-                    f"{C}/{op}/{test}-{dtype}",
-                    op,
-                    check=_repeat(op, kwargs),
-                    source="tensorflow-test",
-                    description=f"image_grad_d9m_test.py {test} ({dtype})",
-                )
-            )
-    return cases
-
-
-def _repeat(op: str, kwargs: dict[str, Any], times: int = 2):
-    def check(ctx: Context) -> Outcome:
-        results = []
-        for _ in range(times):
-            inputs = ctx.prepare(materialize(kwargs))
-            results.append(check_result(op, ctx.run_backend(op, inputs), inputs).tobytes())
-        if len(set(results)) != 1:
-            raise FailCase(f"{times} identical calls gave {len(set(results))} different results")
-        return Outcome.passed()
-
-    return check
 
 
 def _keras_cases() -> list[Case]:

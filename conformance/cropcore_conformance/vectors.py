@@ -1,9 +1,9 @@
 """Category ``tf-vectors``: inputs and outputs recorded from TensorFlow and Keras 3.
 
 The vectors are recorded by ``scripts/record_reference.py`` (TensorFlow 2.21 CPU, one thread, so
-that gradient sums are in TensorFlow's sequential order) into ``tests/data/tf_reference.npz`` and
-copied into this package by ``scripts/sync_conformance_data.py``. File layout: key ``meta`` is a
-JSON document whose ``cases`` list has, per case, its ``id`` (``"<op>/<name>"``), ``op``, scalar
+that gradient sums are in TensorFlow's sequential order) straight into this package's
+``data/tf_reference.npz`` (:data:`DATA_PATH`), the one copy: cropcore's own tests read it from
+here too. File layout (:data:`FORMAT_VERSION`): key ``meta`` is a JSON document whose ``cases`` list has, per case, its ``id`` (``"<op>/<name>"``), ``op``, scalar
 parameters and the names of its arrays; each array is stored under ``"<id>/<array name>"``.
 
 Recorded ops become cases as follows (TensorFlow has only NHWC; each NHWC vector is also run in
@@ -34,24 +34,23 @@ import numpy as np
 
 from cropcore_conformance.cases import Case, ErrorCase, ValueCase
 
-__all__ = ["DATA_FILE", "load", "provenance", "recorded_cases"]
+__all__ = ["DATA_FILE", "DATA_PATH", "FORMAT_VERSION", "load", "provenance", "recorded_cases"]
 
 #: The recorded vectors shipped with the package.
 DATA_FILE = "tf_reference.npz"
+#: Where they are installed (the recorder writes here; cropcore's tests read from here).
+DATA_PATH = Path(str(resources.files("cropcore_conformance") / "data" / DATA_FILE))
+#: The file layout this module reads (``meta["format_version"]``); the recorder writes it.
+FORMAT_VERSION = 1
 
 _OP_NAMES = {"crop_and_resize": "forward", "grad_image": "grad_image", "grad_boxes": "grad_boxes"}
-
-
-def _data_path() -> Path | None:
-    path = resources.files("cropcore_conformance") / "data" / DATA_FILE
-    return Path(str(path)) if path.is_file() else None
 
 
 @functools.lru_cache(maxsize=2)
 def load(path: str | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """``(meta, arrays)`` of the recorded vectors; ``({}, {})`` when none are installed."""
-    file = Path(path) if path else _data_path()
-    if file is None or not file.is_file():
+    file = Path(path) if path else DATA_PATH
+    if not file.is_file():
         return {}, {}
     with np.load(file, allow_pickle=False) as npz:
         arrays = {key: npz[key] for key in npz.files}
