@@ -60,8 +60,8 @@ MUTATIONS = [
         "tf-vectors tf-tests edge-cases properties gradients",
         (
             K,
-            "scale = _ftz(_ftz(span * size_minus_one) / _F32(crop - 1))",
-            "scale = _ftz(_ftz(span * _F32(size)) / _F32(crop - 1))",
+            "scale = _divide_ftz(_multiply_ftz(span, size_minus_one), _F32(crop - 1))",
+            "scale = _divide_ftz(_multiply_ftz(span, _F32(size)), _F32(crop - 1))",
         ),
     ),
     mutation(

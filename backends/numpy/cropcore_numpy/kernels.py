@@ -56,11 +56,17 @@ _SCATTER_BLOCK = 1 << 24
 # - a sum or difference is a multiple of its operands' grain (:func:`_grain`), so a nonzero one
 #   is at least that grain.
 
-# (x86 detects tininess after rounding to 24 bits with an unbounded exponent; rounding here is
-# to the subnormal grid, so an exact result in [FLT_MIN * (1 - 2**-24), FLT_MIN * (1 - 2**-25))
-# would become FLT_MIN instead of 0. Hitting that window takes constructed inputs.)
+# Tininess. x86 (TF's CPU wheel) decides that a result underflows *after rounding* it to 24 bits
+# with an unbounded exponent, and only then flushes. NumPy rounds to the subnormal grid, which
+# turns an exact result in [FLT_MIN * (1 - 2**-24), FLT_MIN * (1 - 2**-25)) into FLT_MIN, a normal
+# number that a test of the rounded result keeps, where TF gives 0 (e.g. 2**-126 * (1 - 2**-24)).
+# Sums and differences are exact whenever they are that small (their operands are multiples of
+# 2**-149), so testing their result is right; products, quotients and double-to-float
+# conversions are not, and go through :func:`_multiply_ftz`, :func:`_divide_ftz`, :func:`_narrow`.
 
 _FLT_MIN = 2.0**-126  # below this a float32 is subnormal
+_TINY = 2.0**-126 * (1 - 2.0**-25)  # a double below this rounds to 24 bits below FLT_MIN: tiny
+_SCALE = np.float32(2.0**24)  # moves a product near FLT_MIN clear of the subnormal range
 _SUMMABLE = 2.0**-102  # float32 terms at least this large are multiples of 2**-125, and so are
 # all their partial sums: none is subnormal.
 
@@ -68,10 +74,64 @@ _SUMMABLE = 2.0**-102  # float32 terms at least this large are multiples of 2**-
 def _ftz(x: np.ndarray) -> np.ndarray:
     """Flush the subnormal elements of float32 ``x`` to zero of the same sign, in place.
 
-    ``x * 0`` keeps the sign, ``x * 1`` keeps every other value (inf and NaN included).
+    Right for a value read from memory (denormals-are-zero) and for the result of a sum or
+    difference; see above for products. ``x * 0`` keeps the sign, ``x * 1`` every other value.
     """
     np.multiply(x, np.abs(x) >= _FLT_MIN, out=x)
     return x
+
+
+def _untiny(result: np.ndarray, scaled: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Flush, in place, the elements of flushed float32 ``result`` that x86 finds tiny.
+
+    Only a result of exactly +-FLT_MIN can be wrong (see above). ``scaled(mask)`` recomputes those
+    elements' operation with one operand multiplied by 2**24: an exact value near 2**-102, normal,
+    so that it rounds as x86 does, and the result was tiny iff ``|scaled| < 2**-102``.
+    """
+    edge = np.abs(result) == _F32(_FLT_MIN)
+    if edge.any():
+        tiny = np.abs(scaled(edge)) < _F32(_FLT_MIN) * _SCALE
+        result[edge] = np.where(tiny, result[edge] * _ZERO, result[edge])
+    return result
+
+
+def _multiply_ftz(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """float32 ``a * b`` as TF's CPU computes it: flush-to-zero, tininess after rounding.
+
+    ``a``, ``b``: broadcastable float32, normal or zero (already flushed), or one of them at most
+    1 in magnitude. A result of +-FLT_MIN then has both factors at most 1 + 2**-24 in magnitude,
+    so scaling one by 2**24 cannot overflow. ``out`` may be ``a`` or ``b``.
+    """
+    product = _ftz(np.multiply(a, b))  # a fresh array: the operands are read again below
+
+    def scaled(edge: np.ndarray) -> np.ndarray:
+        shape = product.shape
+        return (np.broadcast_to(a, shape)[edge] * _SCALE) * np.broadcast_to(b, shape)[edge]
+
+    _untiny(product, scaled)
+    if out is None:
+        return product
+    out[...] = product
+    return out
+
+
+def _divide_ftz(a: np.ndarray, divisor: np.float32) -> np.ndarray:
+    """float32 ``a / divisor`` for flushed ``a`` and ``divisor >= 1``, as :func:`_multiply_ftz`."""
+    quotient = _ftz(a / divisor)
+    return _untiny(quotient, lambda edge: (a[edge] * _SCALE) / divisor)
+
+
+def _narrow(x: np.ndarray) -> np.ndarray:
+    """``static_cast<float>`` of float64 ``x`` under flush-to-zero: float32, tiny values to +-0."""
+    result = x.astype(_F32)
+    np.multiply(result, np.abs(x) >= _TINY, out=result)
+    return result
+
+
+def _multiply_if(bound: float) -> Callable[..., np.ndarray]:
+    """:func:`_multiply_ftz` if a nonzero product can be as small as ``bound`` and that is
+    subnormal, else ``np.multiply``."""
+    return _multiply_ftz if bound < _FLT_MIN else np.multiply
 
 
 def _keep(x: np.ndarray) -> np.ndarray:
@@ -84,7 +144,8 @@ def _flush_if(bound: float) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def _smallest(x: np.ndarray) -> float:
-    """The smallest nonzero finite magnitude of a float array ``x``, as float32 (inf if none)."""
+    """The smallest nonzero finite magnitude of a float array ``x`` (inf if none, or if it is
+    beyond float32's range)."""
     if x.size == 0:
         return math.inf
     # On the bit patterns: |x| is the pattern without its sign bit, finite nonzero magnitudes
@@ -96,9 +157,9 @@ def _smallest(x: np.ndarray) -> float:
     bits = magnitude.min()
     if bits == top:
         return math.inf  # all zero
-    value = (np.array(bits, unsigned) + unsigned(1)).view(x.dtype)
-    with np.errstate(over="ignore"):  # a float64 beyond float32's range: cast to inf, not tiny
-        return float(_F32(value)) if np.isfinite(value) else math.inf
+    value = float((np.array(bits, unsigned) + unsigned(1)).view(x.dtype))
+    # Exact (a float64 below FLT_MIN stays below it); one beyond float32's range casts to inf.
+    return value if value <= np.finfo(_F32).max else math.inf
 
 
 def _grain(x: np.ndarray) -> float:
@@ -111,7 +172,8 @@ def _grain(x: np.ndarray) -> float:
     smallest = _smallest(x)
     if smallest == math.inf:
         return math.inf
-    return float(np.spacing(_F32(max(smallest, 2.0**-149))))
+    with np.errstate(under="ignore"):  # a float64 below float32's range casts to 0
+        return float(np.spacing(_F32(max(_F32(smallest), 2.0**-149))))
 
 
 def _pixel_grain(image: np.ndarray) -> float:
@@ -164,19 +226,21 @@ def _coordinates(
         # double, so the two products are done in double and rounded to float once, on assignment.
         total = _ftz(start + end)
         centre = 0.5 * total.astype(np.float64) * np.float64(size - 1)
-        return _ftz(centre.astype(_F32))[:, None]
+        return _narrow(centre)[:, None]
     span = _ftz(end - start)  # can overflow float32 (y1=-3e38, y2=3e38) -> inf -> NaN below
     if ratio_first:
         # CropAndResizeGradBoxes: height_ratio = float(H - 1) / (ch - 1) is rounded first, then
         # height_scale = (y2 - y1) * height_ratio -- a different float32 rounding.
-        scale = _ftz(span * (size_minus_one / _F32(crop - 1)))
+        scale = _multiply_ftz(span, size_minus_one / _F32(crop - 1))
     else:
         # CropAndResize, CropAndResizeGradImage: (y2 - y1) * (image_height - 1) / (crop_height - 1),
         # left to right.
-        scale = _ftz(_ftz(span * size_minus_one) / _F32(crop - 1))
+        scale = _divide_ftz(_multiply_ftz(span, size_minus_one), _F32(crop - 1))
     steps = np.arange(crop).astype(_F32)  # `y * height_scale`: the int y is converted to float
     # in_y = y1 * (image_height - 1) + y * height_scale, each product rounded to float32.
-    return _ftz(_ftz(start * size_minus_one)[:, None] + _ftz(steps * scale[:, None]))
+    return _ftz(
+        _multiply_ftz(start, size_minus_one)[:, None] + _multiply_ftz(steps, scale[:, None])
+    )
 
 
 def _samples(
@@ -216,12 +280,19 @@ def _box_samples(
     return rows, cols
 
 
-def _gather(image: np.ndarray, batch: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+def _gather(
+    image: np.ndarray, batch: np.ndarray, y: np.ndarray, x: np.ndarray, flush: bool = False
+) -> np.ndarray:
     """``float(image[b, y, x, :])`` for every sample: float32 (N, crop_height, crop_width, depth).
 
     ``batch`` (N, 1, 1), ``y`` (N, crop_height, 1), ``x`` (N, 1, crop_width): intp indices.
-    TF casts each pixel to float32 (`static_cast<float>`) before any arithmetic.
+    TF casts each pixel to float32 (`static_cast<float>`) before any arithmetic; with ``flush``,
+    as under TF's flush-to-zero (a float32 that is subnormal, a float64 that is tiny, gives 0).
     """
+    if flush:
+        if image.dtype == np.float64:
+            return _narrow(image[batch, y, x])
+        return _ftz(image[batch, y, x].astype(_F32))
     return image[batch, y, x].astype(_F32, copy=False)
 
 
@@ -260,15 +331,14 @@ def crop_and_resize(
         rows, cols = _box_samples(boxes, image_height, image_width, crop_size)
         batch = box_indices.astype(np.intp)[:, None, None]
         if method == "nearest":
-            crops = _gather(image, batch, rows.nearest[:, :, None], cols.nearest[:, None, :])
             # A float32 pixel is copied as is (subnormals too); a float64 one is converted, and the
-            # conversion flushes a result that is subnormal in float32.
-            if image.dtype == np.float64 and _smallest(image) < _FLT_MIN:
-                _ftz(crops)
+            # conversion flushes a result that is tiny in float32.
+            flush = image.dtype == np.float64 and _smallest(image) < _FLT_MIN
+            crops = _gather(image, batch, rows.nearest[:, :, None], cols.nearest[:, None, :], flush)
         else:
             # Sums of pixels and their products with lerps: bounded by grains.
-            ftz = _flush_if(_pixel_grain(image) * rows.lerp_grain * cols.lerp_grain)
-            crops = _bilinear(image, batch, rows, cols, ftz)
+            bound = _pixel_grain(image) * rows.lerp_grain * cols.lerp_grain
+            crops = _bilinear(image, batch, rows, cols, bound < _FLT_MIN)
         # A sample outside the image is replaced entirely (no blending with in-range neighbours);
         # TF tests the row first, then each column, which selects the same samples.
         crops[~_valid_samples(rows, cols)] = _F32(extrapolation_value)
@@ -276,43 +346,41 @@ def crop_and_resize(
 
 
 def _bilinear(
-    image: np.ndarray,
-    batch: np.ndarray,
-    rows: _Samples,
-    cols: _Samples,
-    ftz: Callable[[np.ndarray], np.ndarray],
+    image: np.ndarray, batch: np.ndarray, rows: _Samples, cols: _Samples, flush: bool
 ) -> np.ndarray:
     """TF's bilinear interpolation of every sample (out-of-range ones included, from pixel 0).
 
     Lerp form ``a + (b - a) * t``, horizontally then vertically, all in float32: with this form an
     inf or NaN corner poisons the result even with weight 0 (``inf + (inf - inf) * 0``), as in TF.
-    ``ftz`` follows every operation (and flushes the corners: denormals-are-zero). Computed in
-    place to keep at most three crop-sized arrays alive.
+    With ``flush``, every operation is flushed as under TF's flush-to-zero (the corners too:
+    denormals-are-zero). Computed in place to keep at most three crop-sized arrays alive.
     """
+    ftz = _ftz if flush else _keep
+    multiply = _multiply_ftz if flush else np.multiply
     top, bottom = rows.low[:, :, None], rows.high[:, :, None]
     left, right = cols.low[:, None, :], cols.high[:, None, :]
     x_lerp = cols.lerp[:, None, :, None]
     y_lerp = rows.lerp[:, :, None, None]
 
-    top_left = ftz(_gather(image, batch, top, left))
-    top_row = ftz(_gather(image, batch, top, right))
+    top_left = _gather(image, batch, top, left, flush)
+    top_row = _gather(image, batch, top, right, flush)
     # top = top_left + (top_right - top_left) * x_lerp
     ftz(np.subtract(top_row, top_left, out=top_row))
-    ftz(np.multiply(top_row, x_lerp, out=top_row))
+    multiply(top_row, x_lerp, out=top_row)
     ftz(np.add(top_row, top_left, out=top_row))
     del top_left
 
-    bottom_left = ftz(_gather(image, batch, bottom, left))
-    bottom_row = ftz(_gather(image, batch, bottom, right))
+    bottom_left = _gather(image, batch, bottom, left, flush)
+    bottom_row = _gather(image, batch, bottom, right, flush)
     # bottom = bottom_left + (bottom_right - bottom_left) * x_lerp
     ftz(np.subtract(bottom_row, bottom_left, out=bottom_row))
-    ftz(np.multiply(bottom_row, x_lerp, out=bottom_row))
+    multiply(bottom_row, x_lerp, out=bottom_row)
     ftz(np.add(bottom_row, bottom_left, out=bottom_row))
     del bottom_left
 
     # crops = top + (bottom - top) * y_lerp
     ftz(np.subtract(bottom_row, top_row, out=bottom_row))
-    ftz(np.multiply(bottom_row, y_lerp, out=bottom_row))
+    multiply(bottom_row, y_lerp, out=bottom_row)
     ftz(np.add(bottom_row, top_row, out=bottom_row))
     return bottom_row
 
@@ -383,21 +451,21 @@ def crop_and_resize_grad_image(
             # Products only: bounded by the smallest factors (a subnormal gradient, read as 0 by
             # TF, gives a product below 2**-126 that is flushed to the same signed 0).
             smallest *= rows.lerp_smallest * cols.lerp_smallest / 4
-            ftz = _flush_if(smallest)
+            multiply = _multiply_if(smallest)
             y_lerp = np.broadcast_to(rows.lerp[:, :, None], valid.shape)[valid]  # (K,)
             x_lerp = np.broadcast_to(cols.lerp[:, None, :], valid.shape)[valid]
             count = sample_grads.shape[1]
             contributions = np.empty((depth, count, 4), out_dtype)
             # float dtop = (1 - y_lerp) * grads(b, y, x, d)
-            dtop = ftz((_ONE - y_lerp) * sample_grads)
+            dtop = multiply(_ONE - y_lerp, sample_grads)
             # += static_cast<T>((1 - x_lerp) * dtop), then x_lerp * dtop
-            contributions[:, :, 0] = ftz((_ONE - x_lerp) * dtop)
-            contributions[:, :, 1] = ftz(x_lerp * dtop)
+            contributions[:, :, 0] = multiply(_ONE - x_lerp, dtop)
+            contributions[:, :, 1] = multiply(x_lerp, dtop)
             del dtop
-            dbottom = ftz(y_lerp * sample_grads)
+            dbottom = multiply(y_lerp, sample_grads)
             del sample_grads
-            contributions[:, :, 2] = ftz((_ONE - x_lerp) * dbottom)
-            contributions[:, :, 3] = ftz(x_lerp * dbottom)
+            contributions[:, :, 2] = multiply(_ONE - x_lerp, dbottom)
+            contributions[:, :, 3] = multiply(x_lerp, dbottom)
             del dbottom
             contributions = contributions.reshape(depth, 4 * count)
         # float16 and float64 sums of these are never subnormal in float32 terms; float32 partial
@@ -505,20 +573,22 @@ def crop_and_resize_grad_boxes(
         x_lerp = cols.lerp[:, None, :, None]
         y_lerp = rows.lerp[:, :, None, None]
         # Sums of pixels and their products with lerps: bounded by grains.
-        ftz = _flush_if(_pixel_grain(image) * min(rows.lerp_grain, cols.lerp_grain))
-        top_left = ftz(_gather(image, batch, top, left))
-        top_right = ftz(_gather(image, batch, top, right))
-        bottom_left = ftz(_gather(image, batch, bottom, left))
-        bottom_right = ftz(_gather(image, batch, bottom, right))
+        bound = _pixel_grain(image) * min(rows.lerp_grain, cols.lerp_grain)
+        flush = bound < _FLT_MIN
+        ftz, multiply = (_ftz, _multiply_ftz) if flush else (_keep, np.multiply)
+        top_left = _gather(image, batch, top, left, flush)
+        top_right = _gather(image, batch, top, right, flush)
+        bottom_left = _gather(image, batch, bottom, left, flush)
+        bottom_right = _gather(image, batch, bottom, right, flush)
         # image_grad_y = (1 - x_lerp) * (bottom_left - top_left) + x_lerp * (bottom_right - top_right)
         image_grad_y = ftz(
-            ftz((_ONE - x_lerp) * ftz(bottom_left - top_left))
-            + ftz(x_lerp * ftz(bottom_right - top_right))
+            multiply(_ONE - x_lerp, ftz(bottom_left - top_left))
+            + multiply(x_lerp, ftz(bottom_right - top_right))
         )
         # image_grad_x = (1 - y_lerp) * (top_right - top_left) + y_lerp * (bottom_right - bottom_left)
         image_grad_x = ftz(
-            ftz((_ONE - y_lerp) * ftz(top_right - top_left))
-            + ftz(y_lerp * ftz(bottom_right - bottom_left))
+            multiply(_ONE - y_lerp, ftz(top_right - top_left))
+            + multiply(y_lerp, ftz(bottom_right - bottom_left))
         )
         del top_left, top_right, bottom_left, bottom_right
         grads_smallest = _smallest(grads)
@@ -532,17 +602,17 @@ def crop_and_resize_grad_boxes(
         ):
             # From here on products only, then the sums: bounded by the smallest factors.
             smallest = _smallest(grad) * grads_smallest / 2
-            _flush_if(smallest)(np.multiply(grad, grads, out=grad))  # image_grad_y *= top_grad
+            _multiply_if(smallest)(grad, grads, out=grad)  # image_grad_y *= top_grad
             if crop > 1:
                 ratio = _F32(size - 1) / _F32(crop - 1)  # height_ratio
                 position = np.arange(crop).astype(_F32) * ratio  # y * height_ratio
                 factors = (_F32(size - 1) - position, position)
                 smallest *= min(_smallest(factors[0]), _smallest(factors[1])) / 2
-                term_ftz = _flush_if(smallest)
+                multiply = _multiply_if(smallest)
                 # grads_boxes(b, 0) += image_grad_y * (image_height - 1 - y * height_ratio)
                 # grads_boxes(b, 2) += image_grad_y * (y * height_ratio)
                 for column, factor in zip((first, second), factors, strict=True):
-                    terms = term_ftz(grad * factor[axis])
+                    terms = multiply(grad, factor[axis])
                     flush = smallest < _SUMMABLE and _grain(terms) < _FLT_MIN
                     grads_boxes[:, column] = _sum_float(terms, valid, flush)
             else:
@@ -581,9 +651,7 @@ def _sum_double(terms: np.ndarray, valid: np.ndarray) -> np.ndarray:
     reproduces, so this is a Python loop over the samples (crop_width * depth steps when
     crop_height == 1), vectorised over the boxes.
     """
-    return _sequential_sum(
-        terms, valid, lambda acc, term: _ftz((acc.astype(np.float64) + term).astype(_F32))
-    )
+    return _sequential_sum(terms, valid, lambda acc, term: _narrow(acc.astype(np.float64) + term))
 
 
 def _sequential_sum(
