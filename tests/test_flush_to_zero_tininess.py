@@ -94,6 +94,16 @@ def test_a_gradient_just_below_the_smallest_normal_is_zero(backend):
     assert _bits(np.asarray(grads)) == _bits(np.float32([0, 0]))
 
 
+@pytest.mark.parametrize(("box", "crop_size"), [((0, 0, 1, 0), (3, 1)), ((1, 0, 0, 0), (1, 1))])
+def test_a_sample_coordinate_just_below_the_smallest_normal_is_zero(backend, box, crop_size):
+    # height_scale = span / 2 (crop 3) and the centre 0.5 * span (crop 1) are tiny: all samples
+    # are at row 0, 0 (observed in TF 2.21); a coordinate of 2**-126 would give 2**-26.
+    span = np.float32(2.0**-125 * (1 - 2.0**-24))
+    image = np.array([0, 2.0**100], np.float32).reshape(1, 2, 1, 1)
+    crops = _crop(backend, image, [v * span for v in box], crop_size)
+    assert _bits(crops) == _bits(np.zeros(crop_size, np.float32))
+
+
 @pytest.mark.parametrize("method", ["nearest", "bilinear"])
 def test_a_float64_pixel_tiny_in_float32_converts_to_zero(backend, method):
     # static_cast<float>(double): 2**-126 * (1 - 2**-24) -> 0; 2**-126 * (1 - 2**-26) -> 2**-126.

@@ -351,6 +351,16 @@ def test_float64_pixel_just_below_the_smallest_normal_converts_to_zero():
         assert_bits_equal(crop(image, [0, 0, 1, 0], (2, 1), method).reshape(-1), [0, FLT_MIN])
 
 
+@pytest.mark.parametrize(("box", "crop_size"), [((0, 0, 1, 0), (3, 1)), ((1, 0, 0, 0), (1, 1))])
+def test_sample_coordinate_just_below_the_smallest_normal_is_zero(box, crop_size):
+    # span = 2**-125 * (1 - 2**-24): height_scale = span / 2 (crop 3) and the centre 0.5 * span
+    # (crop 1) are tiny, so every sample is at row 0. A coordinate of 2**-126 would give 2**-26.
+    span = np.float32(2.0**-125 * (1 - 2.0**-24))
+    image = image_of([0, 2.0**100], (1, 2, 1, 1))
+    out = crop(image, [v * span for v in box], crop_size)
+    assert_bits_equal(out.reshape(-1), np.zeros(crop_size[0] * crop_size[1]))
+
+
 def test_negative_zero_sample_coordinate_gives_negative_zero_lerp():
     # 1x1 image holding -0.0, crop 1: in_x = 0.5 * (-0.7 + 0) * 0 = -0.0, and TF's
     # x_lerp = in_x - (int)floorf(in_x) = -0.0 - 0 = -0.0; then top = tl + (tr - tl) * x_lerp =

@@ -566,7 +566,8 @@ def _tininess() -> list[Case]:
     """Results just below FLT_MIN: x86 decides underflow after rounding to 24 bits, so TF's
     flush-to-zero turns an exact 2**-126 * (1 - 2**-24) into 0 where gradual underflow rounds it up
     to 2**-126. TF 2.21 (observed): ``window-product`` 0, ``above-window-product`` 2**-126,
-    ``window-gradient`` all 0, ``window-float64-pixel`` [0, 2**-126]."""
+    ``window-gradient`` all 0, ``window-float64-pixel`` [0, 2**-126], ``window-quotient`` and
+    ``window-centre`` all 0 (a sample coordinate of 2**-126 would give 2**-26)."""
     from cropcore_conformance.builders import grad_image
 
     tiny = F32(2.0**-126)
@@ -591,4 +592,13 @@ def _tininess() -> list[Case]:
         np.array([2.0**-126 * (1 - 2.0**-24), 2.0**-126 * (1 - 2.0**-26)]).reshape(1, 2, 1, 1),
         [0, 0, 1, 0], crop_size=(2, 1), methods=("nearest", "bilinear"),
     )  # fmt: skip
+    # Sample coordinates: height_scale = span / 2 and the crop-1 centre 0.5 * span, both tiny.
+    span = F32(2.0**-125 * (1 - 2.0**-24))
+    steep = np.array([0, 2.0**100], F32).reshape(1, 2, 1, 1)
+    cases += forward(
+        C, "window-quotient", steep, [0, 0, span, 0], crop_size=(3, 1), methods=("bilinear",)
+    )
+    cases += forward(
+        C, "window-centre", steep, [span, 0, 0, 0], crop_size=(1, 1), methods=("bilinear",)
+    )
     return cases
