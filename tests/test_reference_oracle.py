@@ -10,7 +10,7 @@ Left out of the suite run, with the reason: TensorFlow's determinism tests
 (``tf-tests/*/test-reproducible-backprop-*``, from ``image_grad_d9m_test.py``) call each gradient
 twice on 64 boxes of 128 x 128 samples and check that the two results are the same bits. The
 oracle is deterministic by construction, and those six cases take about six minutes in Python
-loops; what they compute is covered by the other gradient cases.
+loops. Their values are checked here instead, oracle against kernels, on two of their boxes.
 """
 
 from __future__ import annotations
@@ -104,6 +104,23 @@ def test_kernels_equal_the_oracle_bit_for_bit_on_recorded_cases(case):
     nan = np.isnan(oracle)
     assert np.array_equal(nan, np.isnan(vectorised))  # NaN payloads: TF specifies none
     assert np.array_equal(_bits(vectorised)[~nan], _bits(oracle)[~nan])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_kernels_equal_the_oracle_on_two_boxes_of_tensorflows_determinism_test(dtype):
+    # image_grad_d9m_test.py's inputs (conformance tf_unit_tests._d9m), boxes 0 and 1 only.
+    rng = np.random.RandomState(456)
+    image = rng.uniform(-1, 1, size=(16, 64, 64, 1))
+    boxes = rng.uniform(0, 1.01, size=(64, 4)).astype(np.float32)[:2]
+    box_indices = rng.randint(0, 16, size=64).astype(np.int32)[:2]
+    grads = rng.uniform(-0.001, 0.001, size=(64, 128, 128, 1)).astype(np.float32)[:2]
+    for op, kwargs in (
+        ("grad_image", {"grads": grads, "image_shape": image.shape, "dtype": dtype}),
+        ("grad_boxes", {"grads": grads, "image": image.astype(dtype)}),
+    ):
+        kwargs |= {"boxes": boxes, "box_indices": box_indices, "method": "bilinear"}
+        vectorised, oracle = _call(kernels, op, kwargs), _call(reference, op, kwargs)
+        assert np.array_equal(_bits(vectorised), _bits(oracle)), op
 
 
 # --------------------------------------------------------------------------------------------------

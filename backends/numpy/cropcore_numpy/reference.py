@@ -5,7 +5,9 @@ Requirements, in order of priority:
 1. **Read line by line against** ``tensorflow/core/kernels/image/crop_and_resize_op.cc``: the
    ``CropAndResizePerBox`` lambda of ``functor::CropAndResize<CPUDevice, T>``, the
    ``CropAndResizeBackImgPerBox`` lambda of ``functor::CropAndResizeBackpropImage<CPUDevice, T>``
-   and the loop of ``functor::CropAndResizeBackpropBoxes<CPUDevice, T>``. Same loops, same names
+   and the loop of ``functor::CropAndResizeBackpropBoxes<CPUDevice, T>`` (read at tensorflow
+   commit 0983cbc9; unchanged in these functors since at least c963b834, see
+   notes/tf_semantics.md). Same loops, same names
    (``in_y``, ``top_y_index``, ``y_lerp``, ``top_left``, ...), same order of operations. One loop
    iteration per output element or accumulation; no vectorisation, no shortcuts. It is slow by
    design: it is the specification that :mod:`cropcore_numpy.kernels` is tested equal to, bit for
