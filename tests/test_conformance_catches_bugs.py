@@ -42,6 +42,7 @@ def mutation(name: str, caught_by: str, *edits: tuple[str, str, str]) -> Mutatio
 
 
 K, INIT = "kernels.py", "__init__.py"
+S, G = "samples.py", "gradients.py"  # the kernels' sample coordinates; the gradient ops
 NEAREST = "nearest = np.minimum(low + (lerp >= 0.5), last)"
 GATHER = "return image[batch, y, x].astype(_F32, copy=False)"
 FORWARD_RESULT = "return _from_nhwc(crops, call.channels_first)"
@@ -53,22 +54,22 @@ MUTATIONS = [
     mutation(
         "half-to-even-rounding",
         "tf-vectors tf-tests edge-cases",
-        (K, NEAREST, "nearest = np.minimum(np.rint(inside).astype(np.intp), last)"),
+        (S, NEAREST, "nearest = np.minimum(np.rint(inside).astype(np.intp), last)"),
     ),
     mutation(
         "scale-off-by-one-pixel",
         "tf-vectors tf-tests edge-cases properties gradients",
         (
-            K,
-            "scale = _ftz(_ftz(span * size_minus_one) / _F32(crop - 1))",
-            "scale = _ftz(_ftz(span * _F32(size)) / _F32(crop - 1))",
+            S,
+            "scale = _divide_ftz(_multiply_ftz(span, size_minus_one), _F32(crop - 1))",
+            "scale = _divide_ftz(_multiply_ftz(span, _F32(size)), _F32(crop - 1))",
         ),
     ),
     mutation(
         "crop-size-1-samples-the-start-not-the-centre",
         "tf-vectors tf-tests edge-cases gradients",
         (
-            K,
+            S,
             "centre = 0.5 * total.astype(np.float64) * np.float64(size - 1)",
             "centre = start.astype(np.float64) * np.float64(size - 1)",
         ),
@@ -77,7 +78,7 @@ MUTATIONS = [
         "missed-extrapolation-row",
         "tf-vectors tf-tests edge-cases properties gradients",
         (
-            K,
+            S,
             "return rows.valid[:, :, None] & cols.valid[:, None, :]",
             "return np.ones_like(rows.valid)[:, :, None] & cols.valid[:, None, :]",
         ),
@@ -86,13 +87,13 @@ MUTATIONS = [
         "flip-ignored",
         "tf-vectors tf-tests edge-cases properties gradients",
         (
-            K,
+            S,
             "rows = _samples(boxes[:, 0], boxes[:, 2], image_height, crop_height, **kwargs)",
             "rows = _samples(np.minimum(boxes[:, 0], boxes[:, 2]), "
             "np.maximum(boxes[:, 0], boxes[:, 2]), image_height, crop_height, **kwargs)",
         ),
         (
-            K,
+            S,
             "cols = _samples(boxes[:, 1], boxes[:, 3], image_width, crop_width, **kwargs)",
             "cols = _samples(np.minimum(boxes[:, 1], boxes[:, 3]), "
             "np.maximum(boxes[:, 1], boxes[:, 3]), image_width, crop_width, **kwargs)",
@@ -101,12 +102,12 @@ MUTATIONS = [
     mutation(
         "gradient-accumulated-into-the-wrong-pixel",
         "tf-vectors tf-tests gradients",
-        (K, "pixel(rows.low, cols.high),  # top right", "pixel(rows.high, cols.low),  # top right"),
+        (G, "pixel(rows.low, cols.high),  # top right", "pixel(rows.high, cols.low),  # top right"),
     ),
     mutation(
         "dtype-cast-too-early",
         "tf-vectors gradients",
-        (K, "grads[valid]", "grads[valid].astype(dtype)"),
+        (G, "grads[valid]", "grads[valid].astype(dtype)"),
     ),
     mutation(
         "box-indices-ignored",
@@ -117,7 +118,7 @@ MUTATIONS = [
             "batch = np.zeros_like(box_indices, dtype=np.intp)[:, None, None]",
         ),
         (
-            K,
+            G,
             "row_base = box_indices.astype(np.intp)[:, None] * image_height",
             "row_base = np.zeros_like(box_indices, dtype=np.intp)[:, None] * image_height",
         ),
@@ -126,14 +127,14 @@ MUTATIONS = [
     mutation(
         "nearest-uses-floor",
         "tf-vectors tf-tests edge-cases properties",
-        (K, NEAREST, "nearest = low"),
+        (S, NEAREST, "nearest = low"),
     ),
     mutation(
         "extrapolation-replaced-by-clamping",
         "tf-vectors tf-tests edge-cases properties gradients",
-        (K, RANGE_TEST, "valid = np.ones(coord.shape, bool)"),
+        (S, RANGE_TEST, "valid = np.ones(coord.shape, bool)"),
         (
-            K,
+            S,
             "inside = np.where(valid, coord, _ZERO)",
             "inside = np.clip(np.nan_to_num(coord), _ZERO, _F32(size - 1))",
         ),
@@ -142,7 +143,7 @@ MUTATIONS = [
         "grad-boxes-sign-flip",
         "tf-vectors tf-tests gradients properties",
         (
-            K,
+            G,
             "factors = (_F32(size - 1) - position, position)",
             "factors = (position - _F32(size - 1), position)",
         ),
@@ -150,7 +151,7 @@ MUTATIONS = [
     mutation(
         "output-dtype-float64",
         "tf-vectors tf-tests edge-cases properties round-trips",
-        (K, GATHER, "return image[batch, y, x].astype(np.float64, copy=False)"),
+        (S, GATHER, "return image[batch, y, x].astype(np.float64, copy=False)"),
     ),
     mutation(
         "nchw-treated-as-nhwc",
@@ -171,13 +172,13 @@ MUTATIONS = [
     mutation(
         "nearest-as-floorf-x-plus-half",
         "tf-vectors edge-cases",
-        (K, NEAREST, "nearest = np.minimum(np.floor(inside + _F32(0.5)).astype(np.intp), last)"),
+        (S, NEAREST, "nearest = np.minimum(np.floor(inside + _F32(0.5)).astype(np.intp), last)"),
     ),
     mutation(
         "edge-overshoot-not-extrapolated",
         "tf-vectors edge-cases",
         (
-            K,
+            S,
             RANGE_TEST,
             "valid = (coord >= 0) & (coord <= np.nextafter(_F32(size - 1), _F32(size)))",
         ),
@@ -185,14 +186,14 @@ MUTATIONS = [
     mutation(
         "bilinear-in-float64",
         "tf-vectors edge-cases properties",
-        (K, GATHER, "return image[batch, y, x].astype(np.float64, copy=False)"),
+        (S, GATHER, "return image[batch, y, x].astype(np.float64, copy=False)"),
         (K, "    return bottom_row\n", "    return bottom_row.astype(_F32)\n"),
     ),
     mutation(
         "samples-outside-the-image-contribute-to-the-gradient",
         "tf-vectors gradients properties",
         (
-            K,
+            G,
             "valid = _valid_samples(rows, cols)\n        # Only in-range samples",
             "valid = np.ones_like(_valid_samples(rows, cols))\n        # Only in-range samples",
         ),
@@ -210,7 +211,7 @@ MUTATIONS = [
         "only-the-first-channel",
         "tf-vectors tf-tests edge-cases properties gradients",
         (
-            K,
+            S,
             GATHER,
             "return np.broadcast_to(image[batch, y, x][..., :1], "
             "image[batch, y, x].shape).astype(_F32)",

@@ -315,6 +315,52 @@ def test_subnormal_pixel_is_zero_in_bilinear_arithmetic_but_copied_by_nearest():
     )
 
 
+# x86 decides that a result underflows after rounding it to 24 bits (exponent unbounded), then
+# flushes it: an exact product 2**-126 * (1 - 2**-24) is 0 under TF, though rounding it to the
+# subnormal grid gives 2**-126. Observed in TF 2.21.
+FLT_MIN = np.float32(2.0**-126)
+JUST_BELOW_ONE = np.float32(1 - 2.0**-24)
+
+
+def test_product_just_below_the_smallest_normal_flushes_to_zero():
+    # crop 1: in_y = 0.5 * (y1 + y2) * 1 = 1 - 2**-24; bottom - top = 2**-126; times y_lerp: tiny.
+    image = image_of([0, FLT_MIN], (1, 2, 1, 1))
+    out = crop(image, [JUST_BELOW_ONE, 0, JUST_BELOW_ONE, 0], (1, 1))
+    assert_bits_equal(out.reshape(-1), [0])
+
+
+def test_product_that_rounds_up_to_the_smallest_normal_is_kept():
+    # 2**-126 * (1 + 2**-23) * (1 - 2**-23) = 2**-126 * (1 - 2**-46): rounds to 2**-126 in 24 bits.
+    y = np.float32(1 - 2.0**-23)
+    image = image_of([0, FLT_MIN * np.float32(1 + 2.0**-23)], (1, 2, 1, 1))
+    assert_bits_equal(crop(image, [y, 0, y, 0], (1, 1)).reshape(-1), [FLT_MIN])
+
+
+def test_grad_image_product_just_below_the_smallest_normal_flushes_to_zero():
+    boxes = [JUST_BELOW_ONE, 0, JUST_BELOW_ONE, 0]
+    out = grad_image(np.full((1, 1, 1, 1), FLT_MIN), boxes, (1, 2, 1, 1))
+    assert_bits_equal(out.reshape(-1), [0, 0])
+
+
+def test_float64_pixel_just_below_the_smallest_normal_converts_to_zero():
+    # static_cast<float>(double) flushes too: 2**-126 * (1 - 2**-24) -> 0, (1 - 2**-26) -> 2**-126.
+    image = image_of(
+        [2.0**-126 * (1 - 2.0**-24), 2.0**-126 * (1 - 2.0**-26)], (1, 2, 1, 1), "float64"
+    )
+    for method in ("nearest", "bilinear"):
+        assert_bits_equal(crop(image, [0, 0, 1, 0], (2, 1), method).reshape(-1), [0, FLT_MIN])
+
+
+@pytest.mark.parametrize(("box", "crop_size"), [((0, 0, 1, 0), (3, 1)), ((1, 0, 0, 0), (1, 1))])
+def test_sample_coordinate_just_below_the_smallest_normal_is_zero(box, crop_size):
+    # span = 2**-125 * (1 - 2**-24): height_scale = span / 2 (crop 3) and the centre 0.5 * span
+    # (crop 1) are tiny, so every sample is at row 0. A coordinate of 2**-126 would give 2**-26.
+    span = np.float32(2.0**-125 * (1 - 2.0**-24))
+    image = image_of([0, 2.0**100], (1, 2, 1, 1))
+    out = crop(image, [v * span for v in box], crop_size)
+    assert_bits_equal(out.reshape(-1), np.zeros(crop_size[0] * crop_size[1]))
+
+
 def test_negative_zero_sample_coordinate_gives_negative_zero_lerp():
     # 1x1 image holding -0.0, crop 1: in_x = 0.5 * (-0.7 + 0) * 0 = -0.0, and TF's
     # x_lerp = in_x - (int)floorf(in_x) = -0.0 - 0 = -0.0; then top = tl + (tr - tl) * x_lerp =

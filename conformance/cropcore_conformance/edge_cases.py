@@ -310,4 +310,47 @@ def edge_cases() -> list[Case]:
         *_dtypes(),
         *_layouts(),
         *_crop2d(),
+        *_tininess(),
     ]
+
+
+def _tininess() -> list[Case]:
+    """Results just below FLT_MIN: x86 decides underflow after rounding to 24 bits, so TF's
+    flush-to-zero turns an exact 2**-126 * (1 - 2**-24) into 0 where gradual underflow rounds it up
+    to 2**-126. TF 2.21 (observed): ``window-product`` 0, ``above-window-product`` 2**-126,
+    ``window-gradient`` all 0, ``window-float64-pixel`` [0, 2**-126], ``window-quotient`` and
+    ``window-centre`` all 0 (a sample coordinate of 2**-126 would give 2**-26)."""
+    from cropcore_conformance.builders import grad_image
+
+    tiny = F32(2.0**-126)
+    lerp = F32(1 - 2.0**-24)  # a crop-1 centre at 1 - 2**-24 on a 2-row image
+    above = F32(1 - 2.0**-23)  # 2**-126 * (1 + 2**-23) * (1 - 2**-23) rounds to 2**-126
+    cases: list[Case] = []
+    cases += forward(
+        C, "window-product", np.array([0, tiny], F32).reshape(1, 2, 1, 1),
+        [lerp, 0, lerp, 0], crop_size=(1, 1), methods=("bilinear",),
+    )  # fmt: skip
+    cases += forward(
+        C, "above-window-product",
+        np.array([0, tiny * (1 + F32(2.0**-23))], F32).reshape(1, 2, 1, 1),
+        [above, 0, above, 0], crop_size=(1, 1), methods=("bilinear",),
+    )  # fmt: skip
+    cases += grad_image(
+        C, "window-gradient", np.full((1, 1, 1, 1), tiny, F32), [lerp, 0, lerp, 0], [0],
+        (1, 2, 1, 1), methods=("bilinear",),
+    )  # fmt: skip
+    cases += forward(
+        C, "window-float64-pixel",
+        np.array([2.0**-126 * (1 - 2.0**-24), 2.0**-126 * (1 - 2.0**-26)]).reshape(1, 2, 1, 1),
+        [0, 0, 1, 0], crop_size=(2, 1), methods=("nearest", "bilinear"),
+    )  # fmt: skip
+    # Sample coordinates: height_scale = span / 2 and the crop-1 centre 0.5 * span, both tiny.
+    span = F32(2.0**-125 * (1 - 2.0**-24))
+    steep = np.array([0, 2.0**100], F32).reshape(1, 2, 1, 1)
+    cases += forward(
+        C, "window-quotient", steep, [0, 0, span, 0], crop_size=(3, 1), methods=("bilinear",)
+    )
+    cases += forward(
+        C, "window-centre", steep, [span, 0, 0, 0], crop_size=(1, 1), methods=("bilinear",)
+    )
+    return cases

@@ -85,6 +85,49 @@ def _ftz(x: Tensor) -> Tensor:
     return x.mul_(x.abs() >= _FLT_MIN)
 
 
+# Tininess: x86 (TF's CPU wheel) finds a result tiny, and flushes it, when it is below 2**-126
+# *after rounding to 24 bits* with an unbounded exponent; torch rounds to the subnormal grid
+# instead, which turns an exact product in [2**-126 * (1 - 2**-24), 2**-126 * (1 - 2**-25)) into
+# 2**-126, a normal number. Sums and differences are exact when that small, so testing their
+# result is right; products, quotients and double-to-float conversions go through
+# :func:`_multiply_ftz`, :func:`_divide_ftz` and :func:`_narrow`.
+_TINY = 2.0**-126 * (1 - 2.0**-25)  # a double below this is tiny after rounding to float32
+_SCALE = 2.0**24  # lifts a product near 2**-126 clear of the subnormal range
+
+
+def _untiny(result: Tensor, scaled: Tensor) -> Tensor:
+    """Flush, in place, the elements of flushed ``result`` that are +-2**-126 but tiny for x86.
+
+    ``scaled``: the same operation with one operand times 2**24, exact near 2**-102 (normal), so
+    it rounds as x86 does: the result was tiny iff ``|scaled| < 2**-102``.
+    """
+    tiny = (result.abs() == _FLT_MIN) & (scaled.abs() < _FLT_MIN * _SCALE)
+    return result.mul_(~tiny)  # x * 0 keeps the sign
+
+
+def _multiply_ftz(a: Tensor, b: Tensor) -> Tensor:
+    """float32 ``a * b`` as TF's CPU computes it (flush-to-zero, tininess after rounding): new.
+
+    ``a``, ``b``: broadcastable float32, already flushed (or one of them at most 1 in magnitude):
+    a product of +-2**-126 then has both factors at most 1 + 2**-24, so ``a * 2**24`` cannot
+    overflow there.
+    """
+    product = _ftz(a * b)
+    if product.device.type == "cpu" and not bool((product.abs() == _FLT_MIN).any()):
+        return product  # nothing on the edge (skipped on CPU only: no device sync elsewhere)
+    return _untiny(product, (a * _SCALE) * b)
+
+
+def _divide_ftz(a: Tensor, divisor: Tensor) -> Tensor:
+    """float32 ``a / divisor`` for flushed ``a`` and ``divisor >= 1``, as :func:`_multiply_ftz`."""
+    return _untiny(_ftz(a / divisor), (a * _SCALE) / divisor)
+
+
+def _narrow(x: Tensor) -> Tensor:
+    """``static_cast<float>`` of float64 ``x`` under flush-to-zero: float32, tiny values to +-0."""
+    return x.float().mul_(x.abs() >= _TINY)
+
+
 def _may_underflow_in_sums(terms: Tensor) -> bool:
     """Whether float32 sums of ``terms`` can have subnormal partial sums (CPU only: a host read)."""
     if terms.device.type != "cpu" or terms.numel() == 0:
@@ -97,7 +140,7 @@ def _keep(x: Tensor) -> Tensor:
 
 
 def _smallest(x: Tensor) -> float:
-    """The smallest nonzero finite magnitude of ``x``, as a float32 value (inf if none).
+    """The smallest nonzero finite magnitude of ``x`` (inf if none, or beyond float32's range).
 
     Reads the data: used on CPU only, to skip flushing where it provably changes nothing.
     """
@@ -105,8 +148,8 @@ def _smallest(x: Tensor) -> float:
         return math.inf
     magnitude = x.detach().abs()
     magnitude = torch.where((magnitude > 0) & torch.isfinite(magnitude), magnitude, math.inf)
-    value = float(magnitude.min())
-    return float(torch.tensor(value, dtype=torch.float32)) if math.isfinite(value) else math.inf
+    value = float(magnitude.min())  # exact: a float64 below 2**-126 stays below it
+    return value if value <= torch.finfo(torch.float32).max else math.inf
 
 
 def _grain(x: Tensor) -> float:
@@ -119,6 +162,7 @@ def _grain(x: Tensor) -> float:
     smallest = _smallest(x)
     if smallest == math.inf:
         return math.inf
+    smallest = float(torch.tensor(smallest, dtype=torch.float32))  # as float32 (a tiny one: 0)
     return 2.0 ** (math.frexp(max(smallest, 2.0**-149))[1] - 24)  # the float32 ulp at `smallest`
 
 
@@ -131,12 +175,15 @@ def _pixel_grain(image: Tensor) -> float:
     return _grain(image)
 
 
-def _flush_if(device: torch.device, bound) -> Callable[[Tensor], Tensor]:
-    """:func:`_ftz` unless, on CPU, ``bound()`` (a lower bound of every nonzero intermediate
-    magnitude) proves no subnormal can occur. Other devices always flush (no host reads)."""
-    if device.type != "cpu":
-        return _ftz
-    return _ftz if bound() < _FLT_MIN else _keep
+def _flush_if(
+    device: torch.device, bound
+) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor, Tensor], Tensor]]:
+    """``(flush, multiply)``: :func:`_ftz` and :func:`_multiply_ftz`, unless, on CPU, ``bound()``
+    (a lower bound of every nonzero intermediate magnitude) proves no subnormal can occur; then
+    no flush and ``torch.mul``. Other devices always flush (no host reads)."""
+    if device.type != "cpu" or bound() < _FLT_MIN:
+        return _ftz, _multiply_ftz
+    return _keep, torch.mul
 
 
 def _lerp_grain(samples: Samples) -> float:
@@ -164,19 +211,21 @@ def _coordinates(
         # `0.5 * (y1 + y2) * (image_height - 1)`: a float sum, then double products (the literal 0.5
         # is a double), rounded to float once, on assignment.
         centre = _ftz(start + end).double() * 0.5 * float(size - 1)
-        return _ftz(centre.float())[:, None]
+        return _narrow(centre)[:, None]
     crop_minus_one = _full(float(crop - 1), start)
     span = _ftz(end - start)  # can overflow float32 (y1=-3e38, y2=3e38): inf, then NaN below
     if ratio_first:
         # CropAndResizeGradBoxes: height_ratio = float(H - 1) / (ch - 1) first, then (y2 - y1) * it.
-        scale = _ftz(span * (size_minus_one / crop_minus_one))
+        scale = _multiply_ftz(span, size_minus_one / crop_minus_one)
     else:
         # CropAndResize, CropAndResizeGradImage: (y2 - y1) * (image_height - 1) / (crop_height - 1),
         # left to right.
-        scale = _ftz(_ftz(span * size_minus_one) / crop_minus_one)
+        scale = _divide_ftz(_multiply_ftz(span, size_minus_one), crop_minus_one)
     steps = torch.arange(crop, device=start.device).to(torch.float32)  # the int y, as a float
     # in_y = y1 * (image_height - 1) + y * height_scale, each product rounded to float32.
-    return _ftz(_ftz(start * size_minus_one)[:, None] + _ftz(steps * scale[:, None]))
+    return _ftz(
+        _multiply_ftz(start, size_minus_one)[:, None] + _multiply_ftz(steps, scale[:, None])
+    )
 
 
 def _samples(start: Tensor, end: Tensor, size: int, crop: int, *, ratio_first: bool) -> Samples:
@@ -377,12 +426,23 @@ def _box_chunks(num_boxes: int, elements_per_box: int, device: torch.device) -> 
     return [slice(start, min(start + step, num_boxes)) for start in range(0, num_boxes, step)]
 
 
-def _gather(image: Tensor, batch: Tensor, y: Tensor, x: Tensor) -> Tensor:
+def _gather(
+    image: Tensor,
+    batch: Tensor,
+    y: Tensor,
+    x: Tensor,
+    ftz: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
     """``float(image[b, y, x, :])`` for every sample: float32 (N, crop_height, crop_width, depth).
 
     ``image``: NHWC (any strides); ``batch`` (N, 1, 1), ``y`` (N, crop_height, 1), ``x``
-    (N, 1, crop_width): int64. TF casts each pixel to float32 before any arithmetic.
+    (N, 1, crop_width): int64. TF casts each pixel to float32 before any arithmetic; with ``ftz``
+    :func:`_ftz`, under flush-to-zero (a subnormal float32, or a float64 tiny in float32, is 0).
     """
+    if ftz is _ftz:
+        if image.dtype == torch.float64:
+            return _narrow(image[batch, y, x])
+        return _ftz(image[batch, y, x].to(torch.float32))
     return image[batch, y, x].to(torch.float32)
 
 
@@ -455,45 +515,58 @@ def _crop(
     rows, cols = box_samples(boxes, image_height, image_width, crop_size)
     batch = box_indices.to(torch.int64)[:, None, None]
     if method == "nearest":
-        crops = _gather(image, batch, rows.nearest[:, :, None], cols.nearest[:, None, :])
         # A float32 pixel is copied as is (subnormals too); converting a float64 one flushes.
-        if image.dtype == torch.float64:
-            _ftz(crops)
+        flush = _ftz if image.dtype == torch.float64 else None
+        crops = _gather(image, batch, rows.nearest[:, :, None], cols.nearest[:, None, :], flush)
     else:
         # Sums of pixels and their products with lerps: bounded by grains.
-        ftz = _flush_if(image.device, lambda: pixel_grain * _lerp_grain(rows) * _lerp_grain(cols))
-        crops = _bilinear(image, batch, rows, cols, ftz)
+        arithmetic = _flush_if(
+            image.device, lambda: pixel_grain * _lerp_grain(rows) * _lerp_grain(cols)
+        )
+        crops = _bilinear(image, batch, rows, cols, *arithmetic)
     # A sample outside the image is replaced entirely (no blending with in-range neighbours).
     inside = rows.valid[:, :, None, None] & cols.valid[:, None, :, None]
     return crops.masked_fill_(~inside, float(extrapolation_value))
 
 
 def _bilinear(
-    image: Tensor, batch: Tensor, rows: Samples, cols: Samples, ftz: Callable[[Tensor], Tensor]
+    image: Tensor,
+    batch: Tensor,
+    rows: Samples,
+    cols: Samples,
+    ftz: Callable[[Tensor], Tensor],
+    multiply: Callable[[Tensor, Tensor], Tensor],
 ) -> Tensor:
     """TF's bilinear interpolation of every sample (out-of-range ones too, from pixel 0).
 
-    Lerp form ``a + (b - a) * t``, horizontally then vertically, all float32, each operation
-    followed by ``ftz`` (the corners too: denormals-are-zero); in place, to keep at most three
-    crop-sized tensors alive.
+    Lerp form ``a + (b - a) * t``, horizontally then vertically, all float32, each sum followed
+    by ``ftz`` (the corners too: denormals-are-zero), each product done by ``multiply`` (see
+    :func:`_flush_if`); in place where nothing is flushed, to keep at most three crop-sized
+    tensors alive.
     """
     top, bottom = rows.low[:, :, None], rows.high[:, :, None]
     left, right = cols.low[:, None, :], cols.high[:, None, :]
     x_lerp = cols.lerp[:, None, :, None]
     y_lerp = rows.lerp[:, :, None, None]
 
-    top_left = ftz(_gather(image, batch, top, left))
-    top_row = ftz(_gather(image, batch, top, right))
+    def lerp(low: Tensor, high: Tensor, weight: Tensor) -> Tensor:
+        """``low + (high - low) * weight``, overwriting ``high``."""
+        if multiply is torch.mul:
+            return high.sub_(low).mul_(weight).add_(low)
+        return ftz(multiply(ftz(high.sub_(low)), weight).add_(low))
+
+    top_left = _gather(image, batch, top, left, ftz)
+    top_row = _gather(image, batch, top, right, ftz)
     # top = top_left + (top_right - top_left) * x_lerp
-    ftz(ftz(ftz(top_row.sub_(top_left)).mul_(x_lerp)).add_(top_left))
+    top_row = lerp(top_left, top_row, x_lerp)
     del top_left
-    bottom_left = ftz(_gather(image, batch, bottom, left))
-    bottom_row = ftz(_gather(image, batch, bottom, right))
+    bottom_left = _gather(image, batch, bottom, left, ftz)
+    bottom_row = _gather(image, batch, bottom, right, ftz)
     # bottom = bottom_left + (bottom_right - bottom_left) * x_lerp
-    ftz(ftz(ftz(bottom_row.sub_(bottom_left)).mul_(x_lerp)).add_(bottom_left))
+    bottom_row = lerp(bottom_left, bottom_row, x_lerp)
     del bottom_left
     # crops = top + (bottom - top) * y_lerp
-    return ftz(ftz(ftz(bottom_row.sub_(top_row)).mul_(y_lerp)).add_(top_row))
+    return lerp(top_row, bottom_row, y_lerp)
 
 
 def crop_and_resize_grad_image(
@@ -555,7 +628,7 @@ def _add_grad_image(
     sample_grads = torch.where(valid, grads, _full(0.0, grads))
     # Products only: bounded by the smallest factors (a subnormal gradient gives a product below
     # 2**-126, flushed to the same signed 0 that reading it as 0 would give).
-    ftz = _flush_if(
+    ftz, multiply = _flush_if(
         grads.device,
         lambda: _smallest(sample_grads) * _lerp_smallest(rows) * _lerp_smallest(cols) / 4,
     )
@@ -585,13 +658,18 @@ def _add_grad_image(
         one = _full(1.0, grads)
         y_lerp = rows.lerp[:, :, None, None]
         x_lerp = cols.lerp[:, None, :, None]
-        dtop = ftz((one - y_lerp) * sample_grads)  # float dtop = (1 - y_lerp) * grads(b, y, x, d)
-        dbottom = ftz(y_lerp * sample_grads)
+        dtop = multiply(one - y_lerp, sample_grads)  # float dtop = (1 - y_lerp) * grads(b, y, x, d)
+        dbottom = multiply(y_lerp, sample_grads)
         contributions = torch.stack(
-            [(one - x_lerp) * dtop, x_lerp * dtop, (one - x_lerp) * dbottom, x_lerp * dbottom],
+            [
+                multiply(one - x_lerp, dtop),
+                multiply(x_lerp, dtop),
+                multiply(one - x_lerp, dbottom),
+                multiply(x_lerp, dbottom),
+            ],
             dim=3,
         )
-        contributions = ftz(contributions).to(dtype)  # static_cast<T>(...) of each float product
+        contributions = contributions.to(dtype)  # static_cast<T>(...) of each float product
     contributions = contributions.reshape(targets.shape[0], depth)
     if dtype == torch.float32 and _may_underflow_in_sums(contributions):
         # Only in-range samples: a flushed sum can be -0.0, which adding +0.0 would change.
@@ -677,7 +755,7 @@ def _grad_boxes(
     left, right = cols.low[:, None, :], cols.high[:, None, :]
     # One bound for every float32 intermediate: sums of pixels times lerps (their grains), times a
     # gradient, times a position factor (at least 2**-31), each product rounding down at most 2x.
-    ftz = _flush_if(
+    ftz, multiply = _flush_if(
         grads.device,
         lambda: (
             pixel_grain
@@ -687,18 +765,18 @@ def _grad_boxes(
             / 4
         ),
     )
-    top_left = ftz(_gather(image_nhwc, batch, top, left))
-    top_right = ftz(_gather(image_nhwc, batch, top, right))
-    bottom_left = ftz(_gather(image_nhwc, batch, bottom, left))
-    bottom_right = ftz(_gather(image_nhwc, batch, bottom, right))
+    top_left = _gather(image_nhwc, batch, top, left, ftz)
+    top_right = _gather(image_nhwc, batch, top, right, ftz)
+    bottom_left = _gather(image_nhwc, batch, bottom, left, ftz)
+    bottom_right = _gather(image_nhwc, batch, bottom, right, ftz)
     one = _full(1.0, grads)
     x_lerp = cols.lerp[:, None, :, None]
     y_lerp = rows.lerp[:, :, None, None]
 
     def lerp_sum(a: Tensor, a_low: Tensor, a_high: Tensor, b_low: Tensor, b_high: Tensor) -> Tensor:
         """(1 - a) * (a_high - a_low) + a * (b_high - b_low), every operation flushed."""
-        first = ftz(ftz(one - a) * ftz(a_high - a_low))
-        return ftz(first.add_(ftz(a * ftz(b_high - b_low))))
+        first = multiply(ftz(one - a), ftz(a_high - a_low))
+        return ftz(first.add_(multiply(a, ftz(b_high - b_low))))
 
     # image_grad_y = (1 - x_lerp) * (bottom_left - top_left) + x_lerp * (bottom_right - top_right)
     image_grad_y = lerp_sum(x_lerp, top_left, bottom_left, top_right, bottom_right)
@@ -706,8 +784,12 @@ def _grad_boxes(
     image_grad_x = lerp_sum(y_lerp, top_left, top_right, bottom_left, bottom_right)
     del top_left, top_right, bottom_left, bottom_right
     grads = ftz(grads.to(torch.float32, copy=True))  # denormals-are-zero
-    ftz(image_grad_y.mul_(grads))  # image_grad_y *= top_grad
-    ftz(image_grad_x.mul_(grads))
+    if multiply is torch.mul:  # in place: no flush
+        image_grad_y.mul_(grads)  # image_grad_y *= top_grad
+        image_grad_x.mul_(grads)
+    else:
+        image_grad_y = multiply(image_grad_y, grads)
+        image_grad_x = multiply(image_grad_x, grads)
 
     columns = []
     for grad, size, crop, steps_shape in (
@@ -720,9 +802,9 @@ def _grad_boxes(
             position = torch.arange(crop, device=grads.device).to(torch.float32) * ratio
             position = position.view(steps_shape)  # y * height_ratio
             # grads_boxes(b, 0) += image_grad_y * (image_height - 1 - y * height_ratio)
-            first = _sum_float(ftz(grad * ftz(size_minus_one - position)), valid)
+            first = _sum_float(multiply(grad, ftz(size_minus_one - position)), valid)
             # grads_boxes(b, 2) += image_grad_y * (y * height_ratio)
-            second = _sum_float(ftz(grad * position), valid)
+            second = _sum_float(multiply(grad, position), valid)
         else:
             # grads_boxes(b, 0) += image_grad_y * 0.5 * (image_height - 1): double products
             first = second = _sum_double(grad.double() * 0.5 * float(size - 1), valid)
@@ -761,7 +843,7 @@ def _sum_double(terms: Tensor, valid: Tensor) -> Tensor:
     num_boxes, steps = terms.shape[0], math.prod(terms.shape[1:])
     keep = valid.expand(terms.shape).reshape(num_boxes, steps)
     flat = terms.reshape(num_boxes, steps)
-    return _sequential_sum(flat, keep, lambda acc, term: _ftz((acc.double() + term).float()))
+    return _sequential_sum(flat, keep, lambda acc, term: _narrow(acc.double() + term))
 
 
 def _sequential_sum(flat: Tensor, keep: Tensor, add) -> Tensor:

@@ -8,7 +8,10 @@ conformance suite checks:
   operation here (NumPy never fuses ``a * b + c``). Where TF computes in double (the crop-size-1
   centre, the GradBoxes ``float += double``), Python floats (doubles) are used.
 - **TF's floating-point environment**: flush-to-zero and denormals-are-zero. :func:`flush` turns
-  a subnormal float32 into a zero of the same sign, after every operation.
+  a subnormal float32 into a zero of the same sign, after every sum and difference. Products,
+  quotients and double-to-float conversions go through :func:`mul`, :func:`div` and
+  :func:`narrow`, because x86 decides that a result is tiny after rounding it to 24 bits:
+  ``2**-126 * (1 - 2**-24)`` is 0 under TF, where rounding to float32 first gives ``2**-126``.
 - **Safe coordinates**: a sample coordinate that is not finite is outside the image (TF's CPU
   kernel would crash), and nearest rounds half away from zero (``floor(x + 0.5)`` in double).
 
@@ -29,18 +32,40 @@ def flush(x):
     return np.where(np.abs(x) < TINY, x * F32(0), x)
 
 
+def narrow(x):
+    """Double ``x`` rounded to float32 under flush-to-zero: below this bound, x86 rounds to 24 bits
+    under 2**-126 and flushes, so the result is a zero of the same sign."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.where(np.abs(x) < 2.0**-126 * (1 - 2.0**-25), x * 0, x).astype(F32)
+
+
+def mul(a, b):
+    """float32 ``a * b``: exact in double, then :func:`narrow`."""
+    return narrow(np.multiply(a, b, dtype=np.float64))
+
+
+def div(a, b):
+    """float32 ``a / b``: rounding in double first changes no float32 result, then :func:`narrow`."""
+    return narrow(np.divide(a, b, dtype=np.float64))
+
+
+def pixels(values):
+    """``static_cast<float>`` of gathered pixels, read as operands (denormals-are-zero)."""
+    return narrow(values) if values.dtype == np.float64 else flush(values.astype(F32))
+
+
 def coordinates(start, end, size: int, crop: int, ratio_first: bool = False) -> np.ndarray:
     """The ``crop`` sample coordinates between normalised edges ``start`` and ``end`` (float32)."""
     start, end = flush(start), flush(end)
     if crop == 1:  # the box centre: `0.5 * (y1 + y2) * (image_height - 1)`, in double
-        return flush(np.array([0.5 * float(flush(start + end)) * (size - 1)]))
+        return narrow([0.5 * float(flush(start + end)) * (size - 1)])
     span = flush(end - start)
     if ratio_first:  # CropAndResizeGradBoxes rounds (H - 1) / (ch - 1) first
-        scale = flush(span * (F32(size - 1) / F32(crop - 1)))
+        scale = mul(span, F32(size - 1) / F32(crop - 1))
     else:
-        scale = flush(flush(span * F32(size - 1)) / F32(crop - 1))
+        scale = div(mul(span, F32(size - 1)), F32(crop - 1))
     steps = np.arange(crop, dtype=F32)
-    return flush(flush(start * F32(size - 1)) + flush(steps * scale))
+    return flush(mul(start, F32(size - 1)) + mul(steps, scale))
 
 
 def inside(coordinate, size: int):
@@ -84,9 +109,8 @@ def _crop_and_resize(image, boxes, box_indices, crop_size, method, extrapolation
                 continue
             if method == "nearest":
                 row = picture[nearest_index(np.array(in_y), height), nearest_index(xs, width)]
-                row = row.astype(F32)
-                if image.dtype == np.float64:
-                    row = flush(row)  # the float64 -> float32 conversion flushes
+                # A float32 pixel is copied; the float64 -> float32 conversion flushes.
+                row = narrow(row) if image.dtype == np.float64 else row.astype(F32)
             else:
                 row = _bilinear_row(picture, in_y, xs, height, width)
             row[~x_ok] = fill
@@ -98,13 +122,13 @@ def _bilinear_row(picture, in_y, xs, height, width):
     top, bottom, y_lerp = neighbours(np.array(in_y), height)
     left, right, x_lerp = neighbours(xs, width)
     x_lerp = x_lerp[:, None]
-    top_left = flush(picture[top, left].astype(F32))
-    top_right = flush(picture[top, right].astype(F32))
-    bottom_left = flush(picture[bottom, left].astype(F32))
-    bottom_right = flush(picture[bottom, right].astype(F32))
-    upper = flush(top_left + flush(flush(top_right - top_left) * x_lerp))
-    lower = flush(bottom_left + flush(flush(bottom_right - bottom_left) * x_lerp))
-    return flush(upper + flush(flush(lower - upper) * y_lerp))
+    top_left = pixels(picture[top, left])
+    top_right = pixels(picture[top, right])
+    bottom_left = pixels(picture[bottom, left])
+    bottom_right = pixels(picture[bottom, right])
+    upper = flush(top_left + mul(flush(top_right - top_left), x_lerp))
+    lower = flush(bottom_left + mul(flush(bottom_right - bottom_left), x_lerp))
+    return flush(upper + mul(flush(lower - upper), y_lerp))
 
 
 def crop_and_resize_grad_image(grads, boxes, box_indices, image_shape, method, dtype):
@@ -135,13 +159,13 @@ def _grad_image(grads, boxes, box_indices, image_shape, method, dtype):
                 top, bottom, y_lerp = neighbours(np.array(ys[y]), height)
                 left, right, x_lerp = neighbours(xs[columns], width)
                 x_lerp = x_lerp[:, None]
-                dtop = flush((F32(1) - y_lerp) * g)
-                dbottom = flush(y_lerp * g)
+                dtop = mul(F32(1) - y_lerp, g)
+                dbottom = mul(y_lerp, g)
                 corners = [
-                    ((base + top) * width + left, flush((F32(1) - x_lerp) * dtop)),
-                    ((base + top) * width + right, flush(x_lerp * dtop)),
-                    ((base + bottom) * width + left, flush((F32(1) - x_lerp) * dbottom)),
-                    ((base + bottom) * width + right, flush(x_lerp * dbottom)),
+                    ((base + top) * width + left, mul(F32(1) - x_lerp, dtop)),
+                    ((base + top) * width + right, mul(x_lerp, dtop)),
+                    ((base + bottom) * width + left, mul(F32(1) - x_lerp, dbottom)),
+                    ((base + bottom) * width + right, mul(x_lerp, dbottom)),
                 ]
                 # TF's order: column by column, corners TL, TR, BL, BR.
                 targets = np.stack([t for t, _ in corners], axis=1).reshape(-1)
@@ -182,15 +206,15 @@ def _grad_boxes(grads, image, boxes, box_indices):
                 continue
             grad_y, grad_x = _image_gradients(picture, ys[y], xs[columns], height, width)
             g = flush(grads[b, y, columns].astype(F32))
-            grad_y, grad_x = flush(grad_y * g), flush(grad_x * g)
+            grad_y, grad_x = mul(grad_y, g), mul(grad_x, g)
             for image_grad, size, crop, first, second, position in (
                 (grad_y, height, crop_height, 0, 2, np.full((len(columns), 1), y, F32)),
                 (grad_x, width, crop_width, 1, 3, columns.astype(F32)[:, None]),
             ):
                 if crop > 1:
                     at = position * (F32(size - 1) / F32(crop - 1))  # y * height_ratio
-                    terms[first].append(flush(image_grad * (F32(size - 1) - at)).ravel())
-                    terms[second].append(flush(image_grad * at).ravel())
+                    terms[first].append(mul(image_grad, F32(size - 1) - at).ravel())
+                    terms[second].append(mul(image_grad, at).ravel())
                 else:  # `image_grad_y * 0.5 * (image_height - 1)`: a double product
                     doubles = image_grad.astype(np.float64).ravel() * 0.5 * (size - 1)
                     terms[first].append(doubles)
@@ -205,18 +229,18 @@ def _image_gradients(picture, in_y, xs, height, width):
     top, bottom, y_lerp = neighbours(np.array(in_y), height)
     left, right, x_lerp = neighbours(xs, width)
     x_lerp = x_lerp[:, None]
-    top_left = flush(picture[top, left].astype(F32))
-    top_right = flush(picture[top, right].astype(F32))
-    bottom_left = flush(picture[bottom, left].astype(F32))
-    bottom_right = flush(picture[bottom, right].astype(F32))
+    top_left = pixels(picture[top, left])
+    top_right = pixels(picture[top, right])
+    bottom_left = pixels(picture[bottom, left])
+    bottom_right = pixels(picture[bottom, right])
     one = F32(1)
     grad_y = flush(
-        flush((one - x_lerp) * flush(bottom_left - top_left))
-        + flush(x_lerp * flush(bottom_right - top_right))
+        mul(one - x_lerp, flush(bottom_left - top_left))
+        + mul(x_lerp, flush(bottom_right - top_right))
     )
     grad_x = flush(
-        flush((one - y_lerp) * flush(top_right - top_left))
-        + flush(y_lerp * flush(bottom_right - bottom_left))
+        mul(one - y_lerp, flush(top_right - top_left))
+        + mul(y_lerp, flush(bottom_right - bottom_left))
     )
     return grad_y, grad_x
 
@@ -226,7 +250,7 @@ def _sum(terms) -> F32:
     acc = F32(0)
     if terms.dtype == np.float64:
         for term in terms:
-            acc = flush(F32(float(acc) + float(term)))
+            acc = narrow(float(acc) + float(term))
         return F32(acc)
     small = np.abs(terms[terms != 0])
     if len(small) and small.min() < 2.0**-102:  # a partial sum could be subnormal
