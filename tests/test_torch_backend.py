@@ -20,6 +20,7 @@ torch = pytest.importorskip("torch")
 
 import cropcore  # noqa: E402
 import cropcore_torch  # noqa: E402
+from cropcore import native  # noqa: E402
 from cropcore.errors import OutputTooLargeError  # noqa: E402
 from cropcore.registry import registry  # noqa: E402
 from cropcore_torch import CropAndResize, Cropping2D, _native, kernels  # noqa: E402
@@ -160,6 +161,29 @@ def test_compiled_sample_tables_equal_the_torch_ones(ratio_first):
         for got_axis, expected_axis in zip(native, expected, strict=True):
             for got, want in zip(got_axis, expected_axis, strict=True):
                 assert_bits_equal(got, want.numpy())
+
+
+def test_native_loops_are_built_from_their_c_file_and_the_shared_arithmetic_header():
+    sources = _native._sources()  # what the build cache is keyed on
+    assert set(sources) == {"_native.c", native.HEADER}
+    assert f'#include "{native.HEADER}"' in sources["_native.c"]
+    assert "cropcore_bilinear(" in sources["_native.c"]
+
+
+def test_sizes_beyond_the_shared_arithmetic_run_the_torch_ops(monkeypatch):
+    if not _native.available():
+        pytest.skip(_native.status())
+    assert _native._in_range(1 << 24, 1, (1, (1 << 31) - 1))
+    assert not _native._in_range((1 << 24) + 1, 1, (1, 1))
+    monkeypatch.setattr(_native, "_MAX_IMAGE_SIDE", 4)  # this image is then "too large"
+    calls = []
+    monkeypatch.setattr(_native, "_box_samples", lambda *a, **k: calls.append(a))
+    image, boxes, box_indices = make_case(21)
+    got = cropcore.crop_and_resize(
+        torch.from_numpy(image), boxes, box_indices, (3, 3), backend="torch"
+    )
+    assert not calls
+    assert_bits_equal(got, reference("crop_and_resize", image, boxes, box_indices, (3, 3)))
 
 
 def test_without_a_c_compiler_the_torch_ops_run_instead(monkeypatch, caplog):
