@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 
 import cropcore  # noqa: E402
 import cropcore_torch  # noqa: E402
-from cropcore import native  # noqa: E402
+from cropcore import hostmem, native  # noqa: E402
 from cropcore.errors import OutputTooLargeError  # noqa: E402
 from cropcore.registry import registry  # noqa: E402
 from cropcore_torch import CropAndResize, Cropping2D, _native, kernels  # noqa: E402
@@ -405,7 +405,7 @@ def test_large_calls_split_over_threads_and_stream_equal_reference(path, monkeyp
 
 
 def test_recycled_result_memory_never_overwrites_a_live_result(path, monkeypatch):
-    monkeypatch.setattr(kernels._HostMemory, "min_bytes", 0)
+    monkeypatch.setattr(hostmem.pool(), "min_bytes", 0)
     image = torch.rand(1, 20, 20, 3)
     first = cropcore.crop_and_resize(image, [[0, 0, 1, 1]], [0], (30, 30))
     kept = first.clone()

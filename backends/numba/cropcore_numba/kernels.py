@@ -18,7 +18,7 @@ Requirements, in order of priority:
    *crop rows* (box, y), so a few large crops use every core as well as many small ones. The
    channel loop is innermost and contiguous in NHWC, the column loop in NCHW. Flat indices are
    unsigned (:data:`_at`), which lets LLVM vectorise the channel loops. Large results reuse the
-   memory of dropped ones (:class:`_OutputPool`), as TF's allocator does, instead of paying the
+   memory of dropped ones (:mod:`cropcore.hostmem`), as TF's allocator does, instead of paying the
    kernel's page faults again.
 4. **Deterministic image gradient, in TF's order.** TF accumulates the image gradient with ``+=``
    from box to box; several threads doing that would race. Here each thread owns whole blocks of
@@ -44,8 +44,6 @@ as NumPy (round to nearest even, through float32).
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import math
 import os
 import platform
@@ -59,6 +57,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 from numba.np.ufunc import parallel as _numba_parallel
+
+from cropcore import hostmem
 
 __all__ = [
     "crop_and_resize",
@@ -1108,88 +1108,6 @@ def _grad_boxes_parallel(grads, image, lut, boxes, box_indices, out):  # pragma:
 # Output memory
 
 
-class _Lease:
-    """Lends a pooled block as one array; the block goes back to the pool when the array dies.
-
-    NumPy keeps this object as the ``base`` of the array built from its ``__array_interface__``
-    (and of every view of that array), so ``__del__`` runs only when no view is left.
-    """
-
-    __slots__ = ("__array_interface__", "_block", "_pool")
-
-    def __init__(self, block: np.ndarray, pool: _OutputPool, shape: tuple, dtype: np.dtype):
-        self._block = block
-        self._pool = pool
-        self.__array_interface__ = {
-            "data": (block.ctypes.data, False),
-            "shape": shape,
-            "typestr": dtype.str,
-            "version": 3,
-        }
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):  # at interpreter shutdown, nothing to give back to
-            self._pool.release(self._block)
-
-
-class _OutputPool:
-    """Recycles the memory of large results, as TensorFlow's allocator does.
-
-    A fresh 100 MB array costs about as much in page faults (the kernel zeroing every page) as
-    computing the crops that fill it. Results of at least :attr:`min_bytes` are lent from here;
-    when the caller drops the last view of one, its block returns to the pool, and a later result
-    of the same size reuses it. At most ``max_bytes`` of free blocks are kept
-    (``CROPCORE_NUMBA_POOL_BYTES``, default 512 MiB; 0 turns the pool off). The kernels overwrite
-    every element of a result, so reused memory never leaks old values.
-    """
-
-    def __init__(self, max_bytes: int, min_bytes: int = 1 << 22) -> None:
-        self.max_bytes = max_bytes
-        self.min_bytes = min_bytes
-        self._free: collections.deque[np.ndarray] = collections.deque()  # appends are atomic
-        self._lock = threading.Lock()
-
-    def empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-        """An uninitialised C-contiguous array, from a recycled block when one fits."""
-        if not isinstance(dtype, np.dtype):
-            dtype = np.dtype(dtype)
-        nbytes = dtype.itemsize * math.prod(shape)
-        if nbytes < self.min_bytes or nbytes > self.max_bytes:
-            return np.empty(shape, dtype)
-        block = self._take(nbytes)
-        if block is None:
-            block = np.empty(nbytes, np.uint8)
-        return np.asarray(_Lease(block, self, tuple(shape), dtype))
-
-    def _take(self, nbytes: int) -> np.ndarray | None:
-        with self._lock:
-            for _ in range(len(self._free)):
-                try:
-                    block = self._free.popleft()
-                except IndexError:
-                    return None
-                if block.nbytes == nbytes:
-                    return block
-                self._free.append(block)
-        return None
-
-    def release(self, block: np.ndarray) -> None:
-        """Called from ``_Lease.__del__`` (any thread, any time): no locks here."""
-        self._free.append(block)
-        while sum(b.nbytes for b in tuple(self._free)) > self.max_bytes:
-            try:
-                self._free.popleft()  # the oldest block goes back to the system
-            except IndexError:
-                break
-
-    def clear(self) -> None:
-        """Give every free block back to the system."""
-        self._free.clear()
-
-
-_pool = _OutputPool(int(os.environ.get("CROPCORE_NUMBA_POOL_BYTES", 512 << 20)))
-
-
 # --------------------------------------------------------------------------------------------------
 # The entry points the plugin calls
 
@@ -1283,13 +1201,13 @@ def crop_and_resize(
         if channels_first
         else (num_boxes, crop_height, crop_width, depth)
     )
-    crops = _pool.empty(shape, _FLOAT32)
+    crops = hostmem.pool().empty(shape, _FLOAT32)
     if crops.size == 0:
         return crops
     if _worth_converting(image, crops.size * (1 if method == "nearest" else 4)):
         # One vectorised pass instead of a conversion per corner read (exact: every integer and
         # half value is a float32, converted with the same rounding).
-        converted = _pool.empty(image.shape, _FLOAT32)
+        converted = hostmem.pool().empty(image.shape, _FLOAT32)
         np.copyto(converted, image, casting="unsafe")
         image = converted
     pixels, lut = _pixels(image)
@@ -1347,7 +1265,7 @@ def crop_and_resize_grad_image(
         crop_size = grads.shape[1:3]
         shape = (batch, height, width, depth)
     out_dtype = _GRAD_DTYPES[dtype]
-    result = _pool.empty(shape, out_dtype)
+    result = hostmem.pool().empty(shape, out_dtype)
     if result.size == 0:
         return result
     lut = None
