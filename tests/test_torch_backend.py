@@ -23,7 +23,7 @@ import cropcore_torch  # noqa: E402
 from cropcore import hostmem, native  # noqa: E402
 from cropcore.errors import OutputTooLargeError  # noqa: E402
 from cropcore.registry import registry  # noqa: E402
-from cropcore_torch import CropAndResize, Cropping2D, _native, kernels  # noqa: E402
+from cropcore_torch import CropAndResize, Cropping2D, _build, _native, kernels  # noqa: E402
 
 DTYPES = ["uint8", "uint16", "int8", "int16", "int32", "int64", "float16", "float32", "float64"]
 FORMATS = ["channels_last", "channels_first"]
@@ -138,7 +138,7 @@ def test_native_status_says_what_runs():
 
 @pytest.mark.parametrize("ratio_first", [False, True])
 def test_compiled_sample_tables_equal_the_torch_ones(ratio_first):
-    lib = _native._library()
+    lib = _native.library()
     if lib is None:
         pytest.skip(_native.status())
     rng = np.random.default_rng(16)
@@ -164,7 +164,7 @@ def test_compiled_sample_tables_equal_the_torch_ones(ratio_first):
 
 
 def test_native_loops_are_built_from_their_c_file_and_the_shared_arithmetic_header():
-    sources = _native._sources()  # what the build cache is keyed on
+    sources = _build._sources()  # what the build cache is keyed on
     assert set(sources) == {"_native.c", native.HEADER}
     assert f'#include "{native.HEADER}"' in sources["_native.c"]
     assert "cropcore_bilinear(" in sources["_native.c"]
@@ -187,7 +187,7 @@ def test_sizes_beyond_the_shared_arithmetic_run_the_torch_ops(monkeypatch):
 
 
 def test_without_a_c_compiler_the_torch_ops_run_instead(monkeypatch, caplog):
-    monkeypatch.setattr(_native, "_state", {})  # forget the library loaded in this process
+    monkeypatch.setattr(_build, "_state", {})  # forget the library loaded in this process
     monkeypatch.setenv("CC", "")
     monkeypatch.setenv("PATH", "")
     monkeypatch.setenv("CROPCORE_TORCH_NATIVE", "1")
