@@ -34,7 +34,7 @@ from hypothesis import strategies as st  # noqa: E402
 import cropcore  # noqa: E402
 from cropcore import hostmem  # noqa: E402
 from cropcore.spec import GRAD_IMAGE_DTYPES, IMAGE_DTYPES  # noqa: E402
-from cropcore_numba import kernels  # noqa: E402
+from cropcore_numba import _arith, kernels  # noqa: E402
 
 BACKEND = "numba"
 REFERENCE = "numpy"
@@ -503,7 +503,7 @@ def test_grad_image_is_deterministic_and_independent_of_the_thread_count():
 @numba.njit(cache=False)
 def _half_bits_of(values, out):  # pragma: no cover - compiled
     for i in range(values.shape[0]):
-        out[i] = kernels._float_to_half_bits(values[i])
+        out[i] = _arith.float_to_half_bits(values[i])
 
 
 def test_float32_to_float16_rounding_matches_numpy_everywhere():
