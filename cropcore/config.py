@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["VARIABLES", "Variable", "get"]
+__all__ = ["VARIABLES", "Variable", "get", "parse"]
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -86,18 +86,26 @@ VARIABLES: dict[str, Variable] = {
             "bytes (default: physical memory for the result, the memory available for the peak)",
         ),
         Variable(
+            "CROPCORE_HOST_POOL_BYTES",
+            _bytes,
+            None,
+            "bytes of dropped host results kept for reuse (cropcore.hostmem), shared by the "
+            "numba and torch backends (512 MiB when unset); 0 turns reuse off; read once",
+            "cropcore.hostmem",
+        ),
+        Variable(
             "CROPCORE_NUMBA_POOL_BYTES",
             _bytes,
-            512 << 20,
-            "bytes of dropped results the numba backend keeps for reuse; 0 turns reuse off",
-            "cropcore_numba",
+            None,
+            "deprecated spelling of CROPCORE_HOST_POOL_BYTES",
+            "cropcore.hostmem",
         ),
         Variable(
             "CROPCORE_TORCH_RECYCLE",
             _flag,
-            True,
-            "whether the torch backend reuses the memory of large CPU results",
-            "cropcore_torch",
+            None,
+            "deprecated: 0 means CROPCORE_HOST_POOL_BYTES=0",
+            "cropcore.hostmem",
         ),
         Variable(
             "CROPCORE_TORCH_NATIVE",
@@ -132,14 +140,18 @@ def _parsed(name: str, text: str) -> Any:
         raise ValueError(f"{name}={text!r}: {exc}") from None
 
 
-def get(name: str) -> Any:
-    """The value of environment variable ``name`` (one of :data:`VARIABLES`), parsed.
+def parse(name: str, text: str | None) -> Any:
+    """``text`` as the value of variable ``name``: its default when ``None`` or empty.
 
-    Its default when it is unset or empty. Raises ``KeyError`` for a name not in the table (a typo
-    in cropcore's own code) and ``ValueError`` for a malformed value.
+    Raises ``KeyError`` for a name not in the table (a typo in cropcore's own code) and
+    ``ValueError``, naming the variable, for a malformed value.
     """
     variable = VARIABLES[name]
-    text = os.environ.get(name)
     if not text:
         return variable.default
     return _parsed(name, text)
+
+
+def get(name: str) -> Any:
+    """The value of environment variable ``name`` (one of :data:`VARIABLES`), parsed (:func:`parse`)."""
+    return parse(name, os.environ.get(name))

@@ -1,8 +1,9 @@
 // Host harness for the CuPy backend's CUDA arithmetic (tests/test_cupy_backend.py builds it).
 //
-// It compiles crop_and_resize.cuh -- the very functions the CUDA kernels call -- with a host C++
-// compiler, and defines one C function per CUDA kernel, with the kernel's name and parameter list,
-// that runs the kernel's loop nest serially: every (row, group) in order, atomics replaced by plain
+// It compiles crop_and_resize.cuh -- the very functions the CUDA kernels call, with the arithmetic
+// header it includes from cropcore.native -- with a host C++ compiler, and defines one C function
+// per CUDA kernel, with the kernel's name and parameter list, that runs the kernel's loop nest
+// serially: every (row, group) in order, atomics replaced by plain
 // additions, the box-gradient reduction tree simulated lane by lane. The tests call these with the
 // argument lists cropcore_cupy._plan builds for the GPU, and compare with the NumPy reference.
 //
@@ -12,26 +13,16 @@
 
 #include "crop_and_resize.cuh"
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <xmmintrin.h>
-struct FlushToZero {
-  unsigned saved;
-  FlushToZero() : saved(_mm_getcsr()) { _mm_setcsr(saved | 0x8040u); }  // FTZ | DAZ
-  ~FlushToZero() { _mm_setcsr(saved); }
-};
-#elif defined(__aarch64__)
-struct FlushToZero {
-  unsigned long saved;
-  FlushToZero() {
-    __asm__ volatile("mrs %0, fpcr" : "=r"(saved));
-    unsigned long fz = saved | (1ul << 24);  // FZ: flush inputs and results
-    __asm__ volatile("msr fpcr, %0" : : "r"(fz));
-  }
-  ~FlushToZero() { __asm__ volatile("msr fpcr, %0" : : "r"(saved)); }
-};
-#else
+#if !CROPCORE_HAS_FTZ
 #error "the harness knows how to enable flush-to-zero on x86 and aarch64 only"
 #endif
+
+// TF's (and the GPU's) modes for the duration of a call: cropcore_fp_enter() of the shared header.
+struct FlushToZero {
+  cropcore_fpenv saved;
+  FlushToZero() : saved(cropcore_fp_enter()) {}
+  ~FlushToZero() { cropcore_fp_leave(saved); }
+};
 
 namespace {
 
@@ -170,5 +161,5 @@ extern "C" void cropcore_test_samples_between(float start, float scale, int crop
 extern "C" void cropcore_test_coords(float start, float scale, int crop, float* out) {
   FlushToZero ftz;
   cropcore::Axis a = {start, scale, crop, 1};
-  for (int i = 0; i < crop; ++i) out[i] = cropcore::coord(a, i);
+  for (int i = 0; i < crop; ++i) out[i] = cropcore_coord(a, i);
 }

@@ -39,7 +39,7 @@ import pytest
 import cropcore
 import cropcore.ops
 import cropcore_cupy
-from cropcore import BackendInfo, hookimpl
+from cropcore import BackendInfo, hookimpl, native
 from cropcore.errors import BackendDeclinedError, BackendError, BackendUnavailableError
 from cropcore.registry import registry
 from cropcore.spec import (
@@ -288,6 +288,7 @@ def harness(tmp_path_factory) -> Harness:
         "-ffp-contract=off",  # as nvcc --fmad=false: no a * b + c contraction
         "-fno-fast-math",
         f"-I{PACKAGE}",
+        f"-I{native.include_dir()}",
         "-o",
         str(out),
         str(HARNESS),
@@ -527,6 +528,7 @@ def test_every_launch_names_a_kernel_the_source_defines():
     names = set(_plan.kernel_names())
     source = _plan.source()
     assert '#include "crop_and_resize.cuh"' not in source
+    assert f'#include "{native.HEADER}"' not in source  # pasted in: NVRTC needs no include path
     assert len(names) == 9 * 3 + 3 * 3 + 9 * 2
     rng = np.random.default_rng(0)
     for dtype in DTYPES:
@@ -557,8 +559,18 @@ def test_every_launch_names_a_kernel_the_source_defines():
 def test_source_is_shipped_as_package_data():
     assert (PACKAGE / "kernels.cu").is_file()
     assert (PACKAGE / "crop_and_resize.cuh").is_file()
+    assert (Path(native.include_dir()) / native.HEADER).is_file()
     pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
     assert 'cropcore_cupy = ["py.typed", "*.cu", "*.cuh"]' in pyproject
+    assert '"cropcore.native" = ["*.h"]' in pyproject
+
+
+def test_the_per_sample_arithmetic_is_the_shared_header_not_a_copy():
+    cuda = (PACKAGE / "crop_and_resize.cuh").read_text()
+    assert f'#include "{native.HEADER}"' in cuda
+    for shared in ("cropcore_half_to_float", "cropcore_sample_at", "cropcore_bilinear"):
+        assert shared in cuda  # used here ...
+        assert not re.search(rf"CC_HD\s+\w+\s+{shared}\(", cuda)  # ... never defined here
 
 
 def test_grad_boxes_chunking_depends_on_the_shape_only():
@@ -644,6 +656,7 @@ def _nvcc(nvcc: str, out: Path, *flags: str) -> subprocess.CompletedProcess:
         nvcc,
         *_plan.NVRTC_OPTIONS,  # the options CuPy's NVRTC gets; nvcc takes the same spelling
         f"-I{PACKAGE}",
+        f"-I{native.include_dir()}",
         *flags,
         "-o",
         str(out),

@@ -31,8 +31,9 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import cropcore  # noqa: E402
+from cropcore import hostmem  # noqa: E402
 from cropcore.spec import GRAD_IMAGE_DTYPES, IMAGE_DTYPES  # noqa: E402
-from cropcore_numba import kernels  # noqa: E402
+from cropcore_numba import _arith, kernels  # noqa: E402
 
 BACKEND = "numba"
 REFERENCE = "numpy"
@@ -501,7 +502,7 @@ def test_grad_image_is_deterministic_and_independent_of_the_thread_count():
 @numba.njit(cache=False)
 def _half_bits_of(values, out):  # pragma: no cover - compiled
     for i in range(values.shape[0]):
-        out[i] = kernels._float_to_half_bits(values[i])
+        out[i] = _arith.float_to_half_bits(values[i])
 
 
 def test_float32_to_float16_rounding_matches_numpy_everywhere():
@@ -679,15 +680,23 @@ def test_recycled_memory_is_fully_overwritten():
         del grads_image
 
 
-def test_the_pool_keeps_at_most_its_budget():
-    pool = kernels._OutputPool(max_bytes=3 << 22, min_bytes=1 << 22)
-    arrays = [pool.empty((1 << 20,), np.float32) for _ in range(5)]  # 4 MiB each
-    del arrays
-    assert sum(block.nbytes for block in pool._free) <= 3 << 22
-    small = pool.empty((10,), np.float32)
-    assert small.base is None  # small results are plain allocations
+def test_large_results_come_from_the_shared_host_pool():
+    pool = hostmem.pool()
+    if pool.max_bytes < 4 << 20:
+        pytest.skip(f"the pool's budget is {pool.max_bytes} bytes here")
     pool.clear()
-    assert not pool._free
+    image = np.zeros((1, 8, 8, 64), np.float32)
+    crops = cropcore.crop_and_resize(
+        image, [[0, 0, 1, 1]] * 64, [0] * 64, (16, 16), backend=BACKEND
+    )
+    assert crops.nbytes >= pool.min_bytes
+    assert isinstance(crops.base, hostmem._Lease)
+    address = crops.ctypes.data
+    del crops
+    again = cropcore.crop_and_resize(
+        image, [[0, 0, 1, 1]] * 64, [0] * 64, (16, 16), backend=BACKEND
+    )
+    assert again.ctypes.data == address
 
 
 # --------------------------------------------------------------------------------------------------

@@ -20,9 +20,10 @@ torch = pytest.importorskip("torch")
 
 import cropcore  # noqa: E402
 import cropcore_torch  # noqa: E402
+from cropcore import hostmem, native  # noqa: E402
 from cropcore.errors import OutputTooLargeError  # noqa: E402
 from cropcore.registry import registry  # noqa: E402
-from cropcore_torch import CropAndResize, Cropping2D, _native, kernels  # noqa: E402
+from cropcore_torch import CropAndResize, Cropping2D, _build, _native, kernels  # noqa: E402
 
 DTYPES = ["uint8", "uint16", "int8", "int16", "int32", "int64", "float16", "float32", "float64"]
 FORMATS = ["channels_last", "channels_first"]
@@ -137,7 +138,7 @@ def test_native_status_says_what_runs():
 
 @pytest.mark.parametrize("ratio_first", [False, True])
 def test_compiled_sample_tables_equal_the_torch_ones(ratio_first):
-    lib = _native._library()
+    lib = _native.library()
     if lib is None:
         pytest.skip(_native.status())
     rng = np.random.default_rng(16)
@@ -162,8 +163,31 @@ def test_compiled_sample_tables_equal_the_torch_ones(ratio_first):
                 assert_bits_equal(got, want.numpy())
 
 
+def test_native_loops_are_built_from_their_c_file_and_the_shared_arithmetic_header():
+    sources = _build._sources()  # what the build cache is keyed on
+    assert set(sources) == {"_native.c", native.HEADER}
+    assert f'#include "{native.HEADER}"' in sources["_native.c"]
+    assert "cropcore_bilinear(" in sources["_native.c"]
+
+
+def test_sizes_beyond_the_shared_arithmetic_run_the_torch_ops(monkeypatch):
+    if not _native.available():
+        pytest.skip(_native.status())
+    assert _native._in_range(1 << 24, 1, (1, (1 << 31) - 1))
+    assert not _native._in_range((1 << 24) + 1, 1, (1, 1))
+    monkeypatch.setattr(_native, "_MAX_IMAGE_SIDE", 4)  # this image is then "too large"
+    calls = []
+    monkeypatch.setattr(_native, "_box_samples", lambda *a, **k: calls.append(a))
+    image, boxes, box_indices = make_case(21)
+    got = cropcore.crop_and_resize(
+        torch.from_numpy(image), boxes, box_indices, (3, 3), backend="torch"
+    )
+    assert not calls
+    assert_bits_equal(got, reference("crop_and_resize", image, boxes, box_indices, (3, 3)))
+
+
 def test_without_a_c_compiler_the_torch_ops_run_instead(monkeypatch, caplog):
-    monkeypatch.setattr(_native, "_state", {})  # forget the library loaded in this process
+    monkeypatch.setattr(_build, "_state", {})  # forget the library loaded in this process
     monkeypatch.setenv("CC", "")
     monkeypatch.setenv("PATH", "")
     monkeypatch.setenv("CROPCORE_TORCH_NATIVE", "1")
@@ -381,7 +405,7 @@ def test_large_calls_split_over_threads_and_stream_equal_reference(path, monkeyp
 
 
 def test_recycled_result_memory_never_overwrites_a_live_result(path, monkeypatch):
-    monkeypatch.setattr(kernels._HostMemory, "min_bytes", 0)
+    monkeypatch.setattr(hostmem.pool(), "min_bytes", 0)
     image = torch.rand(1, 20, 20, 3)
     first = cropcore.crop_and_resize(image, [[0, 0, 1, 1]], [0], (30, 30))
     kept = first.clone()

@@ -28,12 +28,12 @@ Modules and files:
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from cropcore import config
 from cropcore.hookspecs import IMAGE_DTYPES, METHODS, BackendInfo, hookimpl
 
 if TYPE_CHECKING:
@@ -100,13 +100,9 @@ def is_deterministic() -> bool:
         return scoped
     if _deterministic is not None:
         return _deterministic
-    env = os.environ.get(DETERMINISTIC_ENV, "").strip().lower()
-    if env:
-        if env in ("1", "true", "yes", "on"):
-            return True
-        if env in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"{DETERMINISTIC_ENV}={env!r}: expected 1/0, true/false, yes/no or on/off")
+    configured = config.get(DETERMINISTIC_ENV)
+    if configured is not None:
+        return configured
     torch = sys.modules.get("torch")
     if torch is not None:
         with contextlib.suppress(AttributeError):

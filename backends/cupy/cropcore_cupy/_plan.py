@@ -19,9 +19,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from cropcore import native
 
 __all__ = [
     "ARCHITECTURES",
@@ -190,18 +193,24 @@ def family(kernel: str) -> str:
 
 
 def source() -> str:
-    """kernels.cu with crop_and_resize.cuh pasted in place of its #include.
+    """kernels.cu with its headers pasted in place of their ``#include`` lines.
 
-    One self-contained text, so that CuPy's on-disk kernel cache (keyed by the source and the
-    options) can never pair a new kernels.cu with an old header.
+    crop_and_resize.cuh goes in for its include in kernels.cu, and cropcore's shared arithmetic
+    header (:mod:`cropcore.native`) for its include in crop_and_resize.cuh. One self-contained
+    text, so that CuPy's on-disk kernel cache (keyed by the source and the options) can never pair
+    a new kernels.cu with an old header, and NVRTC needs no include path.
     """
     package = resources.files("cropcore_cupy")
-    header = package.joinpath("crop_and_resize.cuh").read_text(encoding="utf-8")
-    kernels = package.joinpath("kernels.cu").read_text(encoding="utf-8")
-    include = '#include "crop_and_resize.cuh"'
-    if include not in kernels:
-        raise RuntimeError("kernels.cu does not include crop_and_resize.cuh")
-    return kernels.replace(include, header, 1)
+    text = package.joinpath("kernels.cu").read_text(encoding="utf-8")
+    for name, header in (
+        ("crop_and_resize.cuh", package.joinpath("crop_and_resize.cuh")),
+        (native.HEADER, Path(native.include_dir()) / native.HEADER),
+    ):
+        include = f'#include "{name}"'
+        if include not in text:
+            raise RuntimeError(f"the CUDA source does not include {name}")
+        text = text.replace(include, header.read_text(encoding="utf-8"), 1)
+    return text
 
 
 def nvrtc_options(op: str) -> tuple[str, ...]:

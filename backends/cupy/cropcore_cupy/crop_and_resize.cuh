@@ -4,9 +4,12 @@
 //
 // 1. Every float32 operation is the one TensorFlow's CPU kernel does, in the same order
 //    (tensorflow/core/kernels/image/crop_and_resize_op.cc; cropcore_numpy.kernels mirrors it).
+//    The per-sample expressions are cropcore's shared tf_crop_and_resize.h (cropcore.native),
+//    which the torch backend's CPU loops compile too; this file adds the CUDA kernels' indexing,
+//    loads, accumulators and reductions.
 //    The device code is compiled with --fmad=false (no a * b + c contraction) and -ftz=true (TF
 //    runs its kernels with flush-to-zero and denormals-are-zero). Where TF converts without doing
-//    arithmetic (double to float), the flush is explicit (flush()).
+//    arithmetic (double to float), the flush is explicit (cropcore_flush()).
 // 2. The same text compiles three ways: NVRTC (CuPy, at run time), nvcc (CI's compile test) and a
 //    plain host C++ compiler (tests/cupy_host_harness.cpp runs these very functions on the CPU,
 //    with FTZ/DAZ set, against the NumPy reference). So: no standard headers under CUDA, no CUDA
@@ -24,18 +27,16 @@
 #ifndef CROPCORE_CROP_AND_RESIZE_CUH
 #define CROPCORE_CROP_AND_RESIZE_CUH
 
+#include "tf_crop_and_resize.h"  // the per-sample arithmetic, shared with the torch CPU loops
+
 #if defined(__CUDACC__)
 #define CC_HD __host__ __device__ __forceinline__
 #define CC_UNROLL _Pragma("unroll")
 #else
 #define CC_HD inline
 #define CC_UNROLL
-#include <math.h>
 #endif
 
-// Smallest normal float32 (FLT_MIN) and 2**-24 (the smallest float16 subnormal).
-#define CROPCORE_FLT_MIN 1.17549435082228750797e-38f
-#define CROPCORE_HALF_TINY 5.9604644775390625e-8f
 // Threads of a box-gradient reduction block. The summation order depends on it: never change it
 // at run time.
 #define CROPCORE_REDUCE_THREADS 256
@@ -56,80 +57,12 @@ CC_HD T cc_min(T a, T b) { return b < a ? b : a; }
 template <typename T>
 CC_HD T cc_max(T a, T b) { return a < b ? b : a; }
 
-CC_HD unsigned bits_of(float v) {
-#ifdef __CUDA_ARCH__
-  return __float_as_uint(v);
-#else
-  unsigned u;
-  __builtin_memcpy(&u, &v, sizeof u);
-  return u;
-#endif
-}
-
-CC_HD float float_of(unsigned u) {
-#ifdef __CUDA_ARCH__
-  return __uint_as_float(u);
-#else
-  float v;
-  __builtin_memcpy(&v, &u, sizeof v);
-  return v;
-#endif
-}
-
-// Flush-to-zero of a value that no arithmetic flushed: a subnormal becomes a zero of its sign.
-CC_HD float flush(float v) {
-  return (v > -CROPCORE_FLT_MIN && v < CROPCORE_FLT_MIN) ? copysignf(0.0f, v) : v;
-}
-
-CC_HD bool is_finite(float v) { return fabsf(v) <= 3.40282346638528859812e+38f; }
-
-// -------------------------------------------------------------------------------------------------
-// float16 <-> float32, bit for bit as NumPy (npy_halfbits_to_floatbits, npy_floatbits_to_halfbits
-// with round-half-to-even).
-
-CC_HD float half_to_float(half_t h) {
-  unsigned x = h.bits;
-  unsigned sign = (x & 0x8000u) << 16;
-  unsigned exponent = (x >> 10) & 0x1fu;
-  unsigned mantissa = x & 0x3ffu;
-  if (exponent == 0) {  // zero or subnormal: mantissa * 2**-24, a normal float32 (or zero)
-    float v = (float)mantissa * CROPCORE_HALF_TINY;
-    return sign ? -v : v;
-  }
-  if (exponent == 31) return float_of(sign | 0x7f800000u | (mantissa << 13));  // inf, NaN
-  return float_of(sign | ((exponent + 112u) << 23) | (mantissa << 13));
-}
+// float16 <-> float32, bit for bit as NumPy, on the type the kernels overload on.
+CC_HD float half_to_float(half_t h) { return cropcore_half_to_float(h.bits); }
 
 CC_HD half_t float_to_half(float v) {
-  unsigned f = bits_of(v);
-  unsigned sign = (f & 0x80000000u) >> 16;
-  unsigned f_exp = f & 0x7f800000u;
-  unsigned f_man = f & 0x007fffffu;
   half_t h;
-  if (f_exp >= 0x47800000u) {  // overflow to inf, inf, NaN (kept a NaN)
-    if (f_exp == 0x7f800000u && f_man != 0) {
-      unsigned nan = 0x7c00u + (f_man >> 13);
-      h.bits = (unsigned short)(sign + (nan == 0x7c00u ? nan + 1 : nan));
-    } else {
-      h.bits = (unsigned short)(sign + 0x7c00u);
-    }
-    return h;
-  }
-  if (f_exp <= 0x38000000u) {  // a float16 subnormal or zero
-    if (f_exp < 0x33000000u) {
-      h.bits = (unsigned short)sign;
-      return h;
-    }
-    f_exp >>= 23;
-    f_man = 0x00800000u + f_man;
-    f_man >>= (113u - f_exp);
-    if (((f_man & 0x00003fffu) != 0x00001000u) || (f & 0x000007ffu)) f_man += 0x00001000u;
-    h.bits = (unsigned short)(sign + (f_man >> 13));
-    return h;
-  }
-  unsigned h_exp = (f_exp - 0x38000000u) >> 13;
-  if ((f_man & 0x00003fffu) != 0x00001000u) f_man += 0x00001000u;
-  h.bits = (unsigned short)(sign + h_exp + (f_man >> 13));  // a carry rounds into the exponent
+  h.bits = cropcore_float_to_half(v);
   return h;
 }
 
@@ -143,7 +76,7 @@ CC_HD float to_float(short v) { return (float)v; }
 CC_HD float to_float(int v) { return (float)v; }
 CC_HD float to_float(long long v) { return (float)v; }
 CC_HD float to_float(float v) { return v; }
-CC_HD float to_float(double v) { return flush((float)v); }
+CC_HD float to_float(double v) { return cropcore_flush((float)v); }
 CC_HD float to_float(half_t v) { return half_to_float(v); }
 
 // -------------------------------------------------------------------------------------------------
@@ -175,71 +108,14 @@ CC_HD unsigned umulhi(unsigned a, unsigned b) {
 CC_HD unsigned divide(const FastDiv& f, unsigned n) { return (umulhi(n, f.magic) + n) >> f.shift; }
 
 // -------------------------------------------------------------------------------------------------
-// Sample coordinates of one crop axis of one box (TF's in_y / in_x).
+// Sample coordinates (TF's in_y / in_x) and samples: cropcore_axis, cropcore_sample and their
+// functions, from tf_crop_and_resize.h.
 
-struct Axis {
-  float start;  // y1 * (H - 1); for a crop of 1: the box centre, the only sample
-  float scale;  // height_scale
-  int crop;     // crop_height
-  int size;     // image height
-};
-
-// ratio_first: CropAndResizeGradBoxes rounds (H - 1) / (crop - 1) first, then multiplies by
-// (y2 - y1); CropAndResize and CropAndResizeGradImage compute (y2 - y1) * (H - 1) / (crop - 1)
-// left to right.
-CC_HD Axis make_axis(float lo, float hi, int size, int crop, bool ratio_first) {
-  Axis a;
-  a.crop = crop;
-  a.size = size;
-  lo = flush(lo);  // denormals-are-zero for the box edges
-  hi = flush(hi);
-  float size_minus_one = (float)(size - 1);
-  if (crop == 1) {
-    // 0.5 * (y1 + y2) * (image_height - 1): a float sum, then double products (the literal 0.5
-    // is a double), rounded to float once.
-    float total = lo + hi;
-    a.start = flush((float)(0.5 * (double)total * (double)(size - 1)));
-    a.scale = 0.0f;
-  } else {
-    float span = hi - lo;
-    a.scale = ratio_first ? span * (size_minus_one / (float)(crop - 1))
-                          : (span * size_minus_one) / (float)(crop - 1);
-    a.start = lo * size_minus_one;
-  }
-  return a;
-}
-
-// in_y = y1 * (H - 1) + y * height_scale: two float32 roundings (the int y converted to float).
-// For a crop of 1 the centre itself (adding 0 * scale could turn -0.0 into +0.0).
-CC_HD float coord(const Axis& a, int i) {
-  return a.crop == 1 ? a.start : a.start + (float)i * a.scale;
-}
-
-struct Sample {
-  bool valid;   // 0 <= coord <= size - 1 (false for NaN)
-  int low;      // floorf(coord)
-  int high;     // ceilf(coord)
-  int nearest;  // roundf(coord), half away from zero
-  float lerp;   // coord - low
-};
-
-CC_HD Sample sample(float c, int size) {
-  Sample s;
-  // TF's CPU test `in < 0 || in > size - 1`, negated NaN-safely (TF's GPU kernel's form).
-  s.valid = (c >= 0.0f) && (c <= (float)(size - 1));
-  float inside = s.valid ? c : 0.0f;
-  s.low = (int)floorf(inside);
-  s.high = (int)ceilf(inside);
-  // y_lerp = in_y - top_y_index, with the int index converted back: -0.0 - +0.0 stays -0.0.
-  s.lerp = inside - (float)s.low;
-  // roundf for coord >= 0: floor, plus one from a fraction of at least 0.5 (exact in float32;
-  // not floorf(c + 0.5f), which rounds 0.49999997 up).
-  s.nearest = cc_min(s.low + (s.lerp >= 0.5f ? 1 : 0), size - 1);
-  return s;
-}
+typedef cropcore_axis Axis;
+typedef cropcore_sample Sample;
 
 // The samples of axis `a` that lie strictly between lo and hi and inside the image, as the index
-// range [first, last] (empty when first > last). coord(i) is monotone in i (non-decreasing for a
+// range [first, last] (empty when first > last). cropcore_coord(i) is monotone in i (non-decreasing for a
 // non-negative scale, non-increasing otherwise; rounding and flushing keep that), so each bound is
 // a binary search.
 CC_HD bool above(float c, float lo) { return c >= 0.0f && c > lo; }
@@ -251,7 +127,7 @@ CC_HD int search(const Axis& a, int kind, float lo, float hi, float last) {
   int begin = 0, end = a.crop;
   while (begin < end) {
     int mid = begin + (end - begin) / 2;
-    float c = coord(a, mid);
+    float c = cropcore_coord(a, mid);
     bool test = kind == 0 ? above(c, lo)
               : kind == 1 ? !below(c, hi, last)
               : kind == 2 ? below(c, hi, last)
@@ -269,7 +145,7 @@ CC_HD void samples_between(const Axis& a, float lo, float hi, int& first, int& l
     if (above(a.start, lo) && below(a.start, hi, last_pixel)) last = 0;
     return;
   }
-  if (!is_finite(a.start) || !is_finite(a.scale)) return;  // every coordinate is inf or NaN
+  if (!cropcore_is_finite(a.start) || !cropcore_is_finite(a.scale)) return;  // every coordinate is inf or NaN
   if (a.scale >= 0.0f) {
     first = search(a, 0, lo, hi, last_pixel);
     last = search(a, 1, lo, hi, last_pixel) - 1;
@@ -410,9 +286,9 @@ CC_HD ForwardRow<T> forward_row(const ForwardArgs& a, const T* image, unsigned r
   CropRow cr = crop_row(row, a.nchw, a.by_crop_height, a.by_depth);
   const float* box = a.boxes + 4 * (i64)cr.box;
   ForwardRow<T> r;
-  Axis y_axis = make_axis(box[0], box[2], a.height, a.crop_height, false);
-  r.y = sample(coord(y_axis, (int)cr.y), a.height);
-  r.x_axis = make_axis(box[1], box[3], a.width, a.crop_width, false);
+  Axis y_axis = cropcore_make_axis(box[0], box[2], a.height, a.crop_height, false);
+  r.y = cropcore_sample_at(cropcore_coord(y_axis, (int)cr.y), a.height);
+  r.x_axis = cropcore_make_axis(box[1], box[3], a.width, a.crop_width, false);
   const T* pixels = image + a.stride[0] * a.box_indices[cr.box] + a.stride[3] * (i64)cr.channel;
   r.top = pixels + a.stride[1] * r.y.low;
   r.bottom = pixels + a.stride[1] * r.y.high;
@@ -432,7 +308,7 @@ CC_HD void forward_group(const ForwardArgs& a, const ForwardRow<T>& r, unsigned 
   bool inside = r.y.valid;
   Sample sx;
   if (inside) {
-    sx = sample(coord(r.x_axis, (int)x), a.width);
+    sx = cropcore_sample_at(cropcore_coord(r.x_axis, (int)x), a.width);
     inside = sx.valid;
   }
   if (!inside) {
@@ -455,11 +331,8 @@ CC_UNROLL
       load<T, VEC>(r.bottom + right, sd, br);
 CC_UNROLL
       for (int i = 0; i < VEC; ++i) {
-        float top_left = to_float(tl[i]), top_right = to_float(tr[i]);
-        float bottom_left = to_float(bl[i]), bottom_right = to_float(br[i]);
-        float top = top_left + (top_right - top_left) * sx.lerp;
-        float bottom = bottom_left + (bottom_right - bottom_left) * sx.lerp;
-        v[i] = top + (bottom - top) * r.y.lerp;
+        v[i] = cropcore_bilinear(to_float(tl[i]), to_float(tr[i]), to_float(bl[i]),
+                                 to_float(br[i]), sx.lerp, r.y.lerp);
       }
     }
   }
@@ -562,9 +435,9 @@ CC_HD ScatterRow scatter_row(const GradImageArgs& a, unsigned row) {
   CropRow cr = crop_row(row, a.nchw, a.by_crop_height, a.by_depth);
   const float* box = a.boxes + 4 * (i64)cr.box;
   ScatterRow r;
-  Axis y_axis = make_axis(box[0], box[2], a.height, a.crop_height, false);
-  r.y = sample(coord(y_axis, (int)cr.y), a.height);
-  r.x_axis = make_axis(box[1], box[3], a.width, a.crop_width, false);
+  Axis y_axis = cropcore_make_axis(box[0], box[2], a.height, a.crop_height, false);
+  r.y = cropcore_sample_at(cropcore_coord(y_axis, (int)cr.y), a.height);
+  r.x_axis = cropcore_make_axis(box[1], box[3], a.width, a.crop_width, false);
   r.grads_offset = a.grads_stride[0] * cr.box + a.grads_stride[1] * cr.y +
                    a.grads_stride[3] * cr.channel;
   r.output_offset = a.output_stride[0] * a.box_indices[cr.box] + a.output_stride[3] * cr.channel;
@@ -585,22 +458,21 @@ CC_HD void scatter_element(const GradImageArgs& a, const ScatterRow& r, T* outpu
     x = divide(a.by_depth, g);
     channel = g - x * a.by_depth.divisor;
   }
-  Sample sx = sample(coord(r.x_axis, (int)x), a.width);
+  Sample sx = cropcore_sample_at(cropcore_coord(r.x_axis, (int)x), a.width);
   if (!sx.valid) return;
   float grad = a.grads[r.grads_offset + a.grads_stride[2] * x + a.grads_stride[3] * channel];
   T* image = output + r.output_offset + a.output_stride[3] * channel;
   const i64 sy = a.output_stride[1], sxs = a.output_stride[2];
   if (a.nearest) {
     // static_cast<T>(grad): a subnormal gradient counts as zero (DAZ).
-    add(image + sy * r.y.nearest + sxs * sx.nearest, flush(grad));
+    add(image + sy * r.y.nearest + sxs * sx.nearest, cropcore_flush(grad));
     return;
   }
-  float dtop = (1.0f - r.y.lerp) * grad;
-  add(image + sy * r.y.low + sxs * sx.low, (1.0f - sx.lerp) * dtop);
-  add(image + sy * r.y.low + sxs * sx.high, sx.lerp * dtop);
-  float dbottom = r.y.lerp * grad;
-  add(image + sy * r.y.high + sxs * sx.low, (1.0f - sx.lerp) * dbottom);
-  add(image + sy * r.y.high + sxs * sx.high, sx.lerp * dbottom);
+  cropcore_corners c = cropcore_spread(grad, sx.lerp, r.y.lerp);
+  add(image + sy * r.y.low + sxs * sx.low, c.top_left);
+  add(image + sy * r.y.low + sxs * sx.high, c.top_right);
+  add(image + sy * r.y.high + sxs * sx.low, c.bottom_left);
+  add(image + sy * r.y.high + sxs * sx.high, c.bottom_right);
 }
 
 // --- gather
@@ -609,8 +481,8 @@ CC_HD void scatter_element(const GradImageArgs& a, const ScatterRow& r, T* outpu
 // test that lets every image-gradient element skip the boxes that cannot reach it).
 CC_HD void box_setup(const GradImageArgs& a, int k) {
   const float* box = a.boxes + 4 * (i64)k;
-  Axis y_axis = make_axis(box[0], box[2], a.height, a.crop_height, false);
-  Axis x_axis = make_axis(box[1], box[3], a.width, a.crop_width, false);
+  Axis y_axis = cropcore_make_axis(box[0], box[2], a.height, a.crop_height, false);
+  Axis x_axis = cropcore_make_axis(box[1], box[3], a.width, a.crop_width, false);
   float* axes = a.box_axes + 4 * (i64)k;
   axes[0] = y_axis.start;
   axes[1] = y_axis.scale;
@@ -627,8 +499,8 @@ CC_HD void box_setup(const GradImageArgs& a, int k) {
       span[2 + 2 * j] = 0;
       continue;
     }
-    Sample s0 = sample(coord(*axis[j], first), axis[j]->size);
-    Sample s1 = sample(coord(*axis[j], last), axis[j]->size);
+    Sample s0 = cropcore_sample_at(cropcore_coord(*axis[j], first), axis[j]->size);
+    Sample s1 = cropcore_sample_at(cropcore_coord(*axis[j], last), axis[j]->size);
     span[1 + 2 * j] = cc_min(s0.low, s1.low);
     span[2 + 2 * j] = cc_max(s0.high, s1.high);
   }
@@ -655,26 +527,25 @@ CC_HD typename Acc<T>::type gather_sum(const GradImageArgs& a, int b, int py, in
     if (x0 > x1) continue;
     const float* g = a.grads + a.grads_stride[0] * k + a.grads_stride[3] * channel;
     for (int y = y0; y <= y1; ++y) {
-      Sample sy = sample(coord(y_axis, y), a.height);
+      Sample sy = cropcore_sample_at(cropcore_coord(y_axis, y), a.height);
       bool top = a.nearest ? sy.nearest == py : sy.low == py;
       bool bottom = !a.nearest && sy.high == py;
       if (!sy.valid || !(top || bottom)) continue;
       for (int x = x0; x <= x1; ++x) {
-        Sample sx = sample(coord(x_axis, x), a.width);
+        Sample sx = cropcore_sample_at(cropcore_coord(x_axis, x), a.width);
         bool left = a.nearest ? sx.nearest == px : sx.low == px;
         bool right = !a.nearest && sx.high == px;
         if (!sx.valid || !(left || right)) continue;
         float grad = g[a.grads_stride[1] * y + a.grads_stride[2] * x];
         if (a.nearest) {
-          acc = Acc<T>::add(acc, flush(grad));
+          acc = Acc<T>::add(acc, cropcore_flush(grad));
           continue;
         }
-        float dtop = (1.0f - sy.lerp) * grad;
-        if (top && left) acc = Acc<T>::add(acc, (1.0f - sx.lerp) * dtop);
-        if (top && right) acc = Acc<T>::add(acc, sx.lerp * dtop);
-        float dbottom = sy.lerp * grad;
-        if (bottom && left) acc = Acc<T>::add(acc, (1.0f - sx.lerp) * dbottom);
-        if (bottom && right) acc = Acc<T>::add(acc, sx.lerp * dbottom);
+        cropcore_corners c = cropcore_spread(grad, sx.lerp, sy.lerp);
+        if (top && left) acc = Acc<T>::add(acc, c.top_left);
+        if (top && right) acc = Acc<T>::add(acc, c.top_right);
+        if (bottom && left) acc = Acc<T>::add(acc, c.bottom_left);
+        if (bottom && right) acc = Acc<T>::add(acc, c.bottom_right);
       }
     }
   }
@@ -778,8 +649,8 @@ CC_HD void grad_boxes_lane_sum(const GradBoxesArgs& a, const T* image, unsigned 
                                unsigned chunk_index, unsigned lane, float (&sum)[4]) {
   const float* box = a.boxes + 4 * (i64)k;
   // CropAndResizeGradBoxes' own rounding: height_ratio = float(H - 1) / (ch - 1) first.
-  Axis y_axis = make_axis(box[0], box[2], a.height, a.crop_height, true);
-  Axis x_axis = make_axis(box[1], box[3], a.width, a.crop_width, true);
+  Axis y_axis = cropcore_make_axis(box[0], box[2], a.height, a.crop_height, true);
+  Axis x_axis = cropcore_make_axis(box[1], box[3], a.width, a.crop_width, true);
   const float height_minus_one = (float)(a.height - 1), width_minus_one = (float)(a.width - 1);
   const float height_ratio = a.crop_height > 1 ? height_minus_one / (float)(a.crop_height - 1) : 0.0f;
   const float width_ratio = a.crop_width > 1 ? width_minus_one / (float)(a.crop_width - 1) : 0.0f;
@@ -793,29 +664,24 @@ CC_HD void grad_boxes_lane_sum(const GradBoxesArgs& a, const T* image, unsigned 
     unsigned rest = e - y * a.by_row_elements.divisor;
     unsigned x = divide(a.by_depth, rest);
     unsigned channel = rest - x * a.by_depth.divisor;
-    Sample sy = sample(coord(y_axis, (int)y), a.height);
+    Sample sy = cropcore_sample_at(cropcore_coord(y_axis, (int)y), a.height);
     if (!sy.valid) continue;
-    Sample sx = sample(coord(x_axis, (int)x), a.width);
+    Sample sx = cropcore_sample_at(cropcore_coord(x_axis, (int)x), a.width);
     if (!sx.valid) continue;
     const T* p = pixels + a.image_stride[3] * channel;
     const i64 sr = a.image_stride[1], sc = a.image_stride[2];
-    float top_left = to_float(p[sr * sy.low + sc * sx.low]);
-    float top_right = to_float(p[sr * sy.low + sc * sx.high]);
-    float bottom_left = to_float(p[sr * sy.high + sc * sx.low]);
-    float bottom_right = to_float(p[sr * sy.high + sc * sx.high]);
-    float image_grad_y = (1.0f - sx.lerp) * (bottom_left - top_left) +
-                         sx.lerp * (bottom_right - top_right);
-    float image_grad_x = (1.0f - sy.lerp) * (top_right - top_left) +
-                         sy.lerp * (bottom_right - bottom_left);
     float top_grad = g[a.grads_stride[1] * y + a.grads_stride[2] * x + a.grads_stride[3] * channel];
-    image_grad_y *= top_grad;
-    image_grad_x *= top_grad;
+    cropcore_slopes slopes = cropcore_image_slopes(
+        to_float(p[sr * sy.low + sc * sx.low]), to_float(p[sr * sy.low + sc * sx.high]),
+        to_float(p[sr * sy.high + sc * sx.low]), to_float(p[sr * sy.high + sc * sx.high]),
+        sx.lerp, sy.lerp, top_grad);
+    float image_grad_y = slopes.y, image_grad_x = slopes.x;
     if (a.crop_height > 1) {
       float position = (float)y * height_ratio;  // y * height_ratio
       sum[0] += image_grad_y * (height_minus_one - position);
       sum[2] += image_grad_y * position;
     } else {  // image_grad_y * 0.5 * (image_height - 1), in double
-      float term = flush((float)((double)image_grad_y * 0.5 * (double)(a.height - 1)));
+      float term = cropcore_flush((float)((double)image_grad_y * 0.5 * (double)(a.height - 1)));
       sum[0] += term;
       sum[2] += term;
     }
@@ -824,7 +690,7 @@ CC_HD void grad_boxes_lane_sum(const GradBoxesArgs& a, const T* image, unsigned 
       sum[1] += image_grad_x * (width_minus_one - position);
       sum[3] += image_grad_x * position;
     } else {
-      float term = flush((float)((double)image_grad_x * 0.5 * (double)(a.width - 1)));
+      float term = cropcore_flush((float)((double)image_grad_x * 0.5 * (double)(a.width - 1)));
       sum[1] += term;
       sum[3] += term;
     }

@@ -36,13 +36,13 @@ Every function takes the image (or grads) in its own ``data_format`` and any mem
 from __future__ import annotations
 
 import math
-import os
-import weakref
 from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+from cropcore import hostmem
 
 __all__ = [
     "Samples",
@@ -316,87 +316,11 @@ def empty_output(
     else:
         physical, to_nhwc = (n, h, w, d), (0, 1, 2, 3)
     if like.device.type == "cpu":
-        memory = _host_memory.empty(physical, dtype)
+        # Large results reuse the memory of dropped ones (cropcore.hostmem), as TF's allocator does.
+        memory = torch.from_numpy(hostmem.pool().empty(physical, _NUMPY_DTYPES[dtype]))
     else:
         memory = torch.empty(physical, dtype=dtype, device=like.device)
     return memory.permute(*to_nhwc)
-
-
-class _HostMemory:
-    """Large CPU results, in NumPy memory that is recycled once torch lets go of it.
-
-    Why: the first write to freshly mapped memory makes the OS zero every page, which costs as
-    much as computing a crop (about 10 ms per 100 MB here); TensorFlow's CPU allocator keeps freed
-    blocks for reuse, torch's returns them to the OS. A result's NumPy array carries a finaliser
-    that hands its buffer back here when the last tensor viewing it is gone; the next result of a
-    similar size reuses it. At most :attr:`max_buffers` buffers totalling :attr:`max_bytes` are
-    kept. NumPy also asks Linux for transparent huge pages, which makes first touches cheaper.
-    ``CROPCORE_TORCH_RECYCLE=0`` turns recycling off.
-    """
-
-    min_bytes = 1 << 20
-    max_buffers = 4
-    max_bytes = 1 << 30
-
-    def __init__(self) -> None:
-        import threading
-
-        # Reentrant: a finaliser can run (garbage collection) while this thread holds the lock.
-        self._lock = threading.RLock()
-        self._free: list = []  # NumPy uint8 buffers no tensor uses
-
-    def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
-        import numpy as np
-
-        np_dtype = _NUMPY_DTYPES[dtype]
-        nbytes = math.prod(shape) * np_dtype.itemsize
-        if nbytes < self.min_bytes or not self._enabled():
-            return torch.from_numpy(np.empty(shape, np_dtype))
-        buffer = self._take(nbytes)
-        if buffer is None:
-            buffer = np.empty(nbytes, np.uint8)
-        array = buffer[:nbytes].view(np_dtype).reshape(shape)
-        # torch keeps `array` alive while any tensor uses the memory; when it dies, so is the buffer
-        # free again. (The finaliser holds the buffer until then.)
-        finaliser = weakref.finalize(array, self._give_back, buffer)
-        finaliser.atexit = False
-        return torch.from_numpy(array)
-
-    @staticmethod
-    def _enabled() -> bool:
-        return os.environ.get("CROPCORE_TORCH_RECYCLE", "1").strip().lower() not in (
-            "0",
-            "false",
-            "no",
-            "off",
-        )
-
-    def _take(self, nbytes: int):
-        """The smallest free buffer that fits and is less than twice too big, or ``None``."""
-        with self._lock:
-            best = None
-            for buffer in self._free:
-                if nbytes <= buffer.nbytes < 2 * nbytes and (
-                    best is None or buffer.nbytes < best.nbytes
-                ):
-                    best = buffer
-            if best is not None:
-                # By identity: a finaliser may have changed the list meanwhile.
-                self._free[:] = [buffer for buffer in self._free if buffer is not best]
-            return best
-
-    def _give_back(self, buffer) -> None:
-        with self._lock:
-            self._free.append(buffer)
-            while len(self._free) > self.max_buffers or (
-                sum(b.nbytes for b in self._free) > self.max_bytes
-            ):
-                self._free.pop(0)  # the oldest goes back to the OS
-
-    def clear(self) -> None:
-        """Return every free buffer to the OS."""
-        with self._lock:
-            self._free.clear()
 
 
 class _NumpyDtypes(dict):
@@ -406,7 +330,6 @@ class _NumpyDtypes(dict):
 
 
 _NUMPY_DTYPES = _NumpyDtypes()
-_host_memory = _HostMemory()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,330 @@
+/* The torch backend's compiled CPU loops: TF's loop nests over the per-box sample tables.
+   _native.py compiles this file (with -I cropcore.native.include_dir()) and calls it via ctypes;
+   see its docstring for the requirements. The per-sample arithmetic is the shared
+   tf_crop_and_resize.h, which the CUDA kernels compile too. Functions are generated per image
+   dtype (suffix u8 ... f64). */
+#include <stdint.h>
+#include <string.h>
+
+#include "tf_crop_and_resize.h"
+
+typedef int64_t i64;
+
+/* Non-temporal copy of a computed row into the result: a large result is written without first
+   being read into the cache, which halves the memory traffic of the forward pass. */
+#if defined(__AVX512F__) || defined(__AVX__) || defined(__SSE2__)
+#include <immintrin.h>
+#endif
+static void stream_row(float* dst, const float* src, i64 n) {
+    i64 i = 0;
+#if defined(__AVX512F__)
+    for (; i < n && ((uintptr_t)(dst + i) & 63); ++i) dst[i] = src[i];
+    for (; i + 16 <= n; i += 16) _mm512_stream_ps(dst + i, _mm512_loadu_ps(src + i));
+#elif defined(__AVX__)
+    for (; i < n && ((uintptr_t)(dst + i) & 31); ++i) dst[i] = src[i];
+    for (; i + 8 <= n; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
+#elif defined(__SSE2__)
+    for (; i < n && ((uintptr_t)(dst + i) & 15); ++i) dst[i] = src[i];
+    for (; i + 4 <= n; i += 4) _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
+#endif
+    for (; i < n; ++i) dst[i] = src[i];
+}
+
+static void stream_fence(void) {
+#if defined(__SSE2__)
+    _mm_sfence(); /* streamed stores are weakly ordered: finish them before returning */
+#endif
+}
+
+/* Every exported function runs under TF's floating-point modes (flush-to-zero, denormals-are-zero:
+   cropcore_fp_enter) and restores the caller's on return. */
+#define FP_ENTER const cropcore_fpenv fp_saved_ = cropcore_fp_enter()
+#define FP_RETURN(value) do { cropcore_fp_leave(fp_saved_); return (value); } while (0)
+
+#define LOAD_CAST(p) ((float)(*(p)))
+#define LOAD_HALF(p) cropcore_half_to_float(*(p))
+
+/* Forward, one row of one box: crops[n, y, :, :] into `o` (element (x, d) at o[x*os_x + d*os_d]).
+   Image strides is_* (elements, NHWC order); tables (N, ch) / (N, cw), C-contiguous.
+   The arithmetic is TF's, expression for expression. */
+#define DEFINE_CROP_ROW(SUF, T, LOAD)                                                          \
+static inline void crop_row_##SUF(                                                            \
+        const T* img, i64 is_y, i64 is_x, i64 is_d, i64 n, i64 y, i64 ch, i64 cw, i64 D,      \
+        const i64* ylo, const i64* yhi, const float* ylerp, const uint8_t* yok,               \
+        const i64* xlo, const i64* xhi, const float* xlerp, const uint8_t* xok,               \
+        int nearest, float ev, float* o, i64 os_x, i64 os_d) {                                \
+    const i64 r = n * ch + y;                                                                 \
+    if (!yok[r]) {                                                                            \
+        for (i64 x = 0; x < cw; ++x)                                                          \
+            for (i64 d = 0; d < D; ++d) o[x * os_x + d * os_d] = ev;                          \
+        return;                                                                               \
+    }                                                                                         \
+    const T* top = img + ylo[r] * is_y;                                                       \
+    const T* bottom = img + yhi[r] * is_y;                                                    \
+    const float y_lerp = ylerp[r];                                                            \
+    const i64* left = xlo + n * cw;                                                           \
+    const i64* right = xhi + n * cw;                                                          \
+    const float* x_lerps = xlerp + n * cw;                                                    \
+    const uint8_t* x_ok = xok + n * cw;                                                       \
+    if (is_d == 1 && os_d == 1) { /* channels innermost on both sides: vectorisable */        \
+        for (i64 x = 0; x < cw; ++x) {                                                        \
+            float* restrict ox = o + x * os_x;                                                \
+            if (!x_ok[x]) {                                                                   \
+                for (i64 d = 0; d < D; ++d) ox[d] = ev;                                       \
+            } else if (nearest) {                                                             \
+                const T* restrict p = top + left[x] * is_x;                                   \
+                for (i64 d = 0; d < D; ++d) ox[d] = LOAD(p + d);                              \
+            } else {                                                                          \
+                const T* restrict tl = top + left[x] * is_x;                                  \
+                const T* restrict tr = top + right[x] * is_x;                                 \
+                const T* restrict bl = bottom + left[x] * is_x;                               \
+                const T* restrict br = bottom + right[x] * is_x;                              \
+                const float x_lerp = x_lerps[x];                                              \
+                for (i64 d = 0; d < D; ++d)                                                   \
+                    ox[d] = cropcore_bilinear(LOAD(tl + d), LOAD(tr + d), LOAD(bl + d),       \
+                                              LOAD(br + d), x_lerp, y_lerp);                  \
+            }                                                                                 \
+        }                                                                                     \
+        return;                                                                               \
+    }                                                                                         \
+    for (i64 d = 0; d < D; ++d) { /* any other layout: channel by channel, along the row */   \
+        const T* tp = top + d * is_d;                                                         \
+        const T* bp = bottom + d * is_d;                                                      \
+        float* od = o + d * os_d;                                                             \
+        for (i64 x = 0; x < cw; ++x) {                                                        \
+            if (!x_ok[x]) {                                                                   \
+                od[x * os_x] = ev;                                                            \
+            } else if (nearest) {                                                             \
+                od[x * os_x] = LOAD(tp + left[x] * is_x);                                     \
+            } else {                                                                          \
+                od[x * os_x] = cropcore_bilinear(                                             \
+                    LOAD(tp + left[x] * is_x), LOAD(tp + right[x] * is_x),                    \
+                    LOAD(bp + left[x] * is_x), LOAD(bp + right[x] * is_x), x_lerps[x], y_lerp);\
+            }                                                                                 \
+        }                                                                                     \
+    }                                                                                         \
+}
+
+/* Forward by rows: units [r0, r1) of r = n * ch + y; output strides os_* (NHWC order).
+   scratch: NULL, or cw * D floats: a row that is contiguous in the result is then computed
+   there and streamed out. Returns -1, or the index of a box whose image index is outside
+   [0, B) (nothing of that box is read).
+   Forward by boxes (crop_boxes_*), for a result whose channels are planes (NCHW): units
+   [r0, r1) of boxes; scratch holds 2 * D * ch * cw floats. Each box is computed channels
+   innermost (reading an NCHW image plane by plane would touch one cache line per sample), then
+   written out one channel plane at a time. */
+#define DEFINE_CROP(SUF, T, LOAD)                                                              \
+DEFINE_CROP_ROW(SUF, T, LOAD)                                                                 \
+i64 crop_##SUF(const T* image, i64 is_b, i64 is_y, i64 is_x, i64 is_d, i64 B,                 \
+               const int32_t* box_ind, i64 ch, i64 cw, i64 D,                                 \
+               const i64* ylo, const i64* yhi, const float* ylerp, const uint8_t* yok,        \
+               const i64* xlo, const i64* xhi, const float* xlerp, const uint8_t* xok,        \
+               int nearest, float ev, float* out, i64 os_n, i64 os_y, i64 os_x, i64 os_d,     \
+               float* scratch, i64 r0, i64 r1) {                                              \
+    FP_ENTER;                                                                                \
+    const int stream = scratch != NULL && os_d == 1 && os_x == D;                             \
+    for (i64 r = r0; r < r1; ++r) {                                                           \
+        const i64 n = r / ch, y = r % ch, b = box_ind[n];                                     \
+        if (b < 0 || b >= B) FP_RETURN(n);                                                        \
+        float* row = out + n * os_n + y * os_y;                                               \
+        crop_row_##SUF(image + b * is_b, is_y, is_x, is_d, n, y, ch, cw, D,                  \
+                       ylo, yhi, ylerp, yok, xlo, xhi, xlerp, xok, nearest, ev,               \
+                       stream ? scratch : row, os_x, os_d);                                   \
+        if (stream) stream_row(row, scratch, cw * D);                                         \
+    }                                                                                         \
+    if (stream) stream_fence();                                                               \
+    FP_RETURN(-1);                                                                            \
+}                                                                                             \
+i64 crop_boxes_##SUF(const T* image, i64 is_b, i64 is_y, i64 is_x, i64 is_d, i64 B,           \
+                     const int32_t* box_ind, i64 ch, i64 cw, i64 D,                           \
+                     const i64* ylo, const i64* yhi, const float* ylerp, const uint8_t* yok,  \
+                     const i64* xlo, const i64* xhi, const float* xlerp, const uint8_t* xok,  \
+                     int nearest, float ev, float* out, i64 os_n, i64 os_y, i64 os_x,         \
+                     i64 os_d, float* scratch, i64 n0, i64 n1) {                              \
+    FP_ENTER;                                                                                \
+    const i64 P = ch * cw; /* pixels of a crop */                                            \
+    float* box = scratch;  /* (P, D): the crop, channels innermost */                         \
+    float* planes = scratch + P * D; /* (D, P): the same, channel planes */                   \
+    const int contiguous = os_x == 1 && os_y == cw && os_d == P;                              \
+    for (i64 n = n0; n < n1; ++n) {                                                           \
+        const i64 b = box_ind[n];                                                             \
+        if (b < 0 || b >= B) FP_RETURN(n);                                                        \
+        for (i64 y = 0; y < ch; ++y)                                                          \
+            crop_row_##SUF(image + b * is_b, is_y, is_x, is_d, n, y, ch, cw, D,              \
+                           ylo, yhi, ylerp, yok, xlo, xhi, xlerp, xok, nearest, ev,           \
+                           box + y * cw * D, D, 1);                                           \
+        if (contiguous) { /* tiled transpose, then one streamed block per box */             \
+            for (i64 i0 = 0; i0 < P; i0 += 16)                                               \
+                for (i64 d0 = 0; d0 < D; d0 += 16)                                           \
+                    for (i64 i = i0; i < i0 + 16 && i < P; ++i)                               \
+                        for (i64 d = d0; d < d0 + 16 && d < D; ++d)                           \
+                            planes[d * P + i] = box[i * D + d];                               \
+            stream_row(out + n * os_n, planes, P * D);                                        \
+        } else {                                                                              \
+            for (i64 d = 0; d < D; ++d)                                                       \
+                for (i64 y = 0; y < ch; ++y)                                                  \
+                    for (i64 x = 0; x < cw; ++x)                                              \
+                        out[n * os_n + d * os_d + y * os_y + x * os_x] =                      \
+                            box[(y * cw + x) * D + d];                                        \
+        }                                                                                     \
+    }                                                                                         \
+    stream_fence();                                                                           \
+    FP_RETURN(-1);                                                                            \
+}
+
+/* Box gradient: boxes [n0, n1). grads strides gs_* (NHWC order); out (N, 4) float32, zeroed.
+   Tables from the ratio-first coordinates. Loop order y, x, d as TF's, so each of the four sums
+   adds its terms in TF's order. */
+#define DEFINE_GRAD_BOXES(SUF, T, LOAD)                                                        \
+i64 grad_boxes_##SUF(const float* grads, i64 gs_n, i64 gs_y, i64 gs_x, i64 gs_d,               \
+                     const T* image, i64 is_b, i64 is_y, i64 is_x, i64 is_d, i64 B,           \
+                     i64 image_height, i64 image_width,                                       \
+                     const int32_t* box_ind, i64 crop_height, i64 crop_width, i64 depth,      \
+                     const i64* ylo, const i64* yhi, const float* ylerp, const uint8_t* yok,  \
+                     const i64* xlo, const i64* xhi, const float* xlerp, const uint8_t* xok,  \
+                     float* out, i64 n0, i64 n1) {                                            \
+    FP_ENTER;                                                                                \
+    const float height_ratio =                                                                \
+        (crop_height > 1) ? (float)(image_height - 1) / (crop_height - 1) : 0;                \
+    const float width_ratio =                                                                 \
+        (crop_width > 1) ? (float)(image_width - 1) / (crop_width - 1) : 0;                   \
+    for (i64 b = n0; b < n1; ++b) {                                                           \
+        const i64 b_in = box_ind[b];                                                          \
+        if (b_in < 0 || b_in >= B) FP_RETURN(b);                                                  \
+        float* grads_boxes = out + 4 * b;                                                     \
+        const T* img = image + b_in * is_b;                                                   \
+        for (i64 y = 0; y < crop_height; ++y) {                                               \
+            const i64 ry = b * crop_height + y;                                               \
+            if (!yok[ry]) continue;                                                           \
+            const T* top = img + ylo[ry] * is_y;                                              \
+            const T* bottom = img + yhi[ry] * is_y;                                           \
+            const float y_lerp = ylerp[ry];                                                   \
+            for (i64 x = 0; x < crop_width; ++x) {                                            \
+                const i64 rx = b * crop_width + x;                                            \
+                if (!xok[rx]) continue;                                                       \
+                const i64 left = xlo[rx] * is_x, right = xhi[rx] * is_x;                      \
+                const float x_lerp = xlerp[rx];                                               \
+                const float* g = grads + b * gs_n + y * gs_y + x * gs_x;                      \
+                for (i64 d = 0; d < depth; ++d) {                                             \
+                    const i64 c = d * is_d;                                                   \
+                    const cropcore_slopes s = cropcore_image_slopes(                          \
+                        LOAD(top + left + c), LOAD(top + right + c), LOAD(bottom + left + c), \
+                        LOAD(bottom + right + c), x_lerp, y_lerp, g[d * gs_d]);               \
+                    const float image_grad_y = s.y, image_grad_x = s.x;                       \
+                    if (crop_height > 1) {                                                    \
+                        grads_boxes[0] +=                                                     \
+                            image_grad_y * (image_height - 1 - y * height_ratio);             \
+                        grads_boxes[2] += image_grad_y * (y * height_ratio);                  \
+                    } else {                                                                  \
+                        grads_boxes[0] += image_grad_y * 0.5 * (image_height - 1);            \
+                        grads_boxes[2] += image_grad_y * 0.5 * (image_height - 1);            \
+                    }                                                                         \
+                    if (crop_width > 1) {                                                     \
+                        grads_boxes[1] +=                                                     \
+                            image_grad_x * (image_width - 1 - x * width_ratio);               \
+                        grads_boxes[3] += image_grad_x * (x * width_ratio);                   \
+                    } else {                                                                  \
+                        grads_boxes[1] += image_grad_x * 0.5 * (image_width - 1);             \
+                        grads_boxes[3] += image_grad_x * 0.5 * (image_width - 1);             \
+                    }                                                                         \
+                }                                                                             \
+            }                                                                                 \
+        }                                                                                     \
+    }                                                                                         \
+    FP_RETURN(-1);                                                                            \
+}
+
+/* Image gradient, accumulated in T (float or double): every box, in order, whose image index is
+   in [b0, b1), so a split over images keeps TF's order of additions per pixel. out zeroed. */
+#define DEFINE_GRAD_IMAGE(SUF, T)                                                              \
+i64 grad_image_##SUF(const float* grads, i64 gs_n, i64 gs_y, i64 gs_x, i64 gs_d,               \
+                     const int32_t* box_ind, i64 N, i64 ch, i64 cw, i64 D,                    \
+                     const i64* ylo, const i64* yhi, const float* ylerp, const uint8_t* yok,  \
+                     const i64* xlo, const i64* xhi, const float* xlerp, const uint8_t* xok,  \
+                     int nearest, T* out, i64 os_b, i64 os_y, i64 os_x, i64 os_d, i64 B,      \
+                     i64 b0, i64 b1) {                                                        \
+    FP_ENTER;                                                                                \
+    for (i64 b = 0; b < N; ++b) {                                                             \
+        const i64 b_in = box_ind[b];                                                          \
+        if (b_in < 0 || b_in >= B) FP_RETURN(b);                                                  \
+        if (b_in < b0 || b_in >= b1) continue;                                                \
+        T* img = out + b_in * os_b;                                                           \
+        for (i64 y = 0; y < ch; ++y) {                                                        \
+            const i64 ry = b * ch + y;                                                        \
+            if (!yok[ry]) continue;                                                           \
+            T* top = img + ylo[ry] * os_y;                                                    \
+            T* bottom = img + yhi[ry] * os_y;                                                 \
+            const float y_lerp = ylerp[ry];                                                   \
+            for (i64 x = 0; x < cw; ++x) {                                                    \
+                const i64 rx = b * cw + x;                                                    \
+                if (!xok[rx]) continue;                                                       \
+                const float* g = grads + b * gs_n + y * gs_y + x * gs_x;                      \
+                const i64 left = xlo[rx] * os_x, right = xhi[rx] * os_x;                      \
+                if (nearest) {                                                                \
+                    for (i64 d = 0; d < D; ++d)                                               \
+                        top[left + d * os_d] += (T)(g[d * gs_d]);                             \
+                    continue;                                                                 \
+                }                                                                             \
+                const float x_lerp = xlerp[rx];                                               \
+                for (i64 d = 0; d < D; ++d) {                                                 \
+                    const i64 c = d * os_d;                                                   \
+                    const cropcore_corners add = cropcore_spread(g[d * gs_d], x_lerp, y_lerp);\
+                    top[left + c] += (T)add.top_left;                                         \
+                    top[right + c] += (T)add.top_right;                                       \
+                    bottom[left + c] += (T)add.bottom_left;                                   \
+                    bottom[right + c] += (T)add.bottom_right;                                 \
+                }                                                                             \
+            }                                                                                 \
+        }                                                                                     \
+    }                                                                                         \
+    FP_RETURN(-1);                                                                            \
+}
+
+/* The samples of one crop axis for boxes [0, N): TF's in_y (or in_x) for every box and crop row,
+   with the range test, neighbours and weights (the tables the loops above read; (N, crop) each).
+   axis 0: rows (box columns 0 and 2, the image height); axis 1: columns (1 and 3, the width).
+   ratio_first: CropAndResizeGradBoxes' rounding of the scale. Out-of-range samples (NaN and inf
+   included) get valid 0 and zero indices and weight. size <= 2**24 and crop < 2**31 (the caller
+   checks). */
+void samples(const float* boxes, i64 N, i64 axis, i64 size, i64 crop, int ratio_first,
+             i64* low, i64* high, i64* nearest, float* lerp, uint8_t* valid) {
+    FP_ENTER;
+    for (i64 n = 0; n < N; ++n) {
+        const cropcore_axis a = cropcore_make_axis(boxes[4 * n + axis], boxes[4 * n + axis + 2],
+                                                   (int)size, (int)crop, ratio_first);
+        for (i64 y = 0; y < crop; ++y) {
+            const i64 i = n * crop + y;
+            const cropcore_sample sy = cropcore_sample_at(cropcore_coord(a, (int)y), (int)size);
+            valid[i] = (uint8_t)sy.valid;
+            low[i] = sy.low;
+            high[i] = sy.high;
+            nearest[i] = sy.nearest;
+            lerp[i] = sy.lerp;
+        }
+    }
+    cropcore_fp_leave(fp_saved_);
+}
+
+DEFINE_CROP(u8, uint8_t, LOAD_CAST)
+DEFINE_CROP(u16, uint16_t, LOAD_CAST)
+DEFINE_CROP(i8, int8_t, LOAD_CAST)
+DEFINE_CROP(i16, int16_t, LOAD_CAST)
+DEFINE_CROP(i32, int32_t, LOAD_CAST)
+DEFINE_CROP(i64, int64_t, LOAD_CAST)
+DEFINE_CROP(f16, uint16_t, LOAD_HALF)
+DEFINE_CROP(f32, float, LOAD_CAST)
+DEFINE_CROP(f64, double, LOAD_CAST)
+
+
+DEFINE_GRAD_BOXES(u8, uint8_t, LOAD_CAST)
+DEFINE_GRAD_BOXES(u16, uint16_t, LOAD_CAST)
+DEFINE_GRAD_BOXES(i8, int8_t, LOAD_CAST)
+DEFINE_GRAD_BOXES(i16, int16_t, LOAD_CAST)
+DEFINE_GRAD_BOXES(i32, int32_t, LOAD_CAST)
+DEFINE_GRAD_BOXES(i64, int64_t, LOAD_CAST)
+DEFINE_GRAD_BOXES(f16, uint16_t, LOAD_HALF)
+DEFINE_GRAD_BOXES(f32, float, LOAD_CAST)
+DEFINE_GRAD_BOXES(f64, double, LOAD_CAST)
+
+DEFINE_GRAD_IMAGE(f32, float)
+DEFINE_GRAD_IMAGE(f64, double)
