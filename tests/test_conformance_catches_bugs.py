@@ -41,7 +41,7 @@ def mutation(name: str, caught_by: str, *edits: tuple[str, str, str]) -> Mutatio
     return Mutation(name, edits, frozenset(caught_by.split()))
 
 
-K, INIT = "kernels.py", "__init__.py"
+K, INIT, E = "kernels.py", "__init__.py", "entry.py"  # E: the entry points taking the call
 S, G = "samples.py", "gradients.py"  # the kernels' sample coordinates; the gradient ops
 NEAREST = "nearest = np.minimum(low + (lerp >= 0.5), last)"
 GATHER = "return image[batch, y, x].astype(_F32, copy=False)"
@@ -156,9 +156,9 @@ MUTATIONS = [
     mutation(
         "nchw-treated-as-nhwc",
         "tf-vectors edge-cases properties gradients",
-        (INIT, "return np.moveaxis(x, 1, 3) if channels_first else x", "return x"),
+        (E, "return np.moveaxis(x, 1, 3) if channels_first else x", "return x"),
         (
-            INIT,
+            E,
             "return np.ascontiguousarray(np.moveaxis(x, 3, 1)) if channels_first else x",
             "return x",
         ),
@@ -202,7 +202,7 @@ MUTATIONS = [
         "float16-gradient-accumulated-in-float32",
         "tf-vectors gradients",
         (
-            INIT,
+            E,
             "        call.method,\n        call.dtype,\n    )",
             '        call.method,\n        "float32",\n    ).astype(call.dtype)',
         ),
@@ -220,21 +220,21 @@ MUTATIONS = [
     mutation(
         "writes-into-the-callers-boxes",
         "tf-vectors edge-cases errors",
-        (INIT, FORWARD_RESULT, "call.boxes[...] = 0\n    " + FORWARD_RESULT),
+        (E, FORWARD_RESULT, "call.boxes[...] = 0\n    " + FORWARD_RESULT),
     ),
     mutation(
         "reuses-an-output-buffer",
         "round-trips",
         (
-            INIT,
+            E,
             FORWARD_RESULT,
             "buffer = _BUFFERS.setdefault((crops.shape, call.data_format), crops)\n"
             "    buffer[...] = crops\n    crops = buffer\n    " + FORWARD_RESULT,
         ),
         (
-            INIT,
-            "@hookimpl\ndef cropcore_backend_info",
-            "_BUFFERS = {}\n\n\n@hookimpl\ndef cropcore_backend_info",
+            E,
+            "def crop_and_resize(call",
+            "_BUFFERS = {}\n\n\ndef crop_and_resize(call",
         ),
     ),
     mutation(

@@ -31,14 +31,6 @@ __all__ = [
 ]
 
 
-def _nhwc(x: np.ndarray, channels_first: bool) -> np.ndarray:
-    return np.moveaxis(x, 1, 3) if channels_first else x
-
-
-def _from_nhwc(x: np.ndarray, channels_first: bool) -> np.ndarray:
-    return np.ascontiguousarray(np.moveaxis(x, 3, 1)) if channels_first else x
-
-
 @hookimpl
 def cropcore_backend_info() -> BackendInfo:
     return BackendInfo(
@@ -52,44 +44,23 @@ def cropcore_backend_info() -> BackendInfo:
 
 @hookimpl
 def cropcore_crop_and_resize(call: CropAndResizeCall) -> np.ndarray:
-    from cropcore_numpy import kernels
+    from cropcore_numpy import entry, kernels
 
-    crops = kernels.crop_and_resize(
-        _nhwc(call.image, call.channels_first),
-        call.boxes,
-        call.box_indices,
-        call.crop_size,
-        call.method,
-        call.extrapolation_value,
-    )
-    return _from_nhwc(crops, call.channels_first)
+    return entry.crop_and_resize(call, kernels)
 
 
 @hookimpl
 def cropcore_crop_and_resize_grad_image(call: GradImageCall) -> np.ndarray:
-    from cropcore_numpy import kernels
+    from cropcore_numpy import entry, kernels
 
-    grads_image = kernels.crop_and_resize_grad_image(
-        _nhwc(call.grads, call.channels_first),
-        call.boxes,
-        call.box_indices,
-        call.image_shape,
-        call.method,
-        call.dtype,
-    )
-    return _from_nhwc(grads_image, call.channels_first)
+    return entry.crop_and_resize_grad_image(call, kernels)
 
 
 @hookimpl
 def cropcore_crop_and_resize_grad_boxes(call: GradBoxesCall) -> np.ndarray:
-    from cropcore_numpy import kernels
+    from cropcore_numpy import entry, kernels
 
-    return kernels.crop_and_resize_grad_boxes(
-        _nhwc(call.grads, call.channels_first),
-        _nhwc(call.image, call.channels_first),
-        call.boxes,
-        call.box_indices,
-    )
+    return entry.crop_and_resize_grad_boxes(call, kernels)
 
 
 @hookimpl

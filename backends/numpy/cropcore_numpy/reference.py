@@ -44,12 +44,19 @@ It is not installed as an entry point, so it is never chosen by default.
 from __future__ import annotations
 
 import math
+import sys
 from fractions import Fraction
 
 import numpy as np
 
-from cropcore import BackendInfo, hookimpl
-from cropcore.spec import Crop2DCall, CropAndResizeCall, GradBoxesCall, GradImageCall
+from cropcore.hookspecs import (
+    BackendInfo,
+    CropAndResizeCall,
+    GradBoxesCall,
+    GradImageCall,
+    hookimpl,
+)
+from cropcore_numpy import entry
 
 __all__ = [
     "add",
@@ -431,15 +438,7 @@ def crop_and_resize_grad_boxes(
 
 
 # --------------------------------------------------------------------------------------------------
-# Plugin hooks (the same layout handling as cropcore_numpy's)
-
-
-def _nhwc(x: np.ndarray, channels_first: bool) -> np.ndarray:
-    return np.moveaxis(x, 1, 3) if channels_first else x
-
-
-def _from_nhwc(x: np.ndarray, channels_first: bool) -> np.ndarray:
-    return np.ascontiguousarray(np.moveaxis(x, 3, 1)) if channels_first else x
+# Plugin hooks (through the same entry points as cropcore_numpy's)
 
 
 @hookimpl
@@ -448,47 +447,21 @@ def cropcore_backend_info() -> BackendInfo:
         name="numpy-reference",
         array_library="numpy",
         devices=("cpu",),
-        version=np.__version__,
+        requires=("numpy",),
         description="the oracle: TensorFlow's CPU loop nests in Python (slow, for testing)",
     )
 
 
 @hookimpl
 def cropcore_crop_and_resize(call: CropAndResizeCall) -> np.ndarray:
-    crops = crop_and_resize(
-        _nhwc(call.image, call.channels_first),
-        call.boxes,
-        call.box_indices,
-        call.crop_size,
-        call.method,
-        call.extrapolation_value,
-    )
-    return _from_nhwc(crops, call.channels_first)
+    return entry.crop_and_resize(call, sys.modules[__name__])
 
 
 @hookimpl
 def cropcore_crop_and_resize_grad_image(call: GradImageCall) -> np.ndarray:
-    grads_image = crop_and_resize_grad_image(
-        _nhwc(call.grads, call.channels_first),
-        call.boxes,
-        call.box_indices,
-        call.image_shape,
-        call.method,
-        call.dtype,
-    )
-    return _from_nhwc(grads_image, call.channels_first)
+    return entry.crop_and_resize_grad_image(call, sys.modules[__name__])
 
 
 @hookimpl
 def cropcore_crop_and_resize_grad_boxes(call: GradBoxesCall) -> np.ndarray:
-    return crop_and_resize_grad_boxes(
-        _nhwc(call.grads, call.channels_first),
-        _nhwc(call.image, call.channels_first),
-        call.boxes,
-        call.box_indices,
-    )
-
-
-@hookimpl
-def cropcore_crop2d(call: Crop2DCall) -> np.ndarray:
-    return call.x[call.slices]
+    return entry.crop_and_resize_grad_boxes(call, sys.modules[__name__])
