@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cropcore import calls
 from cropcore.arguments import (
     as_array,
     boxes_arg,
@@ -45,18 +46,7 @@ from cropcore.arguments import (
     image_shape_arg,
     method_arg,
 )
-from cropcore.calls import (
-    DATA_FORMATS,
-    GRAD_IMAGE_DTYPES,
-    IMAGE_DTYPES,
-    METHODS,
-    Crop2DCall,
-    CropAndResizeCall,
-    GradBoxesCall,
-    GradImageCall,
-    ImageShape,
-    crop_size_of,
-)
+from cropcore.calls import DATA_FORMATS, GRAD_IMAGE_DTYPES, IMAGE_DTYPES, METHODS, ImageShape
 from cropcore.memory import check_output_size, max_output_bytes
 
 __all__ = [
@@ -64,18 +54,12 @@ __all__ = [
     "GRAD_IMAGE_DTYPES",
     "IMAGE_DTYPES",
     "METHODS",
-    "Crop2DCall",
-    "CropAndResizeCall",
-    "GradBoxesCall",
-    "GradImageCall",
-    "ImageShape",
     "as_array",
     "boxes_arg",
     "check_output_size",
     "crop2d_call",
     "crop_and_resize_call",
     "crop_size_arg",
-    "crop_size_of",
     "cropping_arg",
     "data_format_arg",
     "extrapolation_value_arg",
@@ -114,7 +98,7 @@ def crop_and_resize_call(
     data_format: Any = "channels_last",
     *,
     check_values: bool = True,
-) -> CropAndResizeCall:
+) -> calls.CropAndResizeCall:
     """Check a ``crop_and_resize`` call (TensorFlow's rules) and return it in canonical form.
 
     ``check_values=False``: the shape-only mode (see the module's docstring).
@@ -128,7 +112,7 @@ def crop_and_resize_call(
     output = ImageShape(int(boxes.shape[0]), *crop, dims.depth).to_format(data_format)
     check_output_size(output, "float32", "crop_and_resize's result")
     boxes, box_indices = _boxes(boxes, box_indices, dims.batch, check_values)
-    return CropAndResizeCall(
+    return calls.CropAndResizeCall(
         boxes=boxes,
         box_indices=box_indices,
         method=method,
@@ -150,7 +134,7 @@ def grad_image_call(
     dtype: Any = "float32",
     *,
     check_values: bool = True,
-) -> GradImageCall:
+) -> calls.GradImageCall:
     """Check a ``crop_and_resize_grad_image`` call and return it in canonical form.
 
     TensorFlow does not check that the boxes are finite here (NaN boxes crash it); cropcore checks
@@ -170,7 +154,7 @@ def grad_image_call(
         )
     check_output_size(dims.to_format(data_format), dtype, "crop_and_resize_grad_image's result")
     boxes, box_indices = _boxes(boxes, box_indices, dims.batch, check_values)
-    return GradImageCall(
+    return calls.GradImageCall(
         boxes=boxes,
         box_indices=box_indices,
         method=method,
@@ -190,7 +174,7 @@ def grad_boxes_call(
     data_format: Any = "channels_last",
     *,
     check_values: bool = True,
-) -> GradBoxesCall:
+) -> calls.GradBoxesCall:
     """Check a ``crop_and_resize_grad_boxes`` call and return it in canonical form.
 
     As in TensorFlow only ``method="bilinear"`` exists: the box gradient of a nearest-neighbour
@@ -208,7 +192,7 @@ def grad_boxes_call(
     boxes, box_indices = boxes_shape_arg(boxes, box_indices)
     _crops_match_boxes(grads_dims.batch, boxes)
     boxes, box_indices = _boxes(boxes, box_indices, dims.batch, check_values)
-    return GradBoxesCall(
+    return calls.GradBoxesCall(
         boxes=boxes,
         box_indices=box_indices,
         method=method,
@@ -221,7 +205,7 @@ def grad_boxes_call(
 
 def crop2d_call(
     x: Any, cropping: Any = ((0, 0), (0, 0)), data_format: Any = "channels_last"
-) -> Crop2DCall:
+) -> calls.Crop2DCall:
     """Check a ``crop2d`` call (Keras ``Cropping2D``'s rules) and return it in canonical form."""
     data_format = data_format_arg(data_format)
     crop = cropping_arg(cropping)
@@ -232,4 +216,4 @@ def crop2d_call(
             "Values in `cropping` argument should be smaller than the corresponding spatial "
             f"dimension of the input. Received: input_shape={shape}, cropping={crop}"
         )
-    return Crop2DCall(x=x, cropping=crop, data_format=data_format, image_shape=dims)
+    return calls.Crop2DCall(x=x, cropping=crop, data_format=data_format, image_shape=dims)
