@@ -145,6 +145,16 @@ CC_HD RowSamples row_samples(const float* boxes, unsigned box, unsigned y, int h
 #define CROPCORE_DIV_PARAMS(n) unsigned n##_divisor, unsigned n##_magic, int n##_shift
 #define CROPCORE_DIV(n) cropcore::make_div(n##_divisor, n##_magic, n##_shift)
 
+// The fields every op's Args struct shares, from the kernel parameters of the same names.
+#define CROPCORE_SHARED_ARGS(a)                                                                   \
+  a.boxes = boxes;                                                                              \
+  a.box_indices = box_indices;                                                                  \
+  a.height = height;                                                                            \
+  a.width = width;                                                                              \
+  a.depth = depth;                                                                              \
+  a.crop_height = crop_height;                                                                  \
+  a.crop_width = crop_width
+
 // The instantiations: every image dtype (the nine TensorFlow takes) and every gradient dtype.
 #define CROPCORE_IMAGE_TYPES(X)                                                                 \
   X(uint8, unsigned char)                                                                       \

@@ -76,15 +76,9 @@ struct ForwardArgs {
 
 #define CROPCORE_FORWARD_ARGS(a)                                                                \
   cropcore::ForwardArgs a;                                                                      \
-  a.boxes = boxes;                                                                              \
-  a.box_indices = box_indices;                                                                  \
+  CROPCORE_SHARED_ARGS(a);                                                                        \
   a.crops = crops;                                                                              \
-  a.height = height;                                                                            \
-  a.width = width;                                                                              \
-  a.depth = depth;                                                                              \
   cropcore::set_strides(a.stride, stride_batch, stride_row, stride_column, stride_channel);     \
-  a.crop_height = crop_height;                                                                  \
-  a.crop_width = crop_width;                                                                    \
   a.nchw = nchw;                                                                                \
   a.nearest = nearest;                                                                          \
   a.extrapolation_value = extrapolation_value;                                                  \

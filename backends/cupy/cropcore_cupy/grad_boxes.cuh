@@ -44,15 +44,9 @@ struct GradBoxesArgs {
 #define CROPCORE_GRAD_BOXES_ARGS(a)                                                             \
   cropcore::GradBoxesArgs a;                                                                    \
   a.grads = grads;                                                                              \
-  a.boxes = boxes;                                                                              \
-  a.box_indices = box_indices;                                                                  \
+  CROPCORE_SHARED_ARGS(a);                                                                        \
   a.partial = partial;                                                                          \
   a.output = output;                                                                            \
-  a.height = height;                                                                            \
-  a.width = width;                                                                              \
-  a.depth = depth;                                                                              \
-  a.crop_height = crop_height;                                                                  \
-  a.crop_width = crop_width;                                                                    \
   a.num_boxes = num_boxes;                                                                      \
   cropcore::set_strides(a.grads_stride, grads_stride_box, grads_stride_y, grads_stride_x,      \
                         grads_stride_channel);                                                  \

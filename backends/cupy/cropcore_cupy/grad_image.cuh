@@ -62,16 +62,10 @@ struct GradImageArgs {
 #define CROPCORE_GRAD_IMAGE_ARGS(a)                                                             \
   cropcore::GradImageArgs a;                                                                    \
   a.grads = grads;                                                                              \
-  a.boxes = boxes;                                                                              \
-  a.box_indices = box_indices;                                                                  \
+  CROPCORE_SHARED_ARGS(a);                                                                        \
   a.box_axes = box_axes;                                                                        \
   a.box_spans = box_spans;                                                                      \
   a.num_boxes = num_boxes;                                                                      \
-  a.height = height;                                                                            \
-  a.width = width;                                                                              \
-  a.depth = depth;                                                                              \
-  a.crop_height = crop_height;                                                                  \
-  a.crop_width = crop_width;                                                                    \
   cropcore::set_strides(a.grads_stride, grads_stride_box, grads_stride_y, grads_stride_x,      \
                         grads_stride_channel);                                                  \
   cropcore::set_strides(a.output_stride, output_stride_batch, output_stride_row,               \
