@@ -100,6 +100,23 @@ def _nchw(data_format: str) -> int:
     return int(data_format == "channels_first")
 
 
+def _shared_values(
+    boxes: Any, box_indices: Any, image_shape: Sequence[int], crop_size: tuple[int, int]
+) -> dict[str, Any]:
+    """The parameters every kernel family takes (CROPCORE_SHARED_ARGS): box tables and sizes."""
+    _, height, width, depth = (int(d) for d in image_shape)
+    crop_height, crop_width = crop_size
+    return {
+        "boxes": boxes,
+        "box_indices": box_indices,
+        "height": height,
+        "width": width,
+        "depth": depth,
+        "crop_height": crop_height,
+        "crop_width": crop_width,
+    }
+
+
 def forward(
     *,
     image: Any,
@@ -118,7 +135,7 @@ def forward(
     """The CropAndResize launch. ``image_shape``/``image_strides``: (batch, row, column, channel),
     strides in elements; ``crops``: a new C-contiguous float32 array in ``data_format``.
     """
-    _, height, width, depth = (int(d) for d in image_shape)
+    depth = int(image_shape[3])
     crop_height, crop_width = crop_size
     num_boxes = int(boxes.shape[0])
     nchw = _nchw(data_format)
@@ -136,15 +153,9 @@ def forward(
     kernel = f"cropcore_forward_{dtype}_v{vec}"
     values = {
         "image": image,
-        "boxes": boxes,
-        "box_indices": box_indices,
+        **_shared_values(boxes, box_indices, image_shape, crop_size),
         "crops": crops,
-        "height": height,
-        "width": width,
-        "depth": depth,
         **stride_values("stride", IMAGE_AXES, image_strides),
-        "crop_height": crop_height,
-        "crop_width": crop_width,
         "nchw": nchw,
         "nearest": int(method == "nearest"),
         "extrapolation_value": extrapolation_value,
@@ -190,17 +201,11 @@ def grad_image(
     out_strides = contiguous_strides((batch, height, width, depth), data_format)
     values = {
         "grads": grads,
-        "boxes": boxes,
-        "box_indices": box_indices,
+        **_shared_values(boxes, box_indices, image_shape, crop_size),
         "output": output,
         "box_axes": box_axes if deterministic else None,
         "box_spans": box_spans if deterministic else None,
         "num_boxes": num_boxes,
-        "height": height,
-        "width": width,
-        "depth": depth,
-        "crop_height": crop_height,
-        "crop_width": crop_width,
         **stride_values("grads_stride", GRADS_AXES, grads_strides),
         **stride_values("output_stride", IMAGE_AXES, out_strides),
         "nchw": nchw,
@@ -252,7 +257,7 @@ def grad_boxes(
     chunk) their combination. ``partial``: float32 ``(num_boxes, chunks, 4)`` or None when
     :func:`grad_boxes_chunking` gives one chunk; ``output``: float32 ``(num_boxes, 4)``.
     """
-    _, height, width, depth = (int(d) for d in image_shape)
+    depth = int(image_shape[3])
     crop_height, crop_width = crop_size
     num_boxes = int(boxes.shape[0])
     elements = crop_height * crop_width * depth
@@ -260,15 +265,9 @@ def grad_boxes(
     values = {
         "grads": grads,
         "image": image,
-        "boxes": boxes,
-        "box_indices": box_indices,
+        **_shared_values(boxes, box_indices, image_shape, crop_size),
         "partial": partial if chunks > 1 else None,
         "output": output,
-        "height": height,
-        "width": width,
-        "depth": depth,
-        "crop_height": crop_height,
-        "crop_width": crop_width,
         "num_boxes": num_boxes,
         **stride_values("grads_stride", GRADS_AXES, grads_strides),
         **stride_values("image_stride", IMAGE_AXES, image_strides),
