@@ -26,6 +26,7 @@ __all__ = [
     "grad_boxes_chunking",
     "launch_shape",
     "logical_strides",
+    "rows_and_groups",
     "total",
     "vector_width",
 ]
@@ -70,6 +71,20 @@ def launch_shape(rows: int, groups: int) -> tuple[tuple[int, int, int], tuple[in
     grid_x = -(-groups // (block_x * GROUPS_PER_THREAD))
     grid_y = min(max(1, -(-rows // block_y)), MAX_GRID_Y)
     return (grid_x, grid_y, 1), (block_x, block_y, 1)
+
+
+def rows_and_groups(
+    planes: int, height: int, width: int, depth: int, nchw: int, vec: int = 1
+) -> tuple[int, int]:
+    """The rows x groups a kernel runs over, for ``planes`` arrays of height x width x depth.
+
+    A row is one row of a plane (NHWC) or of one channel of a plane (NCHW); a group is ``vec``
+    consecutive channels of one column (NHWC) or one column (NCHW): the split the headers'
+    crop_row and image_row undo.
+    """
+    if nchw:
+        return planes * depth * height, width
+    return planes * height, width * depth // vec
 
 
 def vector_width(

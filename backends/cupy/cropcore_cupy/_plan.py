@@ -47,6 +47,7 @@ from cropcore_cupy._geometry import (
     grad_boxes_chunking,
     launch_shape,
     logical_strides,
+    rows_and_groups,
     total,
     vector_width,
 )
@@ -89,6 +90,7 @@ __all__ = [
     "launch_shape",
     "logical_strides",
     "nvrtc_options",
+    "rows_and_groups",
     "source",
     "stride_values",
     "total",
@@ -139,16 +141,13 @@ def forward(
     crop_height, crop_width = crop_size
     num_boxes = int(boxes.shape[0])
     nchw = _nchw(data_format)
-    if nchw:
-        vec = 1
-        rows, groups = num_boxes * depth * crop_height, crop_width
-        row_length = crop_width
-    else:
+    vec = 1
+    if not nchw:
         vec = vector_width(
             depth, np.dtype(dtype).itemsize, image_strides, image_shape, image_pointer
         )
-        rows, groups = num_boxes * crop_height, crop_width * depth // vec
-        row_length = crop_width * depth
+    rows, groups = rows_and_groups(num_boxes, crop_height, crop_width, depth, nchw, vec)
+    row_length = crop_width if nchw else crop_width * depth
     groups_per_pixel = max(1, depth // vec)
     kernel = f"cropcore_forward_{dtype}_v{vec}"
     values = {
@@ -215,10 +214,7 @@ def grad_image(
         "by_height": fast_divider(height),
     }
     if not deterministic:
-        if nchw:
-            rows, groups = num_boxes * depth * crop_height, crop_width
-        else:
-            rows, groups = num_boxes * crop_height, crop_width * depth
+        rows, groups = rows_and_groups(num_boxes, crop_height, crop_width, depth, nchw)
         kernel = f"cropcore_grad_image_scatter_{dtype}"
         grid, block = launch_shape(rows, groups)
         values.update(rows=rows, groups=groups)
@@ -226,10 +222,7 @@ def grad_image(
     setup = f"cropcore_grad_image_setup_{dtype}"
     setup_values = {**values, "rows": num_boxes, "groups": 1}
     setup_grid = (max(1, -(-num_boxes // BLOCK)), 1, 1)
-    if nchw:
-        rows, groups = batch * depth * height, width
-    else:
-        rows, groups = batch * height, width * depth
+    rows, groups = rows_and_groups(batch, height, width, depth, nchw)
     gather = f"cropcore_grad_image_gather_{dtype}"
     grid, block = launch_shape(rows, groups)
     values.update(rows=rows, groups=groups)
