@@ -1,9 +1,11 @@
-// cropcore's CUDA kernels: the __global__ wrappers around crop_and_resize.cuh.
+// cropcore's CUDA kernels: the __global__ wrappers around crop_and_resize.cuh (and the op headers
+// it includes: forward.cuh, grad_image.cuh, grad_boxes.cuh).
 //
 // One fused kernel per op: CropAndResize is one launch; CropAndResizeGradImage is one launch on a
 // zeroed result (scatter, atomic) or a box set-up plus one launch (gather, deterministic);
 // CropAndResizeGradBoxes is one launch, plus one that combines per-chunk sums when a box has more
-// than one chunk. Launch geometry, argument order and the choice of kernel are in _plan.py.
+// than one chunk. Launch geometry, argument order and the choice of kernel are in _plan.py (and
+// the modules it re-exports: _abi.py, _geometry.py).
 //
 // Compile flags (set by _plan.nvrtc_options and by the nvcc test): --fmad=false -ftz=true
 // --prec-div=true. One of CROPCORE_OP_FORWARD, CROPCORE_OP_GRAD_IMAGE, CROPCORE_OP_GRAD_BOXES (or
