@@ -1,5 +1,6 @@
 // What every cropcore CUDA kernel shares: the compile-three-ways macros, the element types and
-// their conversions to float, division by run-time constants, and the rows the kernels run over.
+// their conversions to float, division by run-time constants, the rows the kernels run over, and
+// the kernel parameters every op takes.
 //
 // Requirements: those of crop_and_resize.cuh, which includes this header and the three op headers
 // (forward.cuh, grad_image.cuh, grad_boxes.cuh). No standard headers under CUDA; no CUDA
@@ -115,14 +116,6 @@ CC_HD CropRow crop_row(unsigned row, int nchw, const FastDiv& by_crop_height,
   return r;
 }
 
-// Strides, per logical axis, copied from four kernel parameters into a 4-element array.
-CC_HD void set_strides(i64 (&stride)[4], i64 s0, i64 s1, i64 s2, i64 s3) {
-  stride[0] = s0;
-  stride[1] = s1;
-  stride[2] = s2;
-  stride[3] = s3;
-}
-
 // A crop row's samples: the row's y sample and the box's x axis (TF's in_y, and in_x's terms).
 struct RowSamples {
   Sample y;
@@ -139,6 +132,17 @@ CC_HD RowSamples row_samples(const float* boxes, unsigned box, unsigned y, int h
   return s;
 }
 
+// -------------------------------------------------------------------------------------------------
+// Kernel parameters: what the op headers' CROPCORE_*_ARGS macros use to fill their Args structs.
+
+// Strides, per logical axis, copied from four kernel parameters into a 4-element array.
+CC_HD void set_strides(i64 (&stride)[4], i64 s0, i64 s1, i64 s2, i64 s3) {
+  stride[0] = s0;
+  stride[1] = s1;
+  stride[2] = s2;
+  stride[3] = s3;
+}
+
 }  // namespace cropcore
 
 // A FastDiv kernel parameter is three scalars: divisor, magic, shift.
@@ -146,7 +150,7 @@ CC_HD RowSamples row_samples(const float* boxes, unsigned box, unsigned y, int h
 #define CROPCORE_DIV(n) cropcore::make_div(n##_divisor, n##_magic, n##_shift)
 
 // The fields every op's Args struct shares, from the kernel parameters of the same names.
-#define CROPCORE_SHARED_ARGS(a)                                                                   \
+#define CROPCORE_SHARED_ARGS(a)                                                                 \
   a.boxes = boxes;                                                                              \
   a.box_indices = box_indices;                                                                  \
   a.height = height;                                                                            \

@@ -76,7 +76,7 @@ struct ForwardArgs {
 
 #define CROPCORE_FORWARD_ARGS(a)                                                                \
   cropcore::ForwardArgs a;                                                                      \
-  CROPCORE_SHARED_ARGS(a);                                                                        \
+  CROPCORE_SHARED_ARGS(a);                                                                      \
   a.crops = crops;                                                                              \
   cropcore::set_strides(a.stride, stride_batch, stride_row, stride_column, stride_channel);     \
   a.nchw = nchw;                                                                                \

@@ -44,7 +44,7 @@ struct GradBoxesArgs {
 #define CROPCORE_GRAD_BOXES_ARGS(a)                                                             \
   cropcore::GradBoxesArgs a;                                                                    \
   a.grads = grads;                                                                              \
-  CROPCORE_SHARED_ARGS(a);                                                                        \
+  CROPCORE_SHARED_ARGS(a);                                                                      \
   a.partial = partial;                                                                          \
   a.output = output;                                                                            \
   a.num_boxes = num_boxes;                                                                      \

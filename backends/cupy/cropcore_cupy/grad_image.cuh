@@ -62,7 +62,7 @@ struct GradImageArgs {
 #define CROPCORE_GRAD_IMAGE_ARGS(a)                                                             \
   cropcore::GradImageArgs a;                                                                    \
   a.grads = grads;                                                                              \
-  CROPCORE_SHARED_ARGS(a);                                                                        \
+  CROPCORE_SHARED_ARGS(a);                                                                      \
   a.box_axes = box_axes;                                                                        \
   a.box_spans = box_spans;                                                                      \
   a.num_boxes = num_boxes;                                                                      \
