@@ -576,7 +576,9 @@ def test_the_source_holds_every_header_byte_for_byte():
         "grad_image.cuh",
     ]
     for name in headers:
-        for line in (PACKAGE / name).read_text().splitlines():
+        text = (PACKAGE / name).read_text()
+        assert source.count(text.splitlines()[0]) == 1, name  # pasted once, at its first include
+        for line in text.splitlines():
             if not line.startswith('#include "'):
                 assert line in source, (name, line)
     for line in (Path(native.include_dir()) / native.HEADER).read_text().splitlines():
