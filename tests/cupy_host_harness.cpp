@@ -1,10 +1,10 @@
 // Host harness for the CuPy backend's CUDA arithmetic (tests/test_cupy_backend.py builds it).
 //
-// It compiles crop_and_resize.cuh -- the very functions the CUDA kernels call, with the arithmetic
-// header it includes from cropcore.native -- with a host C++ compiler, and defines one C function
-// per CUDA kernel, with the kernel's name and parameter list, that runs the kernel's loop nest
-// serially: every (row, group) in order, atomics replaced by plain
-// additions, the box-gradient reduction tree simulated lane by lane. The tests call these with the
+// It compiles crop_and_resize.cuh -- the very functions the CUDA kernels call: its op headers,
+// with the arithmetic header they include from cropcore.native -- with a host C++ compiler, and
+// defines one C function per CUDA kernel, with the kernel's name and parameter list, that runs the
+// kernel's loop nest serially: every (row, group) in order, atomics replaced by plain additions,
+// the box-gradient reduction tree simulated lane by lane. The tests call these with the
 // argument lists cropcore_cupy._plan builds for the GPU, and compare with the NumPy reference.
 //
 // The floating-point environment is the GPU's (and TensorFlow's CPU kernel's): flush-to-zero and

@@ -8,9 +8,9 @@ Most machines that run this suite (CI included) have no GPU, so the backend is t
    deterministic-mode switch are plain Python.
 2. **nvcc**: the CUDA source compiles for every architecture the backend supports, with every
    kernel it can launch, and the compiled code does TensorFlow's rounding (no FMA, flush-to-zero).
-3. **Host harness**: ``crop_and_resize.cuh`` -- the functions the kernels run -- compiled for the
-   CPU (tests/cupy_host_harness.cpp), called with the very argument lists the backend builds for
-   the GPU, on thousands of random cases, against the NumPy reference (itself bit-identical with
+3. **Host harness**: ``crop_and_resize.cuh`` and the op headers it includes -- the functions the
+   kernels run -- compiled for the CPU (tests/cupy_host_harness.cpp), called with the very
+   argument lists the backend builds for the GPU, on thousands of random cases, against the NumPy reference (itself bit-identical with
    TensorFlow's CPU kernel): bit-identical for the forward op and both image-gradient kernels
    (the scatter kernel's additions run in TensorFlow's order here), within reordered sums for the
    box gradient.
@@ -527,8 +527,7 @@ def test_vector_width_only_where_loads_are_aligned(depth, itemsize, strides, sha
 def test_every_launch_names_a_kernel_the_source_defines():
     names = set(_plan.kernel_names())
     source = _plan.source()
-    assert '#include "crop_and_resize.cuh"' not in source
-    assert f'#include "{native.HEADER}"' not in source  # pasted in: NVRTC needs no include path
+    assert '#include "' not in source  # every header pasted in: NVRTC needs no include path
     assert len(names) == 9 * 3 + 3 * 3 + 9 * 2
     rng = np.random.default_rng(0)
     for dtype in DTYPES:
@@ -565,9 +564,30 @@ def test_source_is_shipped_as_package_data():
     assert '"cropcore.native" = ["*.h"]' in pyproject
 
 
+def test_the_source_holds_every_header_byte_for_byte():
+    # CuPy's kernel cache is keyed by the source text: a header left out of it could go stale.
+    source = _plan.source()
+    headers = sorted(path.name for path in PACKAGE.glob("*.cuh"))
+    assert headers == [
+        "common.cuh",
+        "crop_and_resize.cuh",
+        "forward.cuh",
+        "grad_boxes.cuh",
+        "grad_image.cuh",
+    ]
+    for name in headers:
+        text = (PACKAGE / name).read_text()
+        assert source.count(text.splitlines()[0]) == 1, name  # pasted once, at its first include
+        for line in text.splitlines():
+            if not line.startswith('#include "'):
+                assert line in source, (name, line)
+    for line in (Path(native.include_dir()) / native.HEADER).read_text().splitlines():
+        assert line in source
+
+
 def test_the_per_sample_arithmetic_is_the_shared_header_not_a_copy():
-    cuda = (PACKAGE / "crop_and_resize.cuh").read_text()
-    assert f'#include "{native.HEADER}"' in cuda
+    assert f'#include "{native.HEADER}"' in (PACKAGE / "common.cuh").read_text()
+    cuda = "\n".join(path.read_text() for path in sorted(PACKAGE.glob("*.cuh")))
     for shared in ("cropcore_half_to_float", "cropcore_sample_at", "cropcore_bilinear"):
         assert shared in cuda  # used here ...
         assert not re.search(rf"CC_HD\s+\w+\s+{shared}\(", cuda)  # ... never defined here

@@ -1,9 +1,11 @@
-// cropcore's CUDA kernels: the __global__ wrappers around crop_and_resize.cuh.
+// cropcore's CUDA kernels: the __global__ wrappers around crop_and_resize.cuh (and the op headers
+// it includes: forward.cuh, grad_image.cuh, grad_boxes.cuh).
 //
 // One fused kernel per op: CropAndResize is one launch; CropAndResizeGradImage is one launch on a
 // zeroed result (scatter, atomic) or a box set-up plus one launch (gather, deterministic);
 // CropAndResizeGradBoxes is one launch, plus one that combines per-chunk sums when a box has more
-// than one chunk. Launch geometry, argument order and the choice of kernel are in _plan.py.
+// than one chunk. Launch geometry, argument order and the choice of kernel are in _plan.py (and
+// the modules it re-exports: _abi.py, _geometry.py).
 //
 // Compile flags (set by _plan.nvrtc_options and by the nvcc test): --fmad=false -ftz=true
 // --prec-div=true. One of CROPCORE_OP_FORWARD, CROPCORE_OP_GRAD_IMAGE, CROPCORE_OP_GRAD_BOXES (or
@@ -93,6 +95,18 @@ __device__ void gather_kernel(const GradImageArgs& a, T* output, unsigned rows, 
   }
 }
 
+// The block's four sums, each lane contributing `sum`, combined by the fixed tree (tree_step);
+// the totals end in sums[j][0].
+__device__ void reduce_block(float (&sums)[4][CROPCORE_REDUCE_THREADS], unsigned lane,
+                             const float (&sum)[4]) {
+  for (int j = 0; j < 4; ++j) sums[j][lane] = sum[j];
+  __syncthreads();
+  for (unsigned half = CROPCORE_REDUCE_THREADS / 2; half > 0; half >>= 1) {
+    for (int j = 0; j < 4; ++j) tree_step(sums[j], lane, half);
+    __syncthreads();
+  }
+}
+
 // Block (box, chunk) of CROPCORE_REDUCE_THREADS threads; writes the chunk's four sums (to the
 // result itself when the box has one chunk).
 template <typename T>
@@ -101,12 +115,7 @@ __device__ void grad_boxes_kernel(const GradBoxesArgs& a, const T* image) {
   unsigned k = blockIdx.x, chunk_index = blockIdx.y, lane = threadIdx.x;
   float sum[4];
   grad_boxes_lane_sum<T>(a, image, k, chunk_index, lane, sum);
-  for (int j = 0; j < 4; ++j) sums[j][lane] = sum[j];
-  __syncthreads();
-  for (unsigned half = CROPCORE_REDUCE_THREADS / 2; half > 0; half >>= 1) {
-    for (int j = 0; j < 4; ++j) tree_step(sums[j], lane, half);
-    __syncthreads();
-  }
+  reduce_block(sums, lane, sum);
   if (lane < 4) {
     float* out = a.chunks == 1 ? a.output : a.partial;
     out[((i64)k * a.chunks + chunk_index) * 4 + lane] = sums[lane][0];
@@ -119,12 +128,7 @@ __device__ void grad_boxes_finish_kernel(const GradBoxesArgs& a) {
   unsigned k = blockIdx.x, lane = threadIdx.x;
   float sum[4];
   grad_boxes_chunk_sum(a, k, lane, sum);
-  for (int j = 0; j < 4; ++j) sums[j][lane] = sum[j];
-  __syncthreads();
-  for (unsigned half = CROPCORE_REDUCE_THREADS / 2; half > 0; half >>= 1) {
-    for (int j = 0; j < 4; ++j) tree_step(sums[j], lane, half);
-    __syncthreads();
-  }
+  reduce_block(sums, lane, sum);
   if (lane < 4) a.output[(i64)k * 4 + lane] = sums[lane][0];
 }
 

@@ -44,14 +44,28 @@ def _run(launches: Sequence[_plan.Launch]) -> None:
         function(launch.grid, launch.block, args)
 
 
-def _on(device: Any, x: Any, dtype: Any = None) -> Any:
-    """``x`` (a CuPy array) on ``device``, C-contiguous, with ``dtype`` if given."""
+def _to_device(device: Any, x: Any) -> Any:
+    """``x`` (a CuPy array), copied to ``device`` if it is elsewhere."""
     if x.device.id != device.id:
         with device:
             x = x.copy()
-    if dtype is not None and x.dtype != dtype:
+    return x
+
+
+def _on(device: Any, x: Any, dtype: Any) -> Any:
+    """``x`` (a CuPy array) on ``device``, C-contiguous, as ``dtype``."""
+    x = _to_device(device, x)
+    if x.dtype != dtype:
         x = x.astype(dtype)
     return cupy.ascontiguousarray(x)
+
+
+def _box_tables(device: Any, call: Any) -> dict[str, Any]:
+    """The ``boxes`` (float32) and ``box_indices`` (int32) arguments of every launch builder."""
+    return {
+        "boxes": _on(device, call.boxes, cupy.float32),
+        "box_indices": _on(device, call.box_indices, cupy.int32),
+    }
 
 
 def _strided(x: Any, device: Any, data_format: str) -> tuple[Any, tuple[int, int, int, int]]:
@@ -59,9 +73,7 @@ def _strided(x: Any, device: Any, data_format: str) -> tuple[Any, tuple[int, int
 
     A strided view is read in place; only strides that are not whole elements force a copy.
     """
-    if x.device.id != device.id:
-        with device:
-            x = x.copy()
+    x = _to_device(device, x)
     strides = _plan.element_strides(x.strides, x.itemsize)
     if strides is None:
         x = cupy.ascontiguousarray(x)
@@ -79,8 +91,7 @@ def crop_and_resize(call: CropAndResizeCall) -> Any:
         image, strides = _strided(call.image, device, call.data_format)
         launch = _plan.forward(
             image=image,
-            boxes=_on(device, call.boxes, cupy.float32),
-            box_indices=_on(device, call.box_indices, cupy.int32),
+            **_box_tables(device, call),
             crops=crops,
             image_shape=call.image_shape,
             image_strides=strides,
@@ -114,8 +125,7 @@ def crop_and_resize_grad_image(call: GradImageCall, deterministic: bool) -> Any:
             box_axes = box_spans = None
         launches = _plan.grad_image(
             grads=grads,
-            boxes=_on(device, call.boxes, cupy.float32),
-            box_indices=_on(device, call.box_indices, cupy.int32),
+            **_box_tables(device, call),
             output=output,
             box_axes=box_axes,
             box_spans=box_spans,
@@ -147,8 +157,7 @@ def crop_and_resize_grad_boxes(call: GradBoxesCall) -> Any:
         launches = _plan.grad_boxes(
             grads=grads,
             image=image,
-            boxes=_on(device, call.boxes, cupy.float32),
-            box_indices=_on(device, call.box_indices, cupy.int32),
+            **_box_tables(device, call),
             partial=partial,
             output=output,
             grads_strides=grads_strides,
