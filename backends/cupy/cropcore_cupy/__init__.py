@@ -18,10 +18,13 @@ on first use) is imported by the first op hook, and cupy by :func:`cropcore_back
 
 Modules and files:
 
-- ``crop_and_resize.cuh``: the per-sample arithmetic, shared by the kernels and the host test
-  harness; ``kernels.cu``: the ``__global__`` kernels (both shipped as package data);
-- :mod:`cropcore_cupy._plan`: kernel choice, argument lists, launch geometry, declines (plain
-  Python, testable without a GPU);
+- ``crop_and_resize.cuh`` (including ``common.cuh``, ``forward.cuh``, ``grad_image.cuh``,
+  ``grad_boxes.cuh``, and the core's ``tf_crop_and_resize.h`` for TF's per-sample arithmetic):
+  the device code, shared with the host test harness; ``kernels.cu``: the ``__global__``
+  kernels (all shipped as package data);
+- :mod:`cropcore_cupy._plan` (with ``_limits``, ``_abi``, ``_geometry``, ``_source``): kernel
+  choice, argument lists, launch geometry, declines, source assembly (plain Python, testable
+  without a GPU);
 - :mod:`cropcore_cupy.kernels`: compiles and launches through CuPy.
 """
 
