@@ -2,7 +2,7 @@
 
 Exactness is checked differentially against the reference backend (``numpy``, itself checked
 against TensorFlow) on random calls and edge cases, and against the vectors recorded from
-TensorFlow (``tests/data/tf_reference.npz``). Every check runs through the serial and the parallel
+TensorFlow (the conformance package's ``tf_reference.npz``). Every check runs through the serial and the parallel
 variant of each kernel (the ``variant`` fixture moves the size threshold between them).
 
 Compilation is paid once: the kernels are compiled with ``cache=True`` (on disk, once per machine)

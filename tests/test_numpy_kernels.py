@@ -15,18 +15,7 @@ import numpy as np
 import pytest
 
 import cropcore
-
-IMAGE_DTYPES = (
-    "uint8",
-    "uint16",
-    "int8",
-    "int16",
-    "int32",
-    "int64",
-    "float16",
-    "float32",
-    "float64",
-)
+from cropcore.spec import IMAGE_DTYPES
 
 
 def crop(image, boxes, crop_size, method="bilinear", extrapolation_value=0.0, box_indices=None):
