@@ -87,35 +87,17 @@ _KERNELS: ModuleType | None = None
 
 @hookimpl
 def cropcore_crop_and_resize(call: CropAndResizeCall) -> np.ndarray:
-    return _kernels().crop_and_resize(
-        call.image,
-        call.boxes,
-        call.box_indices,
-        call.crop_size,
-        call.method,
-        call.extrapolation_value,
-        call.channels_first,
-    )
+    return _kernels().crop_and_resize(call)
 
 
 @hookimpl
 def cropcore_crop_and_resize_grad_image(call: GradImageCall) -> np.ndarray:
-    return _kernels().crop_and_resize_grad_image(
-        call.grads,
-        call.boxes,
-        call.box_indices,
-        call.image_shape,
-        call.method,
-        call.dtype,
-        call.channels_first,
-    )
+    return _kernels().crop_and_resize_grad_image(call)
 
 
 @hookimpl
 def cropcore_crop_and_resize_grad_boxes(call: GradBoxesCall) -> np.ndarray:
-    return _kernels().crop_and_resize_grad_boxes(
-        call.grads, call.image, call.boxes, call.box_indices, call.channels_first
-    )
+    return _kernels().crop_and_resize_grad_boxes(call)
 
 
 @hookimpl

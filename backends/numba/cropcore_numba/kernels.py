@@ -62,6 +62,7 @@ import numpy as np
 from numba.np.ufunc import parallel as _numba_parallel
 
 from cropcore import hostmem
+from cropcore.hookspecs import CropAndResizeCall, GradBoxesCall, GradImageCall
 from cropcore_numba._arith import FLUSH_MODE_SUPPORTED
 from cropcore_numba.forward import (
     forward_nchw_parallel,
@@ -198,36 +199,27 @@ def _workers_and_chunks(items: int) -> tuple[int, int]:
     return workers, max(1, min(items, 16 * workers))
 
 
-def crop_and_resize(
-    image: np.ndarray,
-    boxes: np.ndarray,
-    box_indices: np.ndarray,
-    crop_size: tuple[int, int],
-    method: str,
-    extrapolation_value: float,
-    channels_first: bool = False,
-) -> np.ndarray:
-    """TF's ``CropAndResize``.
+def crop_and_resize(call: CropAndResizeCall) -> np.ndarray:
+    """TF's ``CropAndResize`` of a validated call.
 
-    Args:
-        image: (batch, height, width, depth), or (batch, depth, height, width) if
-            ``channels_first``; any of the nine image dtypes, any strides and byte order.
-        boxes: float32 (N, 4), finite; box_indices: int32 (N,) in ``[0, batch)``.
-        crop_size: ``(crop_height, crop_width)``, positive; method: ``"bilinear"`` or ``"nearest"``.
-        extrapolation_value: float32-exact, written verbatim.
+    ``call.image``: (batch, height, width, depth), or (batch, depth, height, width) for
+    channels_first; any of the nine image dtypes, any strides and byte order. ``call.boxes``:
+    float32 (N, 4), finite; ``call.box_indices``: int32 (N,) in ``[0, batch)``;
+    ``call.extrapolation_value``: float32-exact, written verbatim.
 
     Returns:
         float32 (N, crop_height, crop_width, depth), or (N, depth, crop_height, crop_width).
     """
-    image = _native(image)
+    channels_first, method = call.channels_first, call.method
+    image = _native(call.image)
     if channels_first:
         batch, depth, height, width = image.shape
     else:
         batch, height, width, depth = image.shape
     dims = (int(batch), int(height), int(width), int(depth))
-    boxes = _native(boxes, _FLOAT32)
-    box_indices = _native(box_indices, _INT32)
-    crop_height, crop_width = (int(c) for c in crop_size)
+    boxes = _native(call.boxes, _FLOAT32)
+    box_indices = _native(call.box_indices, _INT32)
+    crop_height, crop_width = call.crop_size
     num_boxes = boxes.shape[0]
     shape = (
         (num_boxes, depth, crop_height, crop_width)
@@ -252,7 +244,7 @@ def crop_and_resize(
         box_indices,
         (crop_height, crop_width),
         method == "nearest",
-        np.float32(extrapolation_value),
+        np.float32(call.extrapolation_value),
         crops.reshape(-1),
     )
     if _parallel_ok(crops.size):
@@ -266,38 +258,28 @@ def crop_and_resize(
     return crops
 
 
-def crop_and_resize_grad_image(
-    grads: np.ndarray,
-    boxes: np.ndarray,
-    box_indices: np.ndarray,
-    image_shape: tuple[int, int, int, int],
-    method: str,
-    dtype: str,
-    channels_first: bool = False,
-) -> np.ndarray:
-    """TF's ``CropAndResizeGradImage``, deterministic and in TF's single-threaded order.
+def crop_and_resize_grad_image(call: GradImageCall) -> np.ndarray:
+    """TF's ``CropAndResizeGradImage`` of a validated call, deterministic, in TF's serial order.
 
-    Args:
-        grads: float32 (N, crop_height, crop_width, depth), or (N, depth, crop_height, crop_width)
-            if ``channels_first``; any strides and byte order.
-        boxes, box_indices: as for :func:`crop_and_resize`.
-        image_shape: ``(batch, height, width, depth)`` whatever the data format.
-        method: ``"bilinear"`` or ``"nearest"``; dtype: ``"float16"``, ``"float32"`` or ``"float64"``.
+    ``call.grads``: float32 (N, crop_height, crop_width, depth), or (N, depth, crop_height,
+    crop_width) for channels_first; any strides and byte order. ``call.dtype``: ``"float16"``,
+    ``"float32"`` or ``"float64"``.
 
     Returns:
-        ``dtype`` (batch, height, width, depth), or (batch, depth, height, width).
+        ``call.dtype`` (batch, height, width, depth), or (batch, depth, height, width).
     """
-    grads = _native(grads, _FLOAT32)
-    boxes = _native(boxes, _FLOAT32)
-    box_indices = _native(box_indices, _INT32)
-    dims = batch, height, width, depth = tuple(image_shape)
+    channels_first, method = call.channels_first, call.method
+    grads = _native(call.grads, _FLOAT32)
+    boxes = _native(call.boxes, _FLOAT32)
+    box_indices = _native(call.box_indices, _INT32)
+    dims = batch, height, width, depth = tuple(call.image_shape)
     if channels_first:
         crop_size = grads.shape[2:]
         shape = (batch, depth, height, width)
     else:
         crop_size = grads.shape[1:3]
         shape = (batch, height, width, depth)
-    out_dtype = _GRAD_DTYPES[dtype]
+    out_dtype = _GRAD_DTYPES[call.dtype]
     result = hostmem.pool().empty(shape, out_dtype)
     if result.size == 0:
         return result
@@ -323,29 +305,19 @@ def crop_and_resize_grad_image(
     return result
 
 
-def crop_and_resize_grad_boxes(
-    grads: np.ndarray,
-    image: np.ndarray,
-    boxes: np.ndarray,
-    box_indices: np.ndarray,
-    channels_first: bool = False,
-) -> np.ndarray:
-    """TF's ``CropAndResizeGradBoxes`` (bilinear): float32 (N, 4), each box's sums in TF's order.
-
-    Args:
-        grads: float32 (N, crop_height, crop_width, depth), or (N, depth, crop_height, crop_width)
-            if ``channels_first``.
-        image: (batch, height, width, depth), or (batch, depth, height, width); any image dtype.
-        boxes, box_indices: as for :func:`crop_and_resize`.
-    """
-    if channels_first:  # NHWC order: the sums run over rows, columns, then channels, as in TF
+def crop_and_resize_grad_boxes(call: GradBoxesCall) -> np.ndarray:
+    """TF's ``CropAndResizeGradBoxes`` (bilinear) of a validated call: float32 (N, 4), each box's
+    sums in TF's order. ``call.grads`` float32 and ``call.image`` (any image dtype) in either
+    data format."""
+    grads, image = call.grads, call.image
+    if call.channels_first:  # NHWC order: the sums run over rows, columns, then channels, as in TF
         grads = np.moveaxis(grads, 1, 3)
         image = np.moveaxis(image, 1, 3)
     # C-contiguous copies where needed (one compiled layout; this op is not the hot one)
     grads = _native(grads, _FLOAT32)
     image = _native(image)
-    boxes = _native(boxes, _FLOAT32)
-    box_indices = _native(box_indices, _INT32)
+    boxes = _native(call.boxes, _FLOAT32)
+    box_indices = _native(call.box_indices, _INT32)
     out = np.zeros((boxes.shape[0], 4), np.float32)
     if out.size == 0 or grads.size == 0:
         return out
