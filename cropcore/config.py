@@ -154,4 +154,7 @@ def parse(name: str, text: str | None) -> Any:
 
 def get(name: str) -> Any:
     """The value of environment variable ``name`` (one of :data:`VARIABLES`), parsed (:func:`parse`)."""
-    return parse(name, os.environ.get(name))
+    text = os.environ.get(name)
+    if not text:  # the common case, without a second call (this runs several times per op)
+        return VARIABLES[name].default
+    return _parsed(name, text)

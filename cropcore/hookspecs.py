@@ -145,7 +145,8 @@ def cropcore_backend_peak_bytes(call: Any) -> int:
 
     Optional; without it, a backend that computes on the CPU is taken to need the result's bytes,
     one that computes on a device none. Called after selection, before the op hook, with the call
-    as the op hook will receive it; it must be fast and must not allocate. cropcore refuses the
+    as the op hook will receive it, for calls whose arrays and result total more than
+    :data:`cropcore.memory.ASK_BYTES` (1 MiB); it must be fast and must not allocate. cropcore refuses the
     call with :class:`cropcore.errors.OutputTooLargeError` when the peak exceeds the memory
     available (or ``CROPCORE_MAX_OUTPUT_BYTES``), so count every temporary as large as the result.
     """

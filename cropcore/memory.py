@@ -9,8 +9,8 @@ both raising :class:`cropcore.errors.OutputTooLargeError` (a ``ValueError`` and 
 2. :func:`check_peak`, in :mod:`cropcore.dispatch`, once the backend is chosen: the host memory that
    backend needs at its peak for this call (its ``cropcore_backend_peak_bytes`` hook: the result and
    its temporaries) against ``CROPCORE_MAX_OUTPUT_BYTES`` when set, else the memory available
-   now. Reading the available memory costs microseconds, so it is read only for calls that need
-   more than :data:`SMALL_BYTES`.
+   now. Only calls whose arrays (result included) exceed :data:`ASK_BYTES` ask the backend, and
+   only peaks above :data:`SMALL_BYTES` are checked: small calls pay for neither.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from cropcore import config
 from cropcore.errors import OutputTooLargeError
 
 __all__ = [
+    "ASK_BYTES",
     "SMALL_BYTES",
     "available_memory",
     "check_output_size",
@@ -31,8 +32,11 @@ __all__ = [
     "nbytes",
 ]
 
-#: A call that needs at most this much host memory is not checked against the available memory.
+#: A peak of at most this much host memory is not checked.
 SMALL_BYTES = 64 << 20
+#: Calls whose arrays, the result included, total at most this much do not ask their backend for
+#: its peak: every built-in backend's temporaries are a small multiple of its arrays.
+ASK_BYTES = 1 << 20
 
 
 def max_output_bytes() -> int:
@@ -68,12 +72,16 @@ def available_memory() -> int:
     return _physical_memory()
 
 
+# Element sizes of the dtypes results have (np.dtype(name) costs a few hundred nanoseconds).
+_ITEMSIZES = {name: np.dtype(name).itemsize for name in ("float16", "float32", "float64")}
+
+
 def nbytes(shape: tuple[int, ...], dtype: str) -> int:
     """Bytes of an array of ``shape`` and ``dtype`` (exact for any size: Python integers).
 
     A plain loop, so that torch.compile traces it (the shape-only checks run inside graphs).
     """
-    size = np.dtype(dtype).itemsize
+    size = _ITEMSIZES.get(dtype) or np.dtype(dtype).itemsize
     for dim in shape:
         size *= int(dim)
     return size
@@ -94,15 +102,13 @@ def check_output_size(shape: tuple[int, ...], dtype: str, what: str) -> None:
 def check_peak(peak: int, result: int, backend: str, op: str) -> None:
     """Refuse a call whose backend needs ``peak`` bytes of host memory (``result`` of them the result's).
 
-    ``check_output_size`` has already held ``result`` to the limit, so a peak no larger than the
-    result and below :data:`SMALL_BYTES` needs no look-up at all.
+    A peak of at most :data:`SMALL_BYTES` is not checked (``check_output_size`` has already held
+    the result to ``CROPCORE_MAX_OUTPUT_BYTES``); small calls read no variable and no file here.
     """
-    if peak <= result and peak <= SMALL_BYTES:
+    if peak <= SMALL_BYTES:
         return
     configured = config.get("CROPCORE_MAX_OUTPUT_BYTES")
     if configured is None:
-        if peak <= SMALL_BYTES:
-            return
         limit, source = available_memory(), "the memory available now"
     else:
         limit, source = configured, "CROPCORE_MAX_OUTPUT_BYTES"

@@ -90,10 +90,19 @@ def test_an_ordinary_call_reads_no_available_memory(monkeypatch):
 
 
 def test_configured_limit_applies_to_the_peak(monkeypatch, numpy_kernels):
-    # The result (1 KiB) is within the limit, the numpy backend's peak is not.
-    monkeypatch.setenv("CROPCORE_MAX_OUTPUT_BYTES", "2000")
+    # The result (41 MB) is within the limit (100 MB), the numpy backend's peak (4x) is not.
+    monkeypatch.setenv("CROPCORE_MAX_OUTPUT_BYTES", str(100 * 10**6))
     with pytest.raises(OutputTooLargeError, match="CROPCORE_MAX_OUTPUT_BYTES"):
-        cropcore.crop_and_resize(IMAGE, ONE_BOX, [0], (16, 16), backend="numpy")
+        cropcore.crop_and_resize(IMAGE, ONE_BOX, [0], (3200, 3200), backend="numpy")
+
+
+def test_a_small_peak_is_not_checked(monkeypatch):
+    # Below memory.SMALL_BYTES the peak is not held to the limit (the result still is).
+    monkeypatch.setenv("CROPCORE_MAX_OUTPUT_BYTES", "2000")
+    crops = cropcore.crop_and_resize(IMAGE, ONE_BOX, [0], (16, 16), backend="numpy")
+    assert crops.shape == (1, 16, 16, 1)
+    with pytest.raises(OutputTooLargeError, match="crop_and_resize's result"):
+        cropcore.crop_and_resize(IMAGE, ONE_BOX, [0], (32, 32), backend="numpy")
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
