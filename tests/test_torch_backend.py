@@ -23,7 +23,7 @@ import cropcore_torch  # noqa: E402
 from cropcore import hostmem, native  # noqa: E402
 from cropcore.errors import OutputTooLargeError  # noqa: E402
 from cropcore.registry import registry  # noqa: E402
-from cropcore_torch import CropAndResize, Cropping2D, _build, _native, kernels  # noqa: E402
+from cropcore_torch import CropAndResize, Cropping2D, _build, _native, kernels, samples  # noqa: E402
 
 DTYPES = ["uint8", "uint16", "int8", "int16", "int32", "int64", "float16", "float32", "float64"]
 FORMATS = ["channels_last", "channels_first"]
@@ -378,7 +378,7 @@ def test_large_calls_split_over_threads_and_stream_equal_reference(path, monkeyp
     # (compiled loops) or is worked through box by box (torch kernels on CPU).
     monkeypatch.setattr(_native, "_MIN_WORK_PER_THREAD", 1)
     monkeypatch.setattr(_native, "_STREAM_BYTES", 0)
-    monkeypatch.setattr(kernels, "_CPU_CHUNK_ELEMENTS", 1)
+    monkeypatch.setattr(samples, "_CPU_CHUNK_ELEMENTS", 1)  # the chunking of every torch kernel
     image, boxes, box_indices = make_case(4, "uint8", depth=5)
     grads = np.random.default_rng(4).normal(size=(12, 6, 7, 5)).astype(np.float32)
     expected = reference("crop_and_resize", image, boxes, box_indices, (6, 7))

@@ -15,7 +15,8 @@ For torch code:
 
 Modules:
 
-- :mod:`cropcore_torch.kernels`: the torch implementation (any device), bit-identical to
+- :mod:`cropcore_torch.kernels` (with :mod:`~cropcore_torch.samples` and
+  :mod:`~cropcore_torch.gradients`): the torch implementation (any device), bit-identical to
   TensorFlow's CPU kernel on CPU;
 - :mod:`cropcore_torch._native`: the same loops compiled for the CPU (used when a C compiler is
   available);
