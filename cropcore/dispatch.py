@@ -486,8 +486,10 @@ def _nothing_to_compute(call: Any, output_bytes: int, libraries: dict[str, str])
 
     Not when an input needs autograd: the backend then builds the (empty) graph.
     """
-    if output_bytes and (call.op == "crop_and_resize" or 0 not in call.grads.shape):
-        return False
+    if output_bytes:
+        grads = getattr(call, "grads", None)  # the gradients have grads; crop2d may come here too
+        if grads is None or 0 not in grads.shape:
+            return False
     return "torch" not in libraries.values() or not _needs_grad(call, libraries)
 
 
