@@ -4,9 +4,12 @@ Requirements:
 
 - One place lists every variable cropcore or its built-in backends read (:data:`VARIABLES`), with its
   type, default and meaning; docs/dispatch.md's table is checked against it by the tests.
-- Variables are read at every use (``os.environ.get``, no CPython internals), so a change to
-  ``os.environ`` (``monkeypatch.setenv``, a notebook cell) takes effect at the next call. Parsing is
-  cached by the raw text, so reading a set variable costs one look-up.
+- The environment is read once, when cropcore is imported, as NumPy, JAX and PyTorch read theirs:
+  a call pays one dictionary look-up per variable, not an ``os.environ`` read (which costs about
+  0.75 us for an unset name, and ran four times per call). A program that changes ``os.environ``
+  later (a notebook cell, ``monkeypatch.setenv``) calls :func:`reload` to take it in. Parsing is
+  lazy and cached by the raw text, so a malformed value never breaks ``import cropcore``: it raises
+  where the variable is used.
 - A malformed value raises ``ValueError`` naming the variable and the value expected; an empty
   value means unset.
 """
@@ -15,11 +18,11 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["VARIABLES", "Variable", "get", "parse"]
+__all__ = ["VARIABLES", "Variable", "get", "parse", "reload"]
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -152,9 +155,29 @@ def parse(name: str, text: str | None) -> Any:
     return _parsed(name, text)
 
 
+def reload(environ: Mapping[str, str] | None = None) -> None:
+    """Read every variable of :data:`VARIABLES` again, from ``environ`` (default ``os.environ``).
+
+    cropcore reads its environment once, at import; call this after changing ``os.environ`` in a
+    running program for the change to take effect at the next call. The host-memory pool's budget
+    (``CROPCORE_HOST_POOL_BYTES``) is fixed when the pool is made and is not re-read.
+    """
+    global _texts
+    source = os.environ if environ is None else environ
+    _texts = {name: source.get(name) or None for name in VARIABLES}
+
+
+_texts: dict[str, str | None] = {}
+reload()
+
+
 def get(name: str) -> Any:
-    """The value of environment variable ``name`` (one of :data:`VARIABLES`), parsed (:func:`parse`)."""
-    text = os.environ.get(name)
-    if not text:  # the common case, without a second call (this runs several times per op)
+    """The value of variable ``name`` (one of :data:`VARIABLES`) as last read, parsed (:func:`parse`).
+
+    Raises ``KeyError`` for a name not in the table and ``ValueError``, naming the variable, for a
+    malformed value.
+    """
+    text = _texts[name]
+    if text is None:  # the common case: one look-up (this runs several times per op)
         return VARIABLES[name].default
     return _parsed(name, text)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import cropcore
-from cropcore import BackendInfo, hookimpl
+from cropcore import BackendInfo, config, hookimpl
 from cropcore.registry import registry
 
 
@@ -93,8 +93,37 @@ def _clean_dispatch_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv("CROPCORE_BACKEND", raising=False)
     monkeypatch.delenv("CROPCORE_PRIORITY", raising=False)
     monkeypatch.delenv("CROPCORE_MAX_OUTPUT_BYTES", raising=False)
+    config.reload()
     yield
     cropcore.set_priority(None)
+    monkeypatch.undo()
+    config.reload()
+
+
+class CropcoreEnv:
+    """Sets ``CROPCORE_*`` variables for one test and has cropcore read them again.
+
+    cropcore reads its environment once (cropcore.config), so a test changes it as a program
+    would: change ``os.environ``, then :func:`cropcore.config.reload`. The autouse fixture above
+    restores both after the test.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._monkeypatch = monkeypatch
+
+    def set(self, name: str, value: str) -> None:
+        self._monkeypatch.setenv(name, value)
+        config.reload()
+
+    def delete(self, name: str) -> None:
+        self._monkeypatch.delenv(name, raising=False)
+        config.reload()
+
+
+@pytest.fixture
+def cropcore_env(monkeypatch: pytest.MonkeyPatch) -> CropcoreEnv:
+    """Set or delete ``CROPCORE_*`` environment variables for one test (:class:`CropcoreEnv`)."""
+    return CropcoreEnv(monkeypatch)
 
 
 @pytest.fixture

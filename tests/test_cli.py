@@ -535,8 +535,8 @@ def test_non_numeric_extrapolation_value_is_a_usage_error(tmp_path, photo, capsy
     assert "must be a number, got 'white'" in one_line_error(capsys)
 
 
-def test_result_too_large_is_refused_by_cropcore_validation(tmp_path, photo, capsys, monkeypatch):
-    monkeypatch.setenv("CROPCORE_MAX_OUTPUT_BYTES", "1000")
+def test_result_too_large_is_refused_by_cropcore_validation(tmp_path, photo, capsys, cropcore_env):
+    cropcore_env.set("CROPCORE_MAX_OUTPUT_BYTES", "1000")
     boxes = write_text(tmp_path / "b.csv", "y1,x1,y2,x2\n0,0,1,1\n")
     assert crop(photo, "--boxes", boxes, "--size", 100, 100, "--out", tmp_path / "o") == 2
     err = one_line_error(capsys)

@@ -27,17 +27,32 @@ def test_the_documented_table_is_the_code_s_table():
     assert documented == list(config.VARIABLES)
 
 
-def test_a_change_to_the_environment_is_seen_at_the_next_read(monkeypatch):
-    monkeypatch.delenv("CROPCORE_PRIORITY", raising=False)
+def test_the_environment_is_read_at_import_and_again_by_reload(monkeypatch):
+    monkeypatch.setenv("CROPCORE_PRIORITY", "numba")
+    assert config.get("CROPCORE_PRIORITY") is None  # read when cropcore was imported
+    config.reload()
+    assert config.get("CROPCORE_PRIORITY") == ("numba",)
+    config.reload({})
     assert config.get("CROPCORE_PRIORITY") is None
-    monkeypatch.setenv("CROPCORE_PRIORITY", " numpy , numba,,")
+
+
+def test_a_malformed_value_does_not_break_reload_it_raises_where_it_is_used(cropcore_env):
+    cropcore_env.set("CROPCORE_MAX_OUTPUT_BYTES", "lots")
+    with pytest.raises(ValueError, match="CROPCORE_MAX_OUTPUT_BYTES='lots'"):
+        config.get("CROPCORE_MAX_OUTPUT_BYTES")
+
+
+def test_a_change_to_the_environment_is_seen_after_reload(cropcore_env):
+    cropcore_env.delete("CROPCORE_PRIORITY")
+    assert config.get("CROPCORE_PRIORITY") is None
+    cropcore_env.set("CROPCORE_PRIORITY", " numpy , numba,,")
     assert config.get("CROPCORE_PRIORITY") == ("numpy", "numba")
-    monkeypatch.setenv("CROPCORE_PRIORITY", "torch")
+    cropcore_env.set("CROPCORE_PRIORITY", "torch")
     assert config.get("CROPCORE_PRIORITY") == ("torch",)
 
 
-def test_an_empty_value_means_unset(monkeypatch):
-    monkeypatch.setenv("CROPCORE_TORCH_NATIVE", "")
+def test_an_empty_value_means_unset(cropcore_env):
+    cropcore_env.set("CROPCORE_TORCH_NATIVE", "")
     assert config.get("CROPCORE_TORCH_NATIVE") is True
 
 
@@ -50,8 +65,8 @@ def test_an_empty_value_means_unset(monkeypatch):
         ("CROPCORE_BACKEND", " numba ", "numba"),
     ],
 )
-def test_values_are_parsed(monkeypatch, name, text, expected):
-    monkeypatch.setenv(name, text)
+def test_values_are_parsed(cropcore_env, name, text, expected):
+    cropcore_env.set(name, text)
     assert config.get(name) == expected
 
 
@@ -63,8 +78,8 @@ def test_values_are_parsed(monkeypatch, name, text, expected):
         ("CROPCORE_DETERMINISTIC", "maybe", "1/0, true/false"),
     ],
 )
-def test_a_malformed_value_names_the_variable(monkeypatch, name, text, message):
-    monkeypatch.setenv(name, text)
+def test_a_malformed_value_names_the_variable(cropcore_env, name, text, message):
+    cropcore_env.set(name, text)
     with pytest.raises(ValueError, match=f"{name}='{text}': .*{message}"):
         config.get(name)
 

@@ -446,9 +446,9 @@ def test_ordinary_calls_are_not_declined():
     ],
 )
 def test_calls_beyond_32_bit_counts_or_2_24_pixels_are_declined(
-    image_shape, crop_size, num_boxes, op, words, monkeypatch
+    image_shape, crop_size, num_boxes, op, words, cropcore_env
 ):
-    monkeypatch.setenv("CROPCORE_MAX_OUTPUT_BYTES", str(2**62))
+    cropcore_env.set("CROPCORE_MAX_OUTPUT_BYTES", str(2**62))
     call = _call(image_shape, crop_size, num_boxes, op)
     reason = cropcore_cupy.cropcore_backend_declines(call)
     assert reason is not None
@@ -606,10 +606,10 @@ def test_grad_boxes_chunking_depends_on_the_shape_only():
 
 
 @pytest.fixture
-def clean_switch(monkeypatch):
-    monkeypatch.delenv(cropcore_cupy.DETERMINISTIC_ENV, raising=False)
+def clean_switch(cropcore_env):
+    cropcore_env.delete(cropcore_cupy.DETERMINISTIC_ENV)
     cropcore_cupy.set_deterministic(None)
-    yield monkeypatch
+    yield cropcore_env
     cropcore_cupy.set_deterministic(None)
 
 
@@ -624,18 +624,18 @@ def test_deterministic_mode_is_off_by_default(clean_switch):
     ("value", "expected"), [("1", True), ("true", True), ("0", False), ("off", False)]
 )
 def test_environment_variable_sets_deterministic_mode(clean_switch, value, expected):
-    clean_switch.setenv("CROPCORE_DETERMINISTIC", value)
+    clean_switch.set("CROPCORE_DETERMINISTIC", value)
     assert cropcore_cupy.is_deterministic() is expected
 
 
 def test_bad_environment_value_is_an_error(clean_switch):
-    clean_switch.setenv("CROPCORE_DETERMINISTIC", "maybe")
+    clean_switch.set("CROPCORE_DETERMINISTIC", "maybe")
     with pytest.raises(ValueError, match="CROPCORE_DETERMINISTIC"):
         cropcore_cupy.is_deterministic()
 
 
 def test_set_deterministic_overrides_the_environment_and_the_context_overrides_both(clean_switch):
-    clean_switch.setenv("CROPCORE_DETERMINISTIC", "1")
+    clean_switch.set("CROPCORE_DETERMINISTIC", "1")
     cropcore_cupy.set_deterministic(False)
     assert cropcore_cupy.is_deterministic() is False
     with cropcore_cupy.deterministic():

@@ -147,24 +147,24 @@ def test_context_naming_unknown_backend_raises(image):
         crop(image)
 
 
-def test_environment_variable_overrides_automatic(register_backend, image, monkeypatch):
+def test_environment_variable_overrides_automatic(register_backend, image, cropcore_env):
     fake = register_backend("fake")
-    monkeypatch.setenv("CROPCORE_BACKEND", "fake")
+    cropcore_env.set("CROPCORE_BACKEND", "fake")
     crop(image)
     assert len(fake.calls) == 1
 
 
-def test_context_beats_environment_variable(register_backend, image, monkeypatch):
+def test_context_beats_environment_variable(register_backend, image, cropcore_env):
     a = register_backend("fakea")
     b = register_backend("fakeb")
-    monkeypatch.setenv("CROPCORE_BACKEND", "fakea")
+    cropcore_env.set("CROPCORE_BACKEND", "fakea")
     with cropcore.use_backend("fakeb"):
         crop(image)
     assert (len(a.calls), len(b.calls)) == (0, 1)
 
 
-def test_environment_variable_naming_unknown_backend_raises(image, monkeypatch):
-    monkeypatch.setenv("CROPCORE_BACKEND", "nosuch")
+def test_environment_variable_naming_unknown_backend_raises(image, cropcore_env):
+    cropcore_env.set("CROPCORE_BACKEND", "nosuch")
     with pytest.raises(UnknownBackendError, match="CROPCORE_BACKEND"):
         crop(image)
 
@@ -190,16 +190,16 @@ def test_priority_list_decides(register_backend, image):
     assert len(fake.calls) == 1
 
 
-def test_priority_from_environment(register_backend, image, monkeypatch):
+def test_priority_from_environment(register_backend, image, cropcore_env):
     fake = register_backend("fake")
-    monkeypatch.setenv("CROPCORE_PRIORITY", "fake, numpy")
+    cropcore_env.set("CROPCORE_PRIORITY", "fake, numpy")
     crop(image)
     assert len(fake.calls) == 1
 
 
-def test_set_priority_beats_environment(register_backend, image, monkeypatch):
+def test_set_priority_beats_environment(register_backend, image, cropcore_env):
     fake = register_backend("fake")
-    monkeypatch.setenv("CROPCORE_PRIORITY", "fake,numpy")
+    cropcore_env.set("CROPCORE_PRIORITY", "fake,numpy")
     cropcore.set_priority(["numpy"])
     crop(image)
     assert fake.calls == []

@@ -187,15 +187,15 @@ def test_check_output_size_is_exact_for_numpy_integer_dimensions(monkeypatch):
 # Environment variables
 
 
-def test_environment_backend_is_read_at_every_call(register_backend, image, monkeypatch):
+def test_environment_backend_is_read_at_every_call(register_backend, image, cropcore_env):
     fake = register_backend("fakeenv")
     boxes, indices = [[0, 0, 1, 1]], [0]
     cropcore.crop_and_resize(image, boxes, indices, (2, 2))
     assert fake.calls == []
-    monkeypatch.setenv("CROPCORE_BACKEND", "fakeenv")
+    cropcore_env.set("CROPCORE_BACKEND", "fakeenv")
     cropcore.crop_and_resize(image, boxes, indices, (2, 2))
     assert len(fake.calls) == 1
-    monkeypatch.delenv("CROPCORE_BACKEND")
+    cropcore_env.delete("CROPCORE_BACKEND")
     cropcore.crop_and_resize(image, boxes, indices, (2, 2))
     assert len(fake.calls) == 1
 

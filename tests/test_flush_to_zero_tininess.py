@@ -45,10 +45,10 @@ PATHS = [
 
 
 @pytest.fixture(params=PATHS)
-def backend(request, monkeypatch):
+def backend(request, cropcore_env):
     name, native = request.param
     if native is not None:
-        monkeypatch.setenv("CROPCORE_TORCH_NATIVE", native)
+        cropcore_env.set("CROPCORE_TORCH_NATIVE", native)
         if native == "1":
             from cropcore_torch import _native
 

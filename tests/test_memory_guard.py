@@ -22,9 +22,9 @@ class KernelRan(Exception):
 
 
 @pytest.fixture
-def machine(monkeypatch):
+def machine(monkeypatch, cropcore_env):
     """A machine of 24 GiB with 20 GiB available, whatever this one has."""
-    monkeypatch.delenv("CROPCORE_MAX_OUTPUT_BYTES", raising=False)
+    cropcore_env.delete("CROPCORE_MAX_OUTPUT_BYTES")
     monkeypatch.setattr(memory, "_physical_memory", lambda: 24 * GiB)
     monkeypatch.setattr(memory, "available_memory", lambda: 20 * GiB)
 
@@ -89,16 +89,16 @@ def test_an_ordinary_call_reads_no_available_memory(monkeypatch):
     assert crops.shape == (1, 3, 3, 1)
 
 
-def test_configured_limit_applies_to_the_peak(monkeypatch, numpy_kernels):
+def test_configured_limit_applies_to_the_peak(cropcore_env, numpy_kernels):
     # The result (41 MB) is within the limit (100 MB), the numpy backend's peak (4x) is not.
-    monkeypatch.setenv("CROPCORE_MAX_OUTPUT_BYTES", str(100 * 10**6))
+    cropcore_env.set("CROPCORE_MAX_OUTPUT_BYTES", str(100 * 10**6))
     with pytest.raises(OutputTooLargeError, match="CROPCORE_MAX_OUTPUT_BYTES"):
         cropcore.crop_and_resize(IMAGE, ONE_BOX, [0], (3200, 3200), backend="numpy")
 
 
-def test_a_small_peak_is_not_checked(monkeypatch):
+def test_a_small_peak_is_not_checked(cropcore_env):
     # Below memory.SMALL_BYTES the peak is not held to the limit (the result still is).
-    monkeypatch.setenv("CROPCORE_MAX_OUTPUT_BYTES", "2000")
+    cropcore_env.set("CROPCORE_MAX_OUTPUT_BYTES", "2000")
     crops = cropcore.crop_and_resize(IMAGE, ONE_BOX, [0], (16, 16), backend="numpy")
     assert crops.shape == (1, 16, 16, 1)
     with pytest.raises(OutputTooLargeError, match="crop_and_resize's result"):

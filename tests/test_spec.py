@@ -347,15 +347,15 @@ def test_output_too_large_is_a_value_error_and_a_memory_error():
     assert issubclass(OutputTooLargeError, MemoryError)
 
 
-def test_output_limit_is_configurable(monkeypatch):
-    monkeypatch.setenv("CROPCORE_MAX_OUTPUT_BYTES", "1000")
+def test_output_limit_is_configurable(cropcore_env):
+    cropcore_env.set("CROPCORE_MAX_OUTPUT_BYTES", "1000")
     forward(crop_size=(5, 16))  # 1*5*16*3*4 = 960 bytes
     with pytest.raises(OutputTooLargeError, match="1,008 bytes"):
         forward(crop_size=(6, 14))
 
 
-def test_grad_image_output_guard(monkeypatch):
-    monkeypatch.setenv("CROPCORE_MAX_OUTPUT_BYTES", "100")
+def test_grad_image_output_guard(cropcore_env):
+    cropcore_env.set("CROPCORE_MAX_OUTPUT_BYTES", "100")
     with pytest.raises(OutputTooLargeError, match="crop_and_resize_grad_image"):
         grad_image()
 

@@ -31,14 +31,14 @@ METHODS = ["bilinear", "nearest"]
 
 
 @pytest.fixture(params=["native", "torch-ops"])
-def path(request, monkeypatch):
+def path(request, cropcore_env):
     """Run the test on the compiled CPU loops, then on the torch ops."""
     if request.param == "native":
-        monkeypatch.setenv("CROPCORE_TORCH_NATIVE", "1")
+        cropcore_env.set("CROPCORE_TORCH_NATIVE", "1")
         if not _native.available():
             pytest.skip(f"no compiled CPU kernels here: {_native.status()}")
     else:
-        monkeypatch.setenv("CROPCORE_TORCH_NATIVE", "0")
+        cropcore_env.set("CROPCORE_TORCH_NATIVE", "0")
     # Whatever the arrays, automatic selection can only pick torch (conftest restores the list).
     cropcore.set_priority(["torch"])
     return request.param
@@ -186,11 +186,11 @@ def test_sizes_beyond_the_shared_arithmetic_run_the_torch_ops(monkeypatch):
     assert_bits_equal(got, reference("crop_and_resize", image, boxes, box_indices, (3, 3)))
 
 
-def test_without_a_c_compiler_the_torch_ops_run_instead(monkeypatch, caplog):
+def test_without_a_c_compiler_the_torch_ops_run_instead(monkeypatch, caplog, cropcore_env):
     monkeypatch.setattr(_build, "_state", {})  # forget the library loaded in this process
     monkeypatch.setenv("CC", "")
     monkeypatch.setenv("PATH", "")
-    monkeypatch.setenv("CROPCORE_TORCH_NATIVE", "1")
+    cropcore_env.set("CROPCORE_TORCH_NATIVE", "1")
     image, boxes, box_indices = make_case(13)
     with caplog.at_level("WARNING", logger="cropcore.torch"):
         got = cropcore.crop_and_resize(torch.from_numpy(image), boxes, box_indices, (3, 3))
