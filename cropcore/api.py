@@ -1,40 +1,17 @@
 """The functions users call. Each one validates (:mod:`cropcore.spec`) and dispatches
-(:mod:`cropcore.dispatch`); the work happens in a backend."""
+(:mod:`cropcore.dispatch`); the work happens in a backend.
+
+Under ``torch.compile`` dynamo traces these functions as they are: the static checks trace (they
+read no data), and the dispatcher puts the backend's op in the graph (:func:`cropcore.dispatch.run`),
+so ``fullgraph=True`` holds. ``torch.export`` runs them on fake tensors."""
 
 from __future__ import annotations
 
-import functools
-import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from cropcore import dispatch, spec
 from cropcore.ops import op_for
 from cropcore.registry import Backend, registry
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def _eager_under_torch_compile(function: _F) -> _F:
-    """Run ``function`` eagerly when ``torch.compile`` traces a call to it: one graph break.
-
-    Validation reads boxes and box indices on the host through NumPy, which dynamo cannot trace
-    (it fails on its fake tensors rather than breaking the graph). torch is touched only when the
-    caller has imported it.
-    """
-    eager: list[Callable[..., Any]] = []
-
-    @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        torch = sys.modules.get("torch")
-        if torch is not None and torch.compiler.is_compiling():
-            if not eager:
-                eager.append(torch.compiler.disable(function))
-            return eager[0](*args, **kwargs)
-        return function(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
 
 __all__ = [
     "backends",
@@ -46,7 +23,6 @@ __all__ = [
 ]
 
 
-@_eager_under_torch_compile
 def crop_and_resize(
     image: Any,
     boxes: Any,
@@ -95,7 +71,6 @@ def crop_and_resize(
     return dispatch.run(call, backend)
 
 
-@_eager_under_torch_compile
 def crop_and_resize_grad_image(
     grads: Any,
     boxes: Any,
@@ -128,7 +103,6 @@ def crop_and_resize_grad_image(
     return dispatch.run(call, backend)
 
 
-@_eager_under_torch_compile
 def crop_and_resize_grad_boxes(
     grads: Any,
     image: Any,
@@ -158,7 +132,6 @@ def crop_and_resize_grad_boxes(
     return dispatch.run(call, backend)
 
 
-@_eager_under_torch_compile
 def crop2d(
     x: Any,
     cropping: Any = ((0, 0), (0, 0)),

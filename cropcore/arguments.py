@@ -10,14 +10,14 @@ routes that return exactly what the general route returns.
 
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 from typing import Any
 
 import numpy as np
 
-from cropcore._arrays import dtype_name, library_for, library_name
+from cropcore import config
+from cropcore.arrays import dtype_name, library_for, library_name
 from cropcore.calls import DATA_FORMATS, GRAD_IMAGE_DTYPES, IMAGE_DTYPES, METHODS, ImageShape
 
 __all__ = [
@@ -51,6 +51,8 @@ _FLOAT32 = np.dtype(np.float32)
 # than any batch, so one max() checks both bounds.
 _FEW_BOXES = 8
 _NUMPY_IMAGE_DTYPES = frozenset(np.dtype(name) for name in IMAGE_DTYPES)  # (dtype.name is slow)
+#: Index dtypes whose values the cast to int32 could wrap.
+_WIDE_INDEX_DTYPES = frozenset(("int64", "uint32", "uint64"))
 _UNSIGNED_VIEW = {np.dtype(np.int32): np.dtype(np.uint32), np.dtype(np.int64): np.dtype(np.uint64)}
 
 
@@ -83,12 +85,24 @@ def _shape(x: Any) -> tuple[int, ...]:
     return tuple(int(d) for d in x.shape)
 
 
-@functools.lru_cache(maxsize=64)
+# A dtype name's NumPy kind ("f", "i", "u", ...), filled for the names cropcore meets, so that a
+# traced call (torch.compile) finds it with a dictionary look-up.
+_KINDS = {
+    name: np.dtype(name).kind
+    for name in (*IMAGE_DTYPES, "uint32", "uint64", "bool", "float128", "complex64", "complex128")
+    if hasattr(np, name)
+}
+
+
 def _kind(dtype: str) -> str:
-    try:
-        return np.dtype(dtype).kind
-    except TypeError:
-        return "?"  # a dtype NumPy does not have (bfloat16, ...)
+    kind = _KINDS.get(dtype)
+    if kind is None:
+        try:
+            kind = np.dtype(dtype).kind
+        except TypeError:
+            kind = "?"  # a dtype NumPy does not have (bfloat16, ...)
+        _KINDS[dtype] = kind
+    return kind
 
 
 def data_format_arg(data_format: Any) -> str:
@@ -126,24 +140,36 @@ def _layout(data_format: str) -> str:
     )
 
 
+def _four_d(
+    x: Any, name: str, data_format: str, sides: tuple[str, str] = ("height", "width")
+) -> tuple[Any, tuple[int, ...], ImageShape]:
+    """``x`` as an array with its shape and dimensions, checked to be 4-D with positive ``sides``
+    (the spatial dimensions, named as the error messages name them)."""
+    x = as_array(x, name)
+    shape = _shape(x)
+    if len(shape) != 4:
+        layout = _layout(data_format)
+        if sides[0] != "height":  # grads: the crops' layout
+            layout = layout.replace("batch", "num_boxes").replace("height", "crop_height")
+            layout = layout.replace("width", "crop_width")
+        raise ValueError(
+            f"{name} must be 4-D {layout} for data_format={data_format!r}, got shape {shape}"
+        )
+    dims = ImageShape.from_format(shape, data_format)
+    if dims.height <= 0 or dims.width <= 0:
+        raise ValueError(
+            f"{name} {sides[0]} and {sides[1]} must be positive, got {sides[0]}={dims.height}, "
+            f"{sides[1]}={dims.width} (shape {shape}, data_format={data_format!r})"
+        )
+    return x, shape, dims
+
+
 def image_arg(image: Any, data_format: str, name: str = "image") -> tuple[Any, ImageShape]:
     if type(image) is np.ndarray and image.ndim == 4 and image.dtype.isnative:
         dims = ImageShape.from_format(image.shape, data_format)
         if dims.height > 0 and dims.width > 0 and image.dtype in _NUMPY_IMAGE_DTYPES:
             return image, dims
-    image = as_array(image, name)
-    shape = _shape(image)
-    if len(shape) != 4:
-        raise ValueError(
-            f"{name} must be 4-D {_layout(data_format)} for data_format={data_format!r}, "
-            f"got shape {shape}"
-        )
-    dims = ImageShape.from_format(shape, data_format)
-    if dims.height <= 0 or dims.width <= 0:
-        raise ValueError(
-            f"{name} height and width must be positive, got height={dims.height}, "
-            f"width={dims.width} (shape {shape}, data_format={data_format!r})"
-        )
+    image, _, dims = _four_d(image, name, data_format)
     dtype = dtype_name(image)
     if dtype not in IMAGE_DTYPES:
         raise TypeError(f"{name} dtype must be one of {', '.join(IMAGE_DTYPES)}; got {dtype}")
@@ -159,23 +185,7 @@ def grads_arg(grads: Any, data_format: str) -> tuple[Any, tuple[int, int, int, i
         dims = ImageShape.from_format(shape, data_format)
         if dims.height > 0 and dims.width > 0:
             return grads, shape, dims
-    grads = as_array(grads, "grads")
-    shape = _shape(grads)
-    if len(shape) != 4:
-        layout = (
-            "(num_boxes, depth, crop_height, crop_width)"
-            if data_format == "channels_first"
-            else "(num_boxes, crop_height, crop_width, depth)"
-        )
-        raise ValueError(
-            f"grads must be 4-D {layout} for data_format={data_format!r}, got shape {shape}"
-        )
-    dims = ImageShape.from_format(shape, data_format)
-    if dims.height <= 0 or dims.width <= 0:
-        raise ValueError(
-            f"grads crop_height and crop_width must be positive, got shape {shape} "
-            f"(data_format={data_format!r})"
-        )
+    grads, shape, dims = _four_d(grads, "grads", data_format, ("crop_height", "crop_width"))
     dtype = dtype_name(grads)
     if _kind(dtype) != "f":
         raise TypeError(
@@ -231,10 +241,33 @@ def boxes_shape_arg(boxes: Any, box_indices: Any) -> tuple[Any, Any]:
     return boxes, box_indices
 
 
-def boxes_cast_arg(boxes: Any, box_indices: Any) -> tuple[Any, Any]:
-    """Checked ``boxes`` and ``box_indices`` (from :func:`boxes_shape_arg`) cast to float32 and int32."""
+def values_checked(boxes: Any, box_indices: Any) -> bool:
+    """Whether a call's box values are read and checked: where they are on the host, or on a
+    device in strict mode (``CROPCORE_STRICT``); never where they are traced (no values exist)."""
+    if type(boxes) is np.ndarray and type(box_indices) is np.ndarray:  # the common case
+        return True
+    places = {library_for(boxes).residence(boxes), library_for(box_indices).residence(box_indices)}
+    if places == {"host"}:
+        return True
+    return "traced" not in places and config.get("CROPCORE_STRICT")
+
+
+def boxes_cast_arg(boxes: Any, box_indices: Any, batch: int) -> tuple[Any, Any]:
+    """Checked ``boxes`` and ``box_indices`` (from :func:`boxes_shape_arg`) cast to float32 and
+    int32, without reading a value.
+
+    Indices of a wider dtype are first clipped to ``[-1, batch]``, so that the cast cannot wrap an
+    out-of-range index into a valid one (2**32 to 0): a backend that receives unchecked indices
+    sees every bad one as out of range.
+    """
     boxes = library_for(boxes).astype(boxes, "float32")
-    return boxes, library_for(box_indices).astype(box_indices, "int32")
+    lib = library_for(box_indices)
+    dtype = dtype_name(box_indices)
+    if dtype in _WIDE_INDEX_DTYPES:
+        if dtype != "int64":  # torch clips no unsigned dtype; uint64 beyond int64 turns negative
+            box_indices = lib.astype(box_indices, "int64")
+        box_indices = box_indices.clip(-1, batch)
+    return boxes, lib.astype(box_indices, "int32")
 
 
 def boxes_values_arg(boxes: Any, box_indices: Any, batch: int) -> tuple[Any, Any]:

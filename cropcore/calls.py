@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
-from cropcore._arrays import dtype_name
+from cropcore.arrays import dtype_name
 
 __all__ = [
     "DATA_FORMATS",
@@ -81,6 +81,10 @@ class _BoxesCall:
     method: str
     data_format: str
     image_shape: ImageShape
+    #: Whether cropcore read and checked the box values (finite boxes, indices in range). When
+    #: ``False`` (traced or device-resident boxes), the backend must run safely on any values and
+    #: give the documented results for bad ones (docs/decisions.md, "Unchecked values").
+    values_checked: bool = dataclasses.field(default=True, kw_only=True)
 
     @property
     def num_boxes(self) -> int:

@@ -89,6 +89,13 @@ VARIABLES: dict[str, Variable] = {
             "bytes (default: physical memory for the result, the memory available for the peak)",
         ),
         Variable(
+            "CROPCORE_STRICT",
+            _flag,
+            False,
+            "whether box values on a device are read and checked too (a device synchronisation "
+            "per call), refusing bad boxes as TensorFlow does; traced calls are never read",
+        ),
+        Variable(
             "CROPCORE_HOST_POOL_BYTES",
             _bytes,
             None,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import sys
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
@@ -32,7 +33,8 @@ from typing import Any
 import numpy as np
 
 from cropcore import config, memory
-from cropcore._arrays import dtype_name, library_for, library_name
+from cropcore.arguments import boxes_values_arg
+from cropcore.arrays import dtype_name, library_for, library_name
 from cropcore.errors import (
     BackendDeclinedError,
     BackendError,
@@ -320,9 +322,14 @@ _VERDICTS_CACHE_SIZE = 256
 
 
 def _verdicts(
-    call: Any, library: str, device_type: str, attempt: bool, priority: tuple[str, ...]
+    static: tuple[str, str | None, str | None],
+    library: str,
+    device_type: str,
+    attempt: bool,
+    priority: tuple[str, ...],
 ) -> _Verdicts:
-    static = _static_key(call)
+    """What automatic selection finds about each backend of ``priority`` for calls whose
+    :func:`_static_key` is ``static``, before their ``declines`` hooks (cached)."""
     key = (static, library, device_type, attempt, priority, registry.generation)
     found = _verdicts_cache.get(key)
     if found is not None:
@@ -357,7 +364,9 @@ def _automatic(call: Any, device_type: str, needs_grad: bool, decision: Decision
     rejected: list[str] = []
     for attempt in (needs_grad, False) if needs_grad else (False,):
         rejected = []
-        for name, backend, why in _verdicts(call, decision.library, device_type, attempt, priority):
+        for name, backend, why in _verdicts(
+            _static_key(call), decision.library, device_type, attempt, priority
+        ):
             if why is None:
                 assert backend is not None
                 why = backend.declines(call)
@@ -436,7 +445,9 @@ def _quick_choice(call: Any, backend: str | None, libraries: dict[str, str]) -> 
     anchor = call.anchor
     lib = library_for(anchor)
     device_type = lib.device(anchor).partition(":")[0]
-    for _, candidate, why in _verdicts(call, lib.name, device_type, False, get_priority()):
+    for _, candidate, why in _verdicts(
+        _static_key(call), lib.name, device_type, False, get_priority()
+    ):
         if why is None and candidate is not None and candidate.declines(call) is None:
             return candidate
     return None
@@ -444,6 +455,9 @@ def _quick_choice(call: Any, backend: str | None, libraries: dict[str, str]) -> 
 
 def run(call: Any, backend: str | None = None) -> Any:
     """Select a backend for ``call``, run it, and return the result in the caller's library."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.compiler.is_dynamo_compiling():
+        return _run_in_graph(call, backend)
     libraries = _libraries(call)
     chosen = _quick_choice(call, backend, libraries)
     if chosen is None:
@@ -451,6 +465,8 @@ def run(call: Any, backend: str | None = None) -> Any:
     hook = chosen.hook(call.op)
     if hook is None:  # an op the core runs itself (crop2d's slice), on the caller's arrays
         return OPS[call.op].in_core(call)
+    if not getattr(call, "values_checked", True) and not chosen.info.unchecked_values:
+        call = _values_checked_for(call, chosen)
     output_bytes = memory.nbytes(call.output_shape, call.output_dtype)
     if _nothing_to_compute(call, output_bytes, libraries):
         return _zeros(call)
@@ -471,6 +487,104 @@ def run(call: Any, backend: str | None = None) -> Any:
     if library_name(result) == library_name(anchor):
         return library_for(anchor).to_device(result, anchor)
     return library_for(anchor).convert(result, anchor)
+
+
+def _run_in_graph(call: Any, backend: str | None) -> Any:
+    """:func:`run` as ``torch.compile`` traces it: dynamo traces this (so it stays small), the
+    choice is made once, untraced, by :func:`_graph_choice`, and the backend's op hook is traced
+    into the graph. The arrays must be the anchor's library's already (no conversion in a graph)."""
+    anchor = call.anchor
+    lib = library_for(anchor)
+    for name in call.arrays:
+        if library_name(getattr(call, name)) != lib.name:
+            raise TypeError(
+                f"inside torch.compile, {name} must be a {lib.name} tensor like the "
+                f"{_anchor_name(call)} (got {library_name(getattr(call, name))}): cropcore does "
+                "not convert arrays in a graph"
+            )
+    needs_grad = any(lib.needs_grad(getattr(call, name)) for name in call.arrays)
+    _, dtype, method = _static_key(call)
+    chosen = _graph_choice(
+        call.op, lib.name, lib.device(anchor), dtype, method, needs_grad, backend
+    )
+    hook = registry.get(chosen).hook(call.op)
+    if hook is None:  # crop2d's slice, which the core runs itself
+        return OPS[call.op].in_core(call)
+    return hook(call=call)
+
+
+def _graph_choice(
+    op: str,
+    library: str,
+    device: str,
+    dtype: str | None,
+    method: str | None,
+    needs_grad: bool,
+    backend: str | None,
+) -> str:
+    """The name of the backend that runs a traced call (:func:`_run_in_graph`).
+
+    Runs once per traced call site, untraced (dynamo's ``assume_constant_result``: the result is
+    a constant of the graph), so the rules are :func:`select`'s: ``backend=``, ``use_backend``,
+    ``CROPCORE_BACKEND``, then the priority list. A traced call also needs a backend that takes
+    the arrays' library as it is and declares ``unchecked_values``; ``declines`` hooks are not
+    asked (they would receive fake tensors).
+    """
+    static = (op, dtype, method)
+    device_type = device.partition(":")[0]
+
+    def why_not(candidate: Backend) -> str | None:
+        info = candidate.info
+        if library != info.array_library and library not in info.native_libraries:
+            return f"takes {info.array_library} arrays, and a graph cannot convert {library} ones"
+        if not info.unchecked_values:
+            return "needs checked box values (BackendInfo.unchecked_values is False)"
+        return _why_not_static(candidate, static, device_type, needs_grad, strict=True)
+
+    named, rule = backend, "the backend= argument"
+    if named is None:
+        named, rule = _override.get(), "a use_backend() context"
+    if named is None:
+        named, rule = config.get("CROPCORE_BACKEND") or None, "the CROPCORE_BACKEND variable"
+    if named is not None:
+        chosen = named_backend(named, rule)
+        why = why_not(chosen)
+        if why:
+            raise BackendDeclinedError(
+                f"backend {chosen.name!r} ({rule}) cannot run {op} inside torch.compile: {why}"
+            )
+        return chosen.name
+    rejected = []
+    for name, candidate, why in _verdicts(static, library, device_type, needs_grad, get_priority()):
+        why = why or why_not(candidate)
+        if not why:
+            return name
+        rejected.append(f"{name}: {why}")
+    raise BackendError(
+        f"no backend can run {op} on a traced {library} array on {device} (torch.compile): "
+        + ("; ".join(rejected) or "the priority list is empty")
+    )
+
+
+_graph_choice._dynamo_marked_constant = True  # type: ignore[attr-defined]  # assume_constant_result
+
+
+def _values_checked_for(call: Any, chosen: Backend) -> Any:
+    """``call`` with its box values checked, for a backend that is not safe on unchecked ones.
+
+    Reads the values on the host (for device arrays, a synchronisation); traced values cannot be
+    read, so the call is refused.
+    """
+    for array in (call.boxes, call.box_indices):
+        if library_for(array).residence(array) == "traced":
+            raise BackendError(
+                f"backend {chosen.name!r} cannot run {call.op} on traced boxes (torch.compile, "
+                "torch.export, a meta or fake tensor): it needs box values cropcore has checked, "
+                "and traced boxes have none. Use a backend that declares unchecked_values "
+                "(cropcore backends lists them), or call it eagerly"
+            )
+    boxes, box_indices = boxes_values_arg(call.boxes, call.box_indices, call.image_shape.batch)
+    return call.replace(boxes=boxes, box_indices=box_indices, values_checked=True)
 
 
 def _array_bytes(call: Any, output_bytes: int) -> int:

@@ -89,6 +89,11 @@ class BackendInfo:
         native_libraries: array libraries it takes without conversion, besides ``array_library``
             (for example a NumPy backend that also reads torch CPU tensors through DLPack).
         autograd: whether its results carry gradients through the framework's autograd.
+        unchecked_values: whether its kernels are safe on box values cropcore did not read
+            (``call.values_checked`` is ``False``: traced or device-resident boxes): no read
+            outside the image whatever the values, and the documented results for bad ones
+            (docs/decisions.md, "Unchecked values"). Without it, such a call is checked on the
+            host first (a device synchronisation) or, when traced, refused.
     """
 
     name: str
@@ -103,6 +108,7 @@ class BackendInfo:
     description: str = ""
     native_libraries: tuple[str, ...] = ()
     autograd: bool = False
+    unchecked_values: bool = False
 
 
 @hookspec

@@ -12,11 +12,15 @@ crop_and_resize family) or Keras's (for crop2d) rules and returns a frozen *call
 - the result fits in memory (:func:`cropcore.memory.check_output_size`).
 
 The checks run in this order: arguments that are not arrays, then shapes and dtypes, then the
-result's size, and only then the values of ``boxes`` and ``box_indices`` (the one step that reads
-array data). ``check_values=False`` stops before that step: the call is then checked for
-everything that shapes and dtypes decide, and the caller vouches for the values (the *shape-only
-mode*, for traced and device-resident inputs, where reading values would break a graph or wait for
-the device).
+result's size (the *static* checks: they never read array data, so they run on traced and
+device-resident arrays too), and last the values of ``boxes`` and ``box_indices``. The values are
+read only where they already are on the host and the call is eager
+(:func:`cropcore.arguments.values_checked`): a CUDA tensor or a traced one (``torch.compile``,
+``torch.export``, a meta or fake tensor) is never copied to the host to be checked, unless
+``CROPCORE_STRICT=1`` asks for it on a device. A call whose values were not checked says so
+(``values_checked=False``), and only a backend that declares it safe on any values
+(``BackendInfo.unchecked_values``) receives it; docs/decisions.md says what bad values give then.
+``check_values=True`` or ``False`` overrides the rule (``False`` is the *shape-only mode*).
 
 Arrays keep their own library here (a torch tensor stays a torch tensor, with its autograd graph);
 only their dtype is made canonical. Moving them to the library a backend computes in is the
@@ -45,6 +49,7 @@ from cropcore.arguments import (
     image_arg,
     image_shape_arg,
     method_arg,
+    values_checked,
 )
 from cropcore.calls import DATA_FORMATS, GRAD_IMAGE_DTYPES, IMAGE_DTYPES, METHODS, ImageShape
 from cropcore.memory import check_output_size, max_output_bytes
@@ -74,11 +79,33 @@ __all__ = [
 ]
 
 
-def _boxes(boxes: Any, box_indices: Any, batch: int, check_values: bool) -> tuple[Any, Any]:
-    """The last step of every crop_and_resize-family check: the box values, or only their casts."""
+def _boxes_fields(
+    boxes: Any,
+    box_indices: Any,
+    dims: ImageShape,
+    method: str,
+    data_format: str,
+    check_values: bool | None,
+) -> dict[str, Any]:
+    """The last step of every crop_and_resize-family check, and the fields the family shares.
+
+    The box values are checked where :func:`~cropcore.arguments.values_checked` says (unless
+    ``check_values`` decides), else only cast; ``values_checked`` records which.
+    """
+    if check_values is None:
+        check_values = values_checked(boxes, box_indices)
     if check_values:
-        return boxes_values_arg(boxes, box_indices, batch)
-    return boxes_cast_arg(boxes, box_indices)
+        boxes, box_indices = boxes_values_arg(boxes, box_indices, dims.batch)
+    else:
+        boxes, box_indices = boxes_cast_arg(boxes, box_indices, dims.batch)
+    return {
+        "boxes": boxes,
+        "box_indices": box_indices,
+        "values_checked": bool(check_values),
+        "method": method,
+        "data_format": data_format,
+        "image_shape": dims,
+    }
 
 
 def _crops_match_boxes(crops: int, boxes: Any) -> None:
@@ -97,7 +124,7 @@ def crop_and_resize_call(
     extrapolation_value: Any = 0.0,
     data_format: Any = "channels_last",
     *,
-    check_values: bool = True,
+    check_values: bool | None = None,
 ) -> calls.CropAndResizeCall:
     """Check a ``crop_and_resize`` call (TensorFlow's rules) and return it in canonical form.
 
@@ -111,13 +138,8 @@ def crop_and_resize_call(
     boxes, box_indices = boxes_shape_arg(boxes, box_indices)
     output = ImageShape(int(boxes.shape[0]), *crop, dims.depth).to_format(data_format)
     check_output_size(output, "float32", "crop_and_resize's result")
-    boxes, box_indices = _boxes(boxes, box_indices, dims.batch, check_values)
     return calls.CropAndResizeCall(
-        boxes=boxes,
-        box_indices=box_indices,
-        method=method,
-        data_format=data_format,
-        image_shape=dims,
+        **_boxes_fields(boxes, box_indices, dims, method, data_format, check_values),
         image=image,
         crop_size=crop,
         extrapolation_value=extrapolation_value,
@@ -133,7 +155,7 @@ def grad_image_call(
     data_format: Any = "channels_last",
     dtype: Any = "float32",
     *,
-    check_values: bool = True,
+    check_values: bool | None = None,
 ) -> calls.GradImageCall:
     """Check a ``crop_and_resize_grad_image`` call and return it in canonical form.
 
@@ -153,13 +175,8 @@ def grad_image_call(
             f"(grads shape {grads_shape}, image_shape {dims.to_format(data_format)})"
         )
     check_output_size(dims.to_format(data_format), dtype, "crop_and_resize_grad_image's result")
-    boxes, box_indices = _boxes(boxes, box_indices, dims.batch, check_values)
     return calls.GradImageCall(
-        boxes=boxes,
-        box_indices=box_indices,
-        method=method,
-        data_format=data_format,
-        image_shape=dims,
+        **_boxes_fields(boxes, box_indices, dims, method, data_format, check_values),
         grads=grads,
         dtype=dtype,
     )
@@ -173,7 +190,7 @@ def grad_boxes_call(
     method: Any = "bilinear",
     data_format: Any = "channels_last",
     *,
-    check_values: bool = True,
+    check_values: bool | None = None,
 ) -> calls.GradBoxesCall:
     """Check a ``crop_and_resize_grad_boxes`` call and return it in canonical form.
 
@@ -191,13 +208,8 @@ def grad_boxes_call(
         )
     boxes, box_indices = boxes_shape_arg(boxes, box_indices)
     _crops_match_boxes(grads_dims.batch, boxes)
-    boxes, box_indices = _boxes(boxes, box_indices, dims.batch, check_values)
     return calls.GradBoxesCall(
-        boxes=boxes,
-        box_indices=box_indices,
-        method=method,
-        data_format=data_format,
-        image_shape=dims,
+        **_boxes_fields(boxes, box_indices, dims, method, data_format, check_values),
         grads=grads,
         image=image,
     )

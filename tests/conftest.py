@@ -26,6 +26,7 @@ def make_backend_module(
     requires: tuple[str, ...] = (),
     install_hint: str = "",
     ops: tuple[str, ...] = ("crop_and_resize", "crop2d"),
+    unchecked_values: bool = False,
 ) -> types.ModuleType:
     """A plugin module whose ops record the calls they get and return zeros of the right shape."""
     module = types.ModuleType(f"fake_backend_{name}")
@@ -39,6 +40,7 @@ def make_backend_module(
         requires=requires,
         install_hint=install_hint,
         version="9.9",
+        unchecked_values=unchecked_values,
         **({"dtypes": dtypes} if dtypes is not None else {}),
     )
 

@@ -351,7 +351,7 @@ def test_torch_boxes_and_indices_are_accepted(image):
 
 def test_torch_tensor_converted_without_copy(image):
     torch = pytest.importorskip("torch")
-    from cropcore._arrays import library_for
+    from cropcore.arrays import library_for
 
     t = torch.from_numpy(image)
     view = library_for("numpy").convert(t)
@@ -444,7 +444,7 @@ class _CudaArrayInterfaceOnly:
 
 
 def test_cuda_array_interface_objects_are_recognised():
-    from cropcore._arrays import library_name
+    from cropcore.arrays import library_name
 
     assert library_name(_CudaArrayInterfaceOnly()) == "cuda_array_interface"
 

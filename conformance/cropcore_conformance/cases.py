@@ -65,6 +65,8 @@ CATEGORIES: dict[str, str] = {
     "gradients": "gradient cases, including samples outside the image",
     "errors": "bad inputs refused with the reference's exception type; edge inputs accepted",
     "round-trips": "results come back in the image's array library and on its device",
+    "unchecked-values": "box values cropcore did not read (traced or on a device): non-finite "
+    "boxes extrapolate, a bad box index is refused on the host and NaN on a device",
 }
 
 #: Case op names, and the cropcore function each one calls.

@@ -53,6 +53,7 @@ def _cases() -> tuple[Case, ...]:
     from cropcore_conformance.properties import property_cases
     from cropcore_conformance.roundtrips import round_trip_cases
     from cropcore_conformance.tf_unit_tests import tf_test_cases
+    from cropcore_conformance.unchecked import unchecked_cases
     from cropcore_conformance.vectors import recorded_cases
 
     found = [
@@ -63,6 +64,7 @@ def _cases() -> tuple[Case, ...]:
         *gradient_cases(),
         *error_cases(),
         *round_trip_cases(),
+        *unchecked_cases(),
     ]
     order = {name: i for i, name in enumerate(CATEGORIES)}
     found.sort(key=lambda case: order[case.category])  # stable: keeps each category's own order

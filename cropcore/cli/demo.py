@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 import cropcore
-from cropcore._arrays import library_for
+from cropcore.arrays import library_for
 from cropcore.cli.errors import EXIT_FAILURE, EXIT_OK, CliError, output_directory, require
 from cropcore.cli.files import as_uint8_array, label_slug, pixel_to_normalized, save_image, to_uint8
 from cropcore.cli.sheet import contact_sheet

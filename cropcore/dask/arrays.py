@@ -19,7 +19,7 @@ from dask.array.utils import meta_from_array
 
 import cropcore
 from cropcore import dispatch, spec
-from cropcore._arrays import library_for, library_name
+from cropcore.arrays import library_for, library_name
 
 __all__ = ["crop2d", "crop_and_resize"]
 

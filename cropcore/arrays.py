@@ -78,6 +78,12 @@ class ArrayLibrary:
         """Whether a result computed from ``x`` should carry an autograd graph."""
         return False
 
+    def residence(self, x: Any) -> str:
+        """Where ``x``'s values are: ``"host"`` (readable now), ``"device"`` (readable by waiting
+        for the device) or ``"traced"`` (no values: ``torch.compile``, ``torch.export``, a meta or
+        fake tensor, a ``vmap``/``jax.jit`` tracer)."""
+        return "host"
+
     def export(self, x: Any) -> Any:
         """``x`` in a form this library can hand out through DLPack."""
         return x
@@ -149,6 +155,20 @@ class TorchLibrary(ArrayLibrary):
     def needs_grad(self, x: Any) -> bool:
         return bool(getattr(x, "requires_grad", False)) and self.module().is_grad_enabled()
 
+    def residence(self, x: Any) -> str:
+        torch = self.module()
+        if torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(x):
+            return "traced"  # dynamo, or vmap/grad wrappers (no data of their own)
+        device = x.device.type
+        if device == "meta":
+            return "traced"
+        if type(x) is not torch.Tensor:  # FakeTensor, FunctionalTensor; not the common case
+            # Loaded wherever a fake tensor exists (torch.export, torch.compile, FakeTensorMode).
+            fake = sys.modules.get("torch._subclasses.fake_tensor")
+            if fake is not None and fake.is_fake(x):
+                return "traced"
+        return "host" if device == "cpu" else "device"
+
     def convert(self, x: Any, like: Any = None) -> Any:
         if isinstance(x, np.ndarray) and any(s < 0 for s in x.strides):
             # torch.from_dlpack aborts the process (an uncaught C++ exception, torch 2.13) on a
@@ -193,6 +213,9 @@ class CupyLibrary(ArrayLibrary):
     def device(self, x: Any) -> str:
         return f"cuda:{x.device.id}"
 
+    def residence(self, x: Any) -> str:
+        return "device"
+
     def to_numpy(self, x: Any) -> np.ndarray:
         return x.get()
 
@@ -234,6 +257,9 @@ class CudaArrayInterfaceLibrary(ArrayLibrary):
     def device(self, x: Any) -> str:
         return f"cuda:{self.export(x).device.id}"
 
+    def residence(self, x: Any) -> str:
+        return "device"
+
     def to_numpy(self, x: Any) -> np.ndarray:
         return self.export(x).get()
 
@@ -252,6 +278,12 @@ class DLPackLibrary(ArrayLibrary):
 
     def __init__(self, name: str) -> None:
         self.name = name
+
+    def residence(self, x: Any) -> str:
+        try:  # a host array says device type 1 (kDLCPU); a JAX tracer has no DLPack device
+            return "host" if int(x.__dlpack_device__()[0]) == 1 else "device"
+        except Exception:
+            return "traced"
 
     def module(self) -> Any:
         module = sys.modules.get(self._MODULES.get(self.name, self.name))
