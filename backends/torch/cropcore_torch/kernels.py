@@ -40,7 +40,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from cropcore_torch.gradients import crop_and_resize_grad_boxes, crop_and_resize_grad_image
+from cropcore_torch.gradients import (
+    crop_and_resize_grad_boxes,
+    crop_and_resize_grad_image,
+    fill_grad_boxes,
+    fill_grad_image,
+)
 from cropcore_torch.samples import (
     Samples,
     _box_chunks,
@@ -63,6 +68,9 @@ __all__ = [
     "crop_and_resize_grad_boxes",
     "crop_and_resize_grad_image",
     "empty_output",
+    "fill_crops",
+    "fill_grad_boxes",
+    "fill_grad_image",
     "output_is_channels_last",
 ]
 
@@ -75,6 +83,8 @@ def crop_and_resize(
     method: str,
     extrapolation_value: float,
     channels_first: bool,
+    *,
+    fill: Callable[..., None] | None = None,
 ) -> Tensor:
     """TF's ``CropAndResize``.
 
@@ -85,34 +95,48 @@ def crop_and_resize(
         crop_size: ``(crop_height, crop_width)``, positive. method: ``"bilinear"`` or ``"nearest"``.
         extrapolation_value: written verbatim (as float32) where a sample is outside the image.
         channels_first: the layout of ``image`` and of the result.
+        fill: what computes the crops into the result's NHWC view, with the arguments of
+            :func:`fill_crops` (default): :func:`cropcore_torch._native.fill_crops` on CPU.
 
     Returns:
         float32 (N, crop_height, crop_width, depth), or (N, depth, crop_height, crop_width) when
         ``channels_first`` (contiguous, or channels-last when the image is).
     """
-    image_nhwc = _readable(nhwc(image, channels_first))
-    depth = image_nhwc.shape[3]
-    num_boxes = boxes.shape[0]
+    image_nhwc = nhwc(image, channels_first)
     crop_height, crop_width = crop_size
     out = empty_output(
-        (num_boxes, crop_height, crop_width, depth),
+        (boxes.shape[0], crop_height, crop_width, image_nhwc.shape[3]),
         torch.float32,
         image,
         channels_first,
         output_is_channels_last(image, channels_first),
     )
-    pixel_grain = _pixel_grain(image_nhwc) if image.device.type == "cpu" else 0.0
+    (fill or fill_crops)(out, image_nhwc, boxes, box_indices, method, extrapolation_value)
+    return out.permute(0, 3, 1, 2) if channels_first else out
+
+
+def fill_crops(
+    out: Tensor,
+    image: Tensor,
+    boxes: Tensor,
+    box_indices: Tensor,
+    method: str,
+    extrapolation_value: float,
+) -> None:
+    """Write the crops of the NHWC ``image`` into ``out``, float32 (N, crop_height, crop_width, depth)."""
+    image = _readable(image)
+    num_boxes, crop_height, crop_width, depth = out.shape
+    pixel_grain = _pixel_grain(image) if image.device.type == "cpu" else 0.0
     for chunk in _box_chunks(num_boxes, crop_height * crop_width * depth, image.device):
         out[chunk] = _crop(
-            image_nhwc,
+            image,
             boxes[chunk],
             box_indices[chunk],
-            crop_size,
+            (crop_height, crop_width),
             method,
             extrapolation_value,
             pixel_grain,
         )
-    return out.permute(0, 3, 1, 2) if channels_first else out
 
 
 def _crop(

@@ -77,8 +77,7 @@ def _crop_and_resize(
     channels_first: bool,
 ) -> Tensor:
     _check_image_dtype(image)
-    impl = _native if _native_for(image) else kernels
-    return impl.crop_and_resize(
+    return kernels.crop_and_resize(
         image,
         boxes.to(torch.float32),
         box_indices,
@@ -86,6 +85,7 @@ def _crop_and_resize(
         method,
         extrapolation_value,
         channels_first,
+        fill=_native.fill_crops if _native_for(image) else None,
     )
 
 
@@ -165,8 +165,7 @@ def _grad_image(
         raise TypeError(f"dtype must be float16, float32 or float64, got {dtype}")
     # The compiled loops accumulate in float32 or float64; float16 sums go through torch.
     native = _native_for(grads) and dtype != torch.float16
-    impl = _native if native else kernels
-    return impl.crop_and_resize_grad_image(
+    return kernels.crop_and_resize_grad_image(
         grads.to(torch.float32),
         boxes.to(torch.float32),
         box_indices,
@@ -174,6 +173,7 @@ def _grad_image(
         method,
         dtype,
         channels_first,
+        fill=_native.fill_grad_image if native else None,
     )
 
 
@@ -190,9 +190,13 @@ def _grad_boxes(
     grads: Tensor, image: Tensor, boxes: Tensor, box_indices: Tensor, channels_first: bool
 ) -> Tensor:
     _check_image_dtype(image)
-    impl = _native if _native_for(image) else kernels
-    return impl.crop_and_resize_grad_boxes(
-        grads.to(torch.float32), image, boxes.to(torch.float32), box_indices, channels_first
+    return kernels.crop_and_resize_grad_boxes(
+        grads.to(torch.float32),
+        image,
+        boxes.to(torch.float32),
+        box_indices,
+        channels_first,
+        fill=_native.fill_grad_boxes if _native_for(image) else None,
     )
 
 
