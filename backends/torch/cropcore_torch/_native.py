@@ -39,6 +39,7 @@ import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -178,6 +179,11 @@ def _table_args(rows: kernels.Samples, cols: kernels.Samples, nearest: bool) -> 
     return args
 
 
+def _strided(x: Tensor) -> tuple[int, ...]:
+    """A 4-D array as the loops take it: its address, then its four strides (in elements)."""
+    return (x.data_ptr(), *x.stride())
+
+
 def _channels_innermost(x: Tensor) -> Tensor:
     """An NHWC view ``x``, copied so that channels are innermost unless they are or are few."""
     return x if x.stride(3) == 1 or x.shape[3] <= _FEW_CHANNELS else x.contiguous()
@@ -187,15 +193,6 @@ def _in_range(image_height: int, image_width: int, crop_size: tuple[int, int]) -
     """Whether the shared arithmetic is exact for these sizes (see cropcore.native); larger calls
     (a side over 2**24 pixels) run the torch ops, which clamp their indices instead."""
     return max(image_height, image_width) <= _MAX_IMAGE_SIDE and max(crop_size) <= _MAX_CROP_SIDE
-
-
-def _library(image_height: int, image_width: int, crop_size: tuple[int, int]) -> ctypes.CDLL | None:
-    """The compiled loops, or ``None`` for sizes they are not exact for (see :func:`_in_range`)."""
-    if not _in_range(image_height, image_width, crop_size):
-        return None
-    lib = library()
-    assert lib is not None
-    return lib
 
 
 def _box_indices(
@@ -219,6 +216,39 @@ def _box_indices(
     return box_indices.to(torch.int32).contiguous()
 
 
+class _Loops(NamedTuple):
+    """What every compiled loop takes besides its arrays."""
+
+    lib: ctypes.CDLL
+    indices: Tensor  # int32 box indices, shape-checked
+    rows: kernels.Samples
+    cols: kernels.Samples
+
+
+def _loops(
+    boxes: Tensor,
+    box_indices: Tensor,
+    image_shape: torch.Size,
+    crops_shape: torch.Size,
+    *,
+    ratio_first: bool = False,
+) -> _Loops | None:
+    """The library, checked box indices and sample tables for an NHWC image and NHWC crops, or
+    ``None`` for sizes the loops are not exact for (see :func:`_in_range`): the torch ops run."""
+    _, image_height, image_width, image_depth = image_shape
+    num_boxes, crop_height, crop_width, depth = crops_shape
+    crop_size = (crop_height, crop_width)
+    if not _in_range(image_height, image_width, crop_size):
+        return None
+    lib = library()
+    assert lib is not None
+    indices = _box_indices(box_indices, boxes, num_boxes, depth, image_depth)
+    rows, cols = _box_samples(
+        lib, boxes, image_height, image_width, crop_size, ratio_first=ratio_first
+    )
+    return _Loops(lib, indices, rows, cols)
+
+
 def fill_crops(
     out: Tensor,
     image: Tensor,
@@ -228,13 +258,12 @@ def fill_crops(
     extrapolation_value: float,
 ) -> None:
     """:func:`cropcore_torch.kernels.fill_crops` on CPU tensors, in one compiled pass."""
-    batch, image_height, image_width, depth = image.shape
-    num_boxes, crop_height, crop_width, _ = out.shape
-    lib = _library(image_height, image_width, (crop_height, crop_width))
-    if lib is None:
+    loops = _loops(boxes, box_indices, image.shape, out.shape)
+    if loops is None:
         return kernels.fill_crops(out, image, boxes, box_indices, method, extrapolation_value)
-    indices = _box_indices(box_indices, boxes, num_boxes, depth, depth)
-    rows, cols = _box_samples(lib, boxes, image_height, image_width, (crop_height, crop_width))
+    lib, indices, rows, cols = loops
+    batch, depth = image.shape[0], image.shape[3]
+    num_boxes, crop_height, crop_width, _ = out.shape
     if not out.numel():
         return None
     few_channels = depth <= _FEW_CHANNELS
@@ -244,8 +273,7 @@ def fill_crops(
         # channels, it is read channel by channel).
         image = image.contiguous()
     fixed = (
-        image.data_ptr(),
-        *image.stride(),
+        *_strided(image),
         batch,
         indices.data_ptr(),
         crop_height,
@@ -254,8 +282,7 @@ def fill_crops(
         *_table_args(rows, cols, method == "nearest"),
         int(method == "nearest"),
         float(extrapolation_value),
-        out.data_ptr(),
-        *out.stride(),
+        *_strided(out),
     )
     suffix = _SUFFIX[image.dtype]
     if out.stride(3) == 1 or few_channels:
@@ -285,21 +312,19 @@ def fill_grad_image(
     out: Tensor, grads: Tensor, boxes: Tensor, box_indices: Tensor, method: str
 ) -> None:
     """:func:`cropcore_torch.kernels.fill_grad_image` for float32/float64 results, compiled."""
-    batch, image_height, image_width, depth = out.shape
-    num_boxes, crop_height, crop_width, _ = grads.shape
-    lib = _library(image_height, image_width, (crop_height, crop_width))
-    if lib is None:
+    loops = _loops(boxes, box_indices, out.shape, grads.shape)
+    if loops is None:
         return kernels.fill_grad_image(out, grads, boxes, box_indices, method)
-    indices = _box_indices(box_indices, boxes, num_boxes, grads.shape[3], depth)
-    rows, cols = _box_samples(lib, boxes, image_height, image_width, (crop_height, crop_width))
+    lib, indices, rows, cols = loops
+    batch, depth = out.shape[0], out.shape[3]
+    num_boxes, crop_height, crop_width, _ = grads.shape
     if not (out.numel() and grads.numel()):
         return None
     # Channels innermost for the loops (a plane-strided walk over the channels of every pixel
     # would thrash the cache); NCHW callers get a transposed copy.
     grads = _channels_innermost(grads)
     fixed = (
-        grads.data_ptr(),
-        *grads.stride(),
+        *_strided(grads),
         indices.data_ptr(),
         num_boxes,
         crop_height,
@@ -307,8 +332,7 @@ def fill_grad_image(
         depth,
         *_table_args(rows, cols, method == "nearest"),
         int(method == "nearest"),
-        out.data_ptr(),
-        *out.stride(),
+        *_strided(out),
         batch,
     )
     function = getattr(lib, "grad_image_f32" if out.dtype == torch.float32 else "grad_image_f64")
@@ -320,25 +344,20 @@ def fill_grad_boxes(
     out: Tensor, grads: Tensor, image: Tensor, boxes: Tensor, box_indices: Tensor
 ) -> None:
     """:func:`cropcore_torch.kernels.fill_grad_boxes` on CPU tensors, compiled."""
-    batch, image_height, image_width, image_depth = image.shape
-    num_boxes, crop_height, crop_width, depth = grads.shape
-    lib = _library(image_height, image_width, (crop_height, crop_width))
-    if lib is None:
+    loops = _loops(boxes, box_indices, image.shape, grads.shape, ratio_first=True)
+    if loops is None:
         return kernels.fill_grad_boxes(out, grads, image, boxes, box_indices)
+    lib, indices, rows, cols = loops
+    batch, image_height, image_width, _ = image.shape
+    num_boxes, crop_height, crop_width, depth = grads.shape
+    if not num_boxes:
+        return None
     # TF's order (rows, columns, channels) walks the channels of every pixel: channels innermost.
     image = _channels_innermost(image)
     grads = _channels_innermost(grads)
-    indices = _box_indices(box_indices, boxes, num_boxes, depth, image_depth)
-    rows, cols = _box_samples(
-        lib, boxes, image_height, image_width, (crop_height, crop_width), ratio_first=True
-    )
-    if not num_boxes:
-        return None
     fixed = (
-        grads.data_ptr(),
-        *grads.stride(),
-        image.data_ptr(),
-        *image.stride(),
+        *_strided(grads),
+        *_strided(image),
         batch,
         image_height,
         image_width,
