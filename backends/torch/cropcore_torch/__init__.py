@@ -93,52 +93,30 @@ def cropcore_backend_check() -> str | None:
     # torch.library.custom_op (and uint16 tensors) arrived in torch 2.4.
     if not hasattr(torch.library, "custom_op"):
         return f"torch {torch.__version__} is too old: cropcore's torch backend needs torch >= 2.4"
-    _torch_ops()
+    _ops()
     return None
 
 
-def _torch_ops() -> Any:
-    """``torch.ops.cropcore``, registering the ops on first use."""
-    import torch
+def _ops() -> Any:
+    """:mod:`cropcore_torch.ops`, which registers ``torch.ops.cropcore.*`` when first imported."""
+    import cropcore_torch.ops
 
-    import cropcore_torch.ops  # noqa: F401  (registers torch.ops.cropcore.*)
-
-    return torch.ops.cropcore
+    return cropcore_torch.ops
 
 
 @hookimpl
 def cropcore_crop_and_resize(call: CropAndResizeCall) -> Any:
-    return _torch_ops().crop_and_resize(
-        call.image,
-        call.boxes,
-        call.box_indices,
-        *call.crop_size,
-        call.method,
-        call.extrapolation_value,
-        call.channels_first,
-    )
+    return _ops().run_crop_and_resize(call)
 
 
 @hookimpl
 def cropcore_crop_and_resize_grad_image(call: GradImageCall) -> Any:
-    import torch
-
-    return _torch_ops().crop_and_resize_grad_image(
-        call.grads,
-        call.boxes,
-        call.box_indices,
-        *call.image_shape,
-        call.method,
-        getattr(torch, call.dtype),
-        call.channels_first,
-    )
+    return _ops().run_grad_image(call)
 
 
 @hookimpl
 def cropcore_crop_and_resize_grad_boxes(call: GradBoxesCall) -> Any:
-    return _torch_ops().crop_and_resize_grad_boxes(
-        call.grads, call.image, call.boxes, call.box_indices, call.channels_first
-    )
+    return _ops().run_grad_boxes(call)
 
 
 @hookimpl

@@ -172,6 +172,19 @@ i64 crop_boxes_##SUF(const T* image, i64 is_b, i64 is_y, i64 is_x, i64 is_d, i64
     FP_RETURN(-1);                                                                            \
 }
 
+/* TF's two terms of one axis of the box gradient: coordinates LO and HI (y1 and y2: 0, 2; x1 and
+   x2: 1, 3), for the sample STEP (y or x) of an axis of CROP samples over SIZE pixels. */
+#define ADD_BOX_GRADS(LO, HI, GRAD, STEP, CROP, SIZE, RATIO)                                  \
+    do {                                                                                      \
+        if (CROP > 1) {                                                                       \
+            grads_boxes[LO] += GRAD * (SIZE - 1 - STEP * RATIO);                              \
+            grads_boxes[HI] += GRAD * (STEP * RATIO);                                         \
+        } else {                                                                              \
+            grads_boxes[LO] += GRAD * 0.5 * (SIZE - 1);                                       \
+            grads_boxes[HI] += GRAD * 0.5 * (SIZE - 1);                                       \
+        }                                                                                     \
+    } while (0)
+
 /* Box gradient: boxes [n0, n1). grads strides gs_* (NHWC order); out (N, 4) float32, zeroed.
    Tables from the ratio-first coordinates. Loop order y, x, d as TF's, so each of the four sums
    adds its terms in TF's order. */
@@ -211,22 +224,10 @@ i64 grad_boxes_##SUF(const float* grads, i64 gs_n, i64 gs_y, i64 gs_x, i64 gs_d,
                         LOAD(top + left + c), LOAD(top + right + c), LOAD(bottom + left + c), \
                         LOAD(bottom + right + c), x_lerp, y_lerp, g[d * gs_d]);               \
                     const float image_grad_y = s.y, image_grad_x = s.x;                       \
-                    if (crop_height > 1) {                                                    \
-                        grads_boxes[0] +=                                                     \
-                            image_grad_y * (image_height - 1 - y * height_ratio);             \
-                        grads_boxes[2] += image_grad_y * (y * height_ratio);                  \
-                    } else {                                                                  \
-                        grads_boxes[0] += image_grad_y * 0.5 * (image_height - 1);            \
-                        grads_boxes[2] += image_grad_y * 0.5 * (image_height - 1);            \
-                    }                                                                         \
-                    if (crop_width > 1) {                                                     \
-                        grads_boxes[1] +=                                                     \
-                            image_grad_x * (image_width - 1 - x * width_ratio);               \
-                        grads_boxes[3] += image_grad_x * (x * width_ratio);                   \
-                    } else {                                                                  \
-                        grads_boxes[1] += image_grad_x * 0.5 * (image_width - 1);             \
-                        grads_boxes[3] += image_grad_x * 0.5 * (image_width - 1);             \
-                    }                                                                         \
+                    ADD_BOX_GRADS(0, 2, image_grad_y, y, crop_height, image_height,           \
+                                  height_ratio);                                              \
+                    ADD_BOX_GRADS(1, 3, image_grad_x, x, crop_width, image_width,             \
+                                  width_ratio);                                               \
                 }                                                                             \
             }                                                                                 \
         }                                                                                     \

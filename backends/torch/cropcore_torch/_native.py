@@ -39,6 +39,7 @@ import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -48,9 +49,9 @@ from cropcore_torch._build import _SUFFIX, available, library, status
 
 __all__ = [
     "available",
-    "crop_and_resize",
-    "crop_and_resize_grad_boxes",
-    "crop_and_resize_grad_image",
+    "fill_crops",
+    "fill_grad_boxes",
+    "fill_grad_image",
     "status",
 ]
 
@@ -178,6 +179,11 @@ def _table_args(rows: kernels.Samples, cols: kernels.Samples, nearest: bool) -> 
     return args
 
 
+def _strided(x: Tensor) -> tuple[int, ...]:
+    """A 4-D array as the loops take it: its address, then its four strides (in elements)."""
+    return (x.data_ptr(), *x.stride())
+
+
 def _channels_innermost(x: Tensor) -> Tensor:
     """An NHWC view ``x``, copied so that channels are innermost unless they are or are few."""
     return x if x.stride(3) == 1 or x.shape[3] <= _FEW_CHANNELS else x.contiguous()
@@ -210,164 +216,158 @@ def _box_indices(
     return box_indices.to(torch.int32).contiguous()
 
 
-def crop_and_resize(
+class _Loops(NamedTuple):
+    """What every compiled loop takes besides its arrays."""
+
+    lib: ctypes.CDLL
+    indices: Tensor  # int32 box indices, shape-checked
+    rows: kernels.Samples
+    cols: kernels.Samples
+
+
+def _loops(
+    boxes: Tensor,
+    box_indices: Tensor,
+    image_shape: torch.Size,
+    crops_shape: torch.Size,
+    *,
+    ratio_first: bool = False,
+) -> _Loops | None:
+    """The library, checked box indices and sample tables for an NHWC image and NHWC crops, or
+    ``None`` for sizes the loops are not exact for (see :func:`_in_range`): the torch ops run."""
+    _, image_height, image_width, image_depth = image_shape
+    num_boxes, crop_height, crop_width, depth = crops_shape
+    crop_size = (crop_height, crop_width)
+    if not _in_range(image_height, image_width, crop_size):
+        return None
+    lib = library()
+    assert lib is not None
+    indices = _box_indices(box_indices, boxes, num_boxes, depth, image_depth)
+    rows, cols = _box_samples(
+        lib, boxes, image_height, image_width, crop_size, ratio_first=ratio_first
+    )
+    return _Loops(lib, indices, rows, cols)
+
+
+def fill_crops(
+    out: Tensor,
     image: Tensor,
     boxes: Tensor,
     box_indices: Tensor,
-    crop_size: tuple[int, int],
     method: str,
     extrapolation_value: float,
-    channels_first: bool,
-) -> Tensor:
-    """:func:`cropcore_torch.kernels.crop_and_resize` on CPU tensors, in one compiled pass."""
-    lib = library()
-    assert lib is not None
-    image_nhwc = kernels.nhwc(image, channels_first)
-    batch, image_height, image_width, depth = image_nhwc.shape
-    if not _in_range(image_height, image_width, crop_size):
-        return kernels.crop_and_resize(
-            image, boxes, box_indices, crop_size, method, extrapolation_value, channels_first
-        )
-    crop_height, crop_width = crop_size
-    num_boxes = boxes.shape[0]
-    indices = _box_indices(box_indices, boxes, num_boxes, depth, depth)
-    rows, cols = _box_samples(lib, boxes, image_height, image_width, crop_size)
-    out = kernels.empty_output(
-        (num_boxes, crop_height, crop_width, depth),
-        torch.float32,
-        image,
-        channels_first,
-        kernels.output_is_channels_last(image, channels_first),
+) -> None:
+    """:func:`cropcore_torch.kernels.fill_crops` on CPU tensors, in one compiled pass."""
+    loops = _loops(boxes, box_indices, image.shape, out.shape)
+    if loops is None:
+        return kernels.fill_crops(out, image, boxes, box_indices, method, extrapolation_value)
+    lib, indices, rows, cols = loops
+    batch, depth = image.shape[0], image.shape[3]
+    num_boxes, crop_height, crop_width, _ = out.shape
+    if not out.numel():
+        return None
+    few_channels = depth <= _FEW_CHANNELS
+    if image.stride(3) != 1 and not few_channels and image.numel() <= out.numel():
+        # Channels innermost, as the loops read fastest: an NCHW image with many channels is
+        # transposed once when that costs less than the result (otherwise, and with a few
+        # channels, it is read channel by channel).
+        image = image.contiguous()
+    fixed = (
+        *_strided(image),
+        batch,
+        indices.data_ptr(),
+        crop_height,
+        crop_width,
+        depth,
+        *_table_args(rows, cols, method == "nearest"),
+        int(method == "nearest"),
+        float(extrapolation_value),
+        *_strided(out),
     )
-    if out.numel():
-        few_channels = depth <= _FEW_CHANNELS
-        if image_nhwc.stride(3) != 1 and not few_channels and image.numel() <= out.numel():
-            # Channels innermost, as the loops read fastest: an NCHW image with many channels is
-            # transposed once when that costs less than the result (otherwise, and with a few
-            # channels, it is read channel by channel).
-            image_nhwc = image_nhwc.contiguous()
-        fixed = (
-            image_nhwc.data_ptr(),
-            *image_nhwc.stride(),
-            batch,
-            indices.data_ptr(),
-            crop_height,
-            crop_width,
-            depth,
-            *_table_args(rows, cols, method == "nearest"),
-            int(method == "nearest"),
-            float(extrapolation_value),
-            out.data_ptr(),
-            *out.stride(),
-        )
-        suffix = _SUFFIX[image.dtype]
-        if out.stride(3) == 1 or few_channels:
-            # Channels innermost in the result: one row of one box per unit; large results are
-            # computed in scratch and streamed out.
-            stream = out.numel() * 4 > _STREAM_BYTES
-            function = getattr(lib, f"crop_{suffix}")
-            units, scratch_size = num_boxes * crop_height, crop_width * depth
-        else:
-            # Channel planes (NCHW): one box per unit, computed channels innermost in scratch
-            # and written out plane by plane.
-            stream = True
-            function = getattr(lib, f"crop_boxes_{suffix}")
-            units, scratch_size = num_boxes, 2 * depth * crop_height * crop_width
+    suffix = _SUFFIX[image.dtype]
+    if out.stride(3) == 1 or few_channels:
+        # Channels innermost in the result: one row of one box per unit; large results are
+        # computed in scratch and streamed out.
+        stream = out.numel() * 4 > _STREAM_BYTES
+        function = getattr(lib, f"crop_{suffix}")
+        units, scratch_size = num_boxes * crop_height, crop_width * depth
+    else:
+        # Channel planes (NCHW): one box per unit, computed channels innermost in scratch
+        # and written out plane by plane.
+        stream = True
+        function = getattr(lib, f"crop_boxes_{suffix}")
+        units, scratch_size = num_boxes, 2 * depth * crop_height * crop_width
 
-        def scratch() -> tuple[int | None, Tensor | None]:
-            if not stream:
-                return None, None  # NULL: written in place
-            buffer = torch.empty(scratch_size, dtype=torch.float32)
-            return buffer.data_ptr(), buffer
+    def scratch() -> tuple[int | None, Tensor | None]:
+        if not stream:
+            return None, None  # NULL: written in place
+        buffer = torch.empty(scratch_size, dtype=torch.float32)
+        return buffer.data_ptr(), buffer
 
-        results = _run_split(function, fixed, units, out.numel(), scratch)
-        _check(results, indices, batch)
-    return out.permute(0, 3, 1, 2) if channels_first else out
+    _check(_run_split(function, fixed, units, out.numel(), scratch), indices, batch)
+    return None
 
 
-def crop_and_resize_grad_image(
-    grads: Tensor,
-    boxes: Tensor,
-    box_indices: Tensor,
-    image_shape: tuple[int, int, int, int],
-    method: str,
-    dtype: torch.dtype,
-    channels_first: bool,
-) -> Tensor:
-    """:func:`cropcore_torch.kernels.crop_and_resize_grad_image` for float32/float64 results."""
-    lib = library()
-    assert lib is not None
-    batch, image_height, image_width, depth = (int(d) for d in image_shape)
-    grads_nhwc = kernels.nhwc(grads, channels_first)
-    num_boxes, crop_height, crop_width, _ = grads_nhwc.shape
-    if not _in_range(image_height, image_width, (crop_height, crop_width)):
-        return kernels.crop_and_resize_grad_image(
-            grads, boxes, box_indices, image_shape, method, dtype, channels_first
-        )
-    indices = _box_indices(box_indices, boxes, num_boxes, grads_nhwc.shape[3], depth)
-    rows, cols = _box_samples(lib, boxes, image_height, image_width, (crop_height, crop_width))
+def fill_grad_image(
+    out: Tensor, grads: Tensor, boxes: Tensor, box_indices: Tensor, method: str
+) -> None:
+    """:func:`cropcore_torch.kernels.fill_grad_image` for float32/float64 results, compiled."""
+    loops = _loops(boxes, box_indices, out.shape, grads.shape)
+    if loops is None:
+        return kernels.fill_grad_image(out, grads, boxes, box_indices, method)
+    lib, indices, rows, cols = loops
+    batch, depth = out.shape[0], out.shape[3]
+    num_boxes, crop_height, crop_width, _ = grads.shape
+    if not (out.numel() and grads.numel()):
+        return None
     # Channels innermost for the loops (a plane-strided walk over the channels of every pixel
     # would thrash the cache); NCHW callers get a transposed copy.
-    grads_nhwc = _channels_innermost(grads_nhwc)
-    out = torch.zeros((batch, image_height, image_width, depth), dtype=dtype)
-    if out.numel() and grads_nhwc.numel():
-        fixed = (
-            grads_nhwc.data_ptr(),
-            *grads_nhwc.stride(),
-            indices.data_ptr(),
-            num_boxes,
-            crop_height,
-            crop_width,
-            depth,
-            *_table_args(rows, cols, method == "nearest"),
-            int(method == "nearest"),
-            out.data_ptr(),
-            *out.stride(),
-            batch,
-        )
-        function = getattr(lib, "grad_image_f32" if dtype == torch.float32 else "grad_image_f64")
-        _check(_run_split(function, fixed, batch, grads_nhwc.numel()), indices, batch)
-    return out.permute(0, 3, 1, 2).contiguous() if channels_first else out
-
-
-def crop_and_resize_grad_boxes(
-    grads: Tensor,
-    image: Tensor,
-    boxes: Tensor,
-    box_indices: Tensor,
-    channels_first: bool,
-) -> Tensor:
-    """:func:`cropcore_torch.kernels.crop_and_resize_grad_boxes` on CPU tensors, compiled."""
-    lib = library()
-    assert lib is not None
-    # TF's order (rows, columns, channels) walks the channels of every pixel: channels innermost.
-    image_nhwc = _channels_innermost(kernels.nhwc(image, channels_first))
-    grads_nhwc = _channels_innermost(kernels.nhwc(grads, channels_first))
-    batch, image_height, image_width, _ = image_nhwc.shape
-    num_boxes, crop_height, crop_width, depth = grads_nhwc.shape
-    if not _in_range(image_height, image_width, (crop_height, crop_width)):
-        return kernels.crop_and_resize_grad_boxes(grads, image, boxes, box_indices, channels_first)
-    indices = _box_indices(box_indices, boxes, num_boxes, depth, image_nhwc.shape[3])
-    rows, cols = _box_samples(
-        lib, boxes, image_height, image_width, (crop_height, crop_width), ratio_first=True
+    grads = _channels_innermost(grads)
+    fixed = (
+        *_strided(grads),
+        indices.data_ptr(),
+        num_boxes,
+        crop_height,
+        crop_width,
+        depth,
+        *_table_args(rows, cols, method == "nearest"),
+        int(method == "nearest"),
+        *_strided(out),
+        batch,
     )
-    out = torch.zeros((num_boxes, 4), dtype=torch.float32)
-    if num_boxes:
-        fixed = (
-            grads_nhwc.data_ptr(),
-            *grads_nhwc.stride(),
-            image_nhwc.data_ptr(),
-            *image_nhwc.stride(),
-            batch,
-            image_height,
-            image_width,
-            indices.data_ptr(),
-            crop_height,
-            crop_width,
-            depth,
-            *_table_args(rows, cols, nearest=False),
-            out.data_ptr(),
-        )
-        function = getattr(lib, f"grad_boxes_{_SUFFIX[image.dtype]}")
-        _check(_run_split(function, fixed, num_boxes, grads_nhwc.numel()), indices, batch)
-    return out
+    function = getattr(lib, "grad_image_f32" if out.dtype == torch.float32 else "grad_image_f64")
+    _check(_run_split(function, fixed, batch, grads.numel()), indices, batch)
+    return None
+
+
+def fill_grad_boxes(
+    out: Tensor, grads: Tensor, image: Tensor, boxes: Tensor, box_indices: Tensor
+) -> None:
+    """:func:`cropcore_torch.kernels.fill_grad_boxes` on CPU tensors, compiled."""
+    loops = _loops(boxes, box_indices, image.shape, grads.shape, ratio_first=True)
+    if loops is None:
+        return kernels.fill_grad_boxes(out, grads, image, boxes, box_indices)
+    lib, indices, rows, cols = loops
+    batch, image_height, image_width, _ = image.shape
+    num_boxes, crop_height, crop_width, depth = grads.shape
+    if not num_boxes:
+        return None
+    # TF's order (rows, columns, channels) walks the channels of every pixel: channels innermost.
+    image = _channels_innermost(image)
+    grads = _channels_innermost(grads)
+    fixed = (
+        *_strided(grads),
+        *_strided(image),
+        batch,
+        image_height,
+        image_width,
+        indices.data_ptr(),
+        crop_height,
+        crop_width,
+        depth,
+        *_table_args(rows, cols, nearest=False),
+        out.data_ptr(),
+    )
+    function = getattr(lib, f"grad_boxes_{_SUFFIX[image.dtype]}")
+    _check(_run_split(function, fixed, num_boxes, grads.numel()), indices, batch)
+    return None

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -25,7 +26,12 @@ from cropcore_torch.samples import (
     nhwc,
 )
 
-__all__ = ["crop_and_resize_grad_boxes", "crop_and_resize_grad_image"]
+__all__ = [
+    "crop_and_resize_grad_boxes",
+    "crop_and_resize_grad_image",
+    "fill_grad_boxes",
+    "fill_grad_image",
+]
 
 
 def crop_and_resize_grad_image(
@@ -36,6 +42,8 @@ def crop_and_resize_grad_image(
     method: str,
     dtype: torch.dtype,
     channels_first: bool,
+    *,
+    fill: Callable[..., None] | None = None,
 ) -> Tensor:
     """TF's ``CropAndResizeGradImage``: the gradient of the crops w.r.t. the image.
 
@@ -44,6 +52,9 @@ def crop_and_resize_grad_image(
         boxes, box_indices: as for :func:`crop_and_resize`.
         image_shape: ``(batch, height, width, depth)`` (a :class:`cropcore.spec.ImageShape`).
         method: ``"bilinear"`` or ``"nearest"``. dtype: float16, float32 or float64, the result's.
+        fill: what adds the gradient into the zeroed NHWC result, with the arguments of
+            :func:`fill_grad_image` (default): :func:`cropcore_torch._native.fill_grad_image` on
+            CPU (float32 and float64 results).
 
     Returns:
         ``dtype`` (batch, height, width, depth), or NCHW when ``channels_first`` (contiguous).
@@ -52,20 +63,25 @@ def crop_and_resize_grad_image(
         single-threaded order (boxes, rows, columns; corners TL, TR, BL, BR) and the result is
         TF's bit for bit; on CUDA the order of the additions is the device's.
     """
-    batch_size, image_height, image_width, depth = (int(d) for d in image_shape)
-    grads = nhwc(grads, channels_first)
+    batch, image_height, image_width, depth = (int(d) for d in image_shape)
+    out = torch.zeros((batch, image_height, image_width, depth), dtype=dtype, device=grads.device)
+    (fill or fill_grad_image)(out, nhwc(grads, channels_first), boxes, box_indices, method)
+    return out.permute(0, 3, 1, 2).contiguous() if channels_first else out
+
+
+def fill_grad_image(
+    out: Tensor, grads: Tensor, boxes: Tensor, box_indices: Tensor, method: str
+) -> None:
+    """Add the image gradient of the NHWC ``grads`` to ``out``, zeros (batch, height, width, depth)."""
+    batch, image_height, image_width, depth = out.shape
     num_boxes, crop_height, crop_width, _ = grads.shape
-    grads_image = torch.zeros(
-        (batch_size * image_height * image_width, depth), dtype=dtype, device=grads.device
-    )
+    grads_image = out.view(batch * image_height * image_width, depth)
     # Box by box in order (in groups on CPU): each pixel still receives its contributions in order.
     for chunk in _box_chunks(num_boxes, 4 * crop_height * crop_width * depth, grads.device):
         _add_grad_image(
             grads_image, grads[chunk], boxes[chunk], box_indices[chunk], image_height, image_width,
             method,
         )  # fmt: skip
-    grads_image = grads_image.view(batch_size, image_height, image_width, depth)
-    return grads_image.permute(0, 3, 1, 2).contiguous() if channels_first else grads_image
 
 
 def _add_grad_image(
@@ -174,6 +190,8 @@ def crop_and_resize_grad_boxes(
     boxes: Tensor,
     box_indices: Tensor,
     channels_first: bool,
+    *,
+    fill: Callable[..., None] | None = None,
 ) -> Tensor:
     """TF's ``CropAndResizeGradBoxes`` (bilinear): the gradient w.r.t. the boxes.
 
@@ -181,22 +199,30 @@ def crop_and_resize_grad_boxes(
         grads: float32 (N, crop_height, crop_width, depth) (or NCHW when ``channels_first``).
         image: the forward op's image, any of the nine dtypes, in the same data format.
         boxes, box_indices: as for :func:`crop_and_resize`.
+        fill: what writes the gradient into the zeroed result, with the arguments of
+            :func:`fill_grad_boxes` (default): :func:`cropcore_torch._native.fill_grad_boxes` on CPU.
 
     Returns:
         float32 (N, 4): d/d ``[y1, x1, y2, x2]``. Each box's terms are summed one after the other in
         TF's order (rows, columns, channels) in float32 on CPU, so the result is TF's bit for bit;
         on other devices they are summed by ``torch.sum``.
     """
-    image_nhwc = _readable(nhwc(image, channels_first))
-    grads = nhwc(grads, channels_first)
+    out = torch.zeros((grads.shape[0], 4), dtype=torch.float32, device=grads.device)
+    (fill or fill_grad_boxes)(
+        out, nhwc(grads, channels_first), nhwc(image, channels_first), boxes, box_indices
+    )
+    return out
+
+
+def fill_grad_boxes(
+    out: Tensor, grads: Tensor, image: Tensor, boxes: Tensor, box_indices: Tensor
+) -> None:
+    """Write the box gradient of the NHWC ``grads`` and ``image`` into ``out``, float32 (N, 4)."""
+    image = _readable(image)
     num_boxes, crop_height, crop_width, depth = grads.shape
-    grads_boxes = torch.empty((num_boxes, 4), dtype=torch.float32, device=grads.device)
-    pixel_grain = _pixel_grain(image_nhwc) if grads.device.type == "cpu" else 0.0
+    pixel_grain = _pixel_grain(image) if grads.device.type == "cpu" else 0.0
     for chunk in _box_chunks(num_boxes, 6 * crop_height * crop_width * depth, grads.device):
-        grads_boxes[chunk] = _grad_boxes(
-            grads[chunk], image_nhwc, boxes[chunk], box_indices[chunk], pixel_grain
-        )
-    return grads_boxes
+        out[chunk] = _grad_boxes(grads[chunk], image, boxes[chunk], box_indices[chunk], pixel_grain)
 
 
 def _grad_boxes(

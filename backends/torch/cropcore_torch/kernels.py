@@ -40,7 +40,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from cropcore_torch.gradients import crop_and_resize_grad_boxes, crop_and_resize_grad_image
+from cropcore_torch.gradients import (
+    crop_and_resize_grad_boxes,
+    crop_and_resize_grad_image,
+    fill_grad_boxes,
+    fill_grad_image,
+)
 from cropcore_torch.samples import (
     Samples,
     _box_chunks,
@@ -63,6 +68,9 @@ __all__ = [
     "crop_and_resize_grad_boxes",
     "crop_and_resize_grad_image",
     "empty_output",
+    "fill_crops",
+    "fill_grad_boxes",
+    "fill_grad_image",
     "output_is_channels_last",
 ]
 
@@ -75,6 +83,8 @@ def crop_and_resize(
     method: str,
     extrapolation_value: float,
     channels_first: bool,
+    *,
+    fill: Callable[..., None] | None = None,
 ) -> Tensor:
     """TF's ``CropAndResize``.
 
@@ -85,62 +95,51 @@ def crop_and_resize(
         crop_size: ``(crop_height, crop_width)``, positive. method: ``"bilinear"`` or ``"nearest"``.
         extrapolation_value: written verbatim (as float32) where a sample is outside the image.
         channels_first: the layout of ``image`` and of the result.
+        fill: what computes the crops into the result's NHWC view, with the arguments of
+            :func:`fill_crops` (default): :func:`cropcore_torch._native.fill_crops` on CPU.
 
     Returns:
         float32 (N, crop_height, crop_width, depth), or (N, depth, crop_height, crop_width) when
         ``channels_first`` (contiguous, or channels-last when the image is).
     """
-    image_nhwc = _readable(nhwc(image, channels_first))
-    depth = image_nhwc.shape[3]
-    num_boxes = boxes.shape[0]
+    image_nhwc = nhwc(image, channels_first)
     crop_height, crop_width = crop_size
     out = empty_output(
-        (num_boxes, crop_height, crop_width, depth),
+        (boxes.shape[0], crop_height, crop_width, image_nhwc.shape[3]),
         torch.float32,
         image,
         channels_first,
         output_is_channels_last(image, channels_first),
     )
-    pixel_grain = _pixel_grain(image_nhwc) if image.device.type == "cpu" else 0.0
-    for chunk in _box_chunks(num_boxes, crop_height * crop_width * depth, image.device):
-        out[chunk] = _crop(
-            image_nhwc,
-            boxes[chunk],
-            box_indices[chunk],
-            crop_size,
-            method,
-            extrapolation_value,
-            pixel_grain,
-        )
+    (fill or fill_crops)(out, image_nhwc, boxes, box_indices, method, extrapolation_value)
     return out.permute(0, 3, 1, 2) if channels_first else out
 
 
-def _crop(
+def fill_crops(
+    out: Tensor,
     image: Tensor,
     boxes: Tensor,
     box_indices: Tensor,
-    crop_size: tuple[int, int],
     method: str,
     extrapolation_value: float,
-    pixel_grain: float,
-) -> Tensor:
-    """:func:`crop_and_resize` of some boxes of an NHWC image: float32 (n, ch, cw, depth)."""
+) -> None:
+    """Write the crops of the NHWC ``image`` into ``out``, float32 (N, crop_height, crop_width, depth)."""
+    image = _readable(image)
     _, image_height, image_width, _ = image.shape
-    rows, cols = box_samples(boxes, image_height, image_width, crop_size)
-    batch = box_indices.to(torch.int64)[:, None, None]
-    if method == "nearest":
-        # A float32 pixel is copied as is (subnormals too); converting a float64 one flushes.
-        flush = _ftz if image.dtype == torch.float64 else None
-        crops = _gather(image, batch, rows.nearest[:, :, None], cols.nearest[:, None, :], flush)
-    else:
-        # Sums of pixels and their products with lerps: bounded by grains.
-        arithmetic = _flush_if(
-            image.device, lambda: pixel_grain * _lerp_grain(rows) * _lerp_grain(cols)
-        )
-        crops = _bilinear(image, batch, rows, cols, *arithmetic)
-    # A sample outside the image is replaced entirely (no blending with in-range neighbours).
-    inside = rows.valid[:, :, None, None] & cols.valid[:, None, :, None]
-    return crops.masked_fill_(~inside, float(extrapolation_value))
+    num_boxes, crop_height, crop_width, depth = out.shape
+    pixel_grain = _pixel_grain(image) if image.device.type == "cpu" else 0.0
+    for chunk in _box_chunks(num_boxes, crop_height * crop_width * depth, image.device):
+        rows, cols = box_samples(boxes[chunk], image_height, image_width, (crop_height, crop_width))
+        batch = box_indices[chunk].to(torch.int64)[:, None, None]
+        if method == "nearest":
+            # A float32 pixel is copied as is (subnormals too); converting a float64 one flushes.
+            flush = _ftz if image.dtype == torch.float64 else None
+            crops = _gather(image, batch, rows.nearest[:, :, None], cols.nearest[:, None, :], flush)
+        else:
+            crops = _bilinear(image, batch, rows, cols, pixel_grain)
+        # A sample outside the image is replaced entirely (no blending with in-range neighbours).
+        inside = rows.valid[:, :, None, None] & cols.valid[:, None, :, None]
+        out[chunk] = crops.masked_fill_(~inside, float(extrapolation_value))
 
 
 def _bilinear(
@@ -148,16 +147,19 @@ def _bilinear(
     batch: Tensor,
     rows: Samples,
     cols: Samples,
-    ftz: Callable[[Tensor], Tensor],
-    multiply: Callable[[Tensor, Tensor], Tensor],
+    pixel_grain: float,
 ) -> Tensor:
     """TF's bilinear interpolation of every sample (out-of-range ones too, from pixel 0).
 
     Lerp form ``a + (b - a) * t``, horizontally then vertically, all float32, each sum followed
     by ``ftz`` (the corners too: denormals-are-zero), each product done by ``multiply`` (see
     :func:`_flush_if`); in place where nothing is flushed, to keep at most three crop-sized
-    tensors alive.
+    tensors alive. ``pixel_grain``: see :func:`_pixel_grain` (0.0 off the CPU).
     """
+    # Sums of pixels and their products with lerps: bounded by grains.
+    ftz, multiply = _flush_if(
+        image.device, lambda: pixel_grain * _lerp_grain(rows) * _lerp_grain(cols)
+    )
     top, bottom = rows.low[:, :, None], rows.high[:, :, None]
     left, right = cols.low[:, None, :], cols.high[:, None, :]
     x_lerp = cols.lerp[:, None, :, None]

@@ -30,75 +30,6 @@ from cropcore_torch import ops
 __all__ = ["CropAndResize", "Cropping2D"]
 
 
-@torch.jit.unused
-def _eager_crop(
-    image: Tensor,
-    boxes: Tensor,
-    box_indices: Tensor,
-    crop_size: tuple[int, int],
-    method: str,
-    extrapolation_value: float,
-    data_format: str,
-    validate: bool,
-) -> Tensor:
-    return ops.crop_and_resize(
-        image,
-        boxes,
-        box_indices,
-        crop_size,
-        method,
-        extrapolation_value,
-        data_format=data_format,
-        validate=validate,
-    )
-
-
-def _scripted_crop(
-    image: Tensor,
-    boxes: Tensor,
-    box_indices: Tensor,
-    crop_height: int,
-    crop_width: int,
-    method: str,
-    extrapolation_value: float,
-    channels_first: bool,
-    validate: bool,
-) -> Tensor:
-    """The TorchScript path: cropcore's rules, written in TorchScript, then the op."""
-    if image.dim() != 4:
-        raise ValueError(f"image must be 4-D, got {image.dim()} dimensions")
-    if image.is_complex() or image.dtype == torch.bool or image.dtype == torch.bfloat16:
-        raise TypeError(f"image dtype must be one of TensorFlow's nine, got {image.dtype}")
-    height = image.shape[2] if channels_first else image.shape[1]
-    width = image.shape[3] if channels_first else image.shape[2]
-    if height <= 0 or width <= 0:
-        raise ValueError("image height and width must be positive")
-    if boxes.dim() != 2 or boxes.shape[1] != 4:
-        raise ValueError("boxes must have shape (num_boxes, 4)")
-    if box_indices.dim() != 1 or box_indices.shape[0] != boxes.shape[0]:
-        raise ValueError("box_indices must have shape (num_boxes,)")
-    if box_indices.is_floating_point():
-        raise TypeError("box_indices must be an integer tensor")
-    boxes = boxes.to(device=image.device, dtype=torch.float32)
-    box_indices = box_indices.to(device=image.device, dtype=torch.int32)
-    if validate and boxes.shape[0] > 0:
-        if not bool(torch.isfinite(boxes).all()):
-            raise ValueError("boxes must be finite (after the cast to float32)")
-        batch = image.shape[0]
-        if int(box_indices.min()) < 0 or int(box_indices.max()) >= batch:
-            raise IndexError(f"box_indices must be in [0, batch) = [0, {batch})")
-    return torch.ops.cropcore.crop_and_resize(
-        image,
-        boxes,
-        box_indices,
-        crop_height,
-        crop_width,
-        method,
-        extrapolation_value,
-        channels_first,
-    )
-
-
 class CropAndResize(nn.Module):
     """``tf.image.crop_and_resize`` as a layer: crops boxes out of a batch of images and resizes them.
 
@@ -178,28 +109,58 @@ class CropAndResize(nn.Module):
             raise ValueError("CropAndResize takes boxes and box_indices together")
         assert boxes is not None
         assert box_indices is not None
-        crop_height, crop_width = self.crop_size
         if torch.jit.is_scripting():
-            return _scripted_crop(
-                image,
-                boxes,
-                box_indices,
-                crop_height,
-                crop_width,
-                self.method,
-                self.extrapolation_value,
-                self.channels_first,
-                self.validate,
-            )
-        return _eager_crop(
+            return self._scripted_crop(image, boxes, box_indices)
+        return self._eager_crop(image, boxes, box_indices)
+
+    @torch.jit.unused
+    def _eager_crop(self, image: Tensor, boxes: Tensor, box_indices: Tensor) -> Tensor:
+        return ops.crop_and_resize(
             image,
             boxes,
             box_indices,
             self.crop_size,
             self.method,
             self.extrapolation_value,
-            self.data_format,
-            self.validate,
+            data_format=self.data_format,
+            validate=self.validate,
+        )
+
+    def _scripted_crop(self, image: Tensor, boxes: Tensor, box_indices: Tensor) -> Tensor:
+        """The TorchScript path: cropcore's rules, written in TorchScript, then the op."""
+        channels_first = self.channels_first
+        if image.dim() != 4:
+            raise ValueError(f"image must be 4-D, got {image.dim()} dimensions")
+        if image.is_complex() or image.dtype == torch.bool or image.dtype == torch.bfloat16:
+            raise TypeError(f"image dtype must be one of TensorFlow's nine, got {image.dtype}")
+        height = image.shape[2] if channels_first else image.shape[1]
+        width = image.shape[3] if channels_first else image.shape[2]
+        if height <= 0 or width <= 0:
+            raise ValueError("image height and width must be positive")
+        if boxes.dim() != 2 or boxes.shape[1] != 4:
+            raise ValueError("boxes must have shape (num_boxes, 4)")
+        if box_indices.dim() != 1 or box_indices.shape[0] != boxes.shape[0]:
+            raise ValueError("box_indices must have shape (num_boxes,)")
+        if box_indices.is_floating_point():
+            raise TypeError("box_indices must be an integer tensor")
+        boxes = boxes.to(device=image.device, dtype=torch.float32)
+        box_indices = box_indices.to(device=image.device, dtype=torch.int32)
+        if self.validate and boxes.shape[0] > 0:
+            if not bool(torch.isfinite(boxes).all()):
+                raise ValueError("boxes must be finite (after the cast to float32)")
+            batch = image.shape[0]
+            if int(box_indices.min()) < 0 or int(box_indices.max()) >= batch:
+                raise IndexError(f"box_indices must be in [0, batch) = [0, {batch})")
+        crop_height, crop_width = self.crop_size
+        return torch.ops.cropcore.crop_and_resize(
+            image,
+            boxes,
+            box_indices,
+            crop_height,
+            crop_width,
+            self.method,
+            self.extrapolation_value,
+            channels_first,
         )
 
     def extra_repr(self) -> str:

@@ -26,13 +26,16 @@ the torch kernels of :mod:`cropcore_torch.kernels`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from cropcore import spec
 from cropcore_torch import _native, kernels
+
+if TYPE_CHECKING:
+    from cropcore.hookspecs import CropAndResizeCall, GradBoxesCall, GradImageCall
 
 __all__ = [
     "IMAGE_DTYPES",
@@ -74,8 +77,7 @@ def _crop_and_resize(
     channels_first: bool,
 ) -> Tensor:
     _check_image_dtype(image)
-    impl = _native if _native_for(image) else kernels
-    return impl.crop_and_resize(
+    return kernels.crop_and_resize(
         image,
         boxes.to(torch.float32),
         box_indices,
@@ -83,6 +85,7 @@ def _crop_and_resize(
         method,
         extrapolation_value,
         channels_first,
+        fill=_native.fill_crops if _native_for(image) else None,
     )
 
 
@@ -162,8 +165,7 @@ def _grad_image(
         raise TypeError(f"dtype must be float16, float32 or float64, got {dtype}")
     # The compiled loops accumulate in float32 or float64; float16 sums go through torch.
     native = _native_for(grads) and dtype != torch.float16
-    impl = _native if native else kernels
-    return impl.crop_and_resize_grad_image(
+    return kernels.crop_and_resize_grad_image(
         grads.to(torch.float32),
         boxes.to(torch.float32),
         box_indices,
@@ -171,6 +173,7 @@ def _grad_image(
         method,
         dtype,
         channels_first,
+        fill=_native.fill_grad_image if native else None,
     )
 
 
@@ -187,9 +190,13 @@ def _grad_boxes(
     grads: Tensor, image: Tensor, boxes: Tensor, box_indices: Tensor, channels_first: bool
 ) -> Tensor:
     _check_image_dtype(image)
-    impl = _native if _native_for(image) else kernels
-    return impl.crop_and_resize_grad_boxes(
-        grads.to(torch.float32), image, boxes.to(torch.float32), box_indices, channels_first
+    return kernels.crop_and_resize_grad_boxes(
+        grads.to(torch.float32),
+        image,
+        boxes.to(torch.float32),
+        box_indices,
+        channels_first,
+        fill=_native.fill_grad_boxes if _native_for(image) else None,
     )
 
 
@@ -214,7 +221,80 @@ _grad_boxes.register_autograd(_no_double_backward, setup_context=_no_context)
 
 
 # --------------------------------------------------------------------------------------------------
-# The functions users call
+# Running a canonical call (cropcore's hooks and the functions below)
+
+
+def run_crop_and_resize(call: CropAndResizeCall) -> Tensor:
+    """The op ``cropcore::crop_and_resize`` on a canonical call (boxes moved to the image's device)."""
+    return torch.ops.cropcore.crop_and_resize(
+        call.image,
+        *_on(call.image.device, call.boxes, call.box_indices),
+        *call.crop_size,
+        call.method,
+        call.extrapolation_value,
+        call.channels_first,
+    )
+
+
+def run_grad_image(call: GradImageCall) -> Tensor:
+    """The op ``cropcore::crop_and_resize_grad_image`` on a canonical call."""
+    return torch.ops.cropcore.crop_and_resize_grad_image(
+        call.grads,
+        *_on(call.grads.device, call.boxes, call.box_indices),
+        *call.image_shape,
+        call.method,
+        getattr(torch, call.dtype),
+        call.channels_first,
+    )
+
+
+def run_grad_boxes(call: GradBoxesCall) -> Tensor:
+    """The op ``cropcore::crop_and_resize_grad_boxes`` on a canonical call."""
+    return torch.ops.cropcore.crop_and_resize_grad_boxes(
+        call.grads,
+        call.image,
+        *_on(call.image.device, call.boxes, call.box_indices),
+        call.channels_first,
+    )
+
+
+def _on(device: torch.device, boxes: Tensor, box_indices: Tensor) -> tuple[Tensor, Tensor]:
+    """Boxes and box indices (canonical dtypes already) on ``device``, where the op runs."""
+    return boxes.to(device=device), box_indices.to(device=device)
+
+
+# Each public function: the names of its leading tensor arguments, cropcore's shape-only check of
+# its call, and the runner of the checked call.
+_PUBLIC = {
+    "crop_and_resize": (
+        ("image", "boxes", "box_indices"),
+        spec.crop_and_resize_call,
+        run_crop_and_resize,
+    ),
+    "crop_and_resize_grad_image": (
+        ("grads", "boxes", "box_indices"),
+        spec.grad_image_call,
+        run_grad_image,
+    ),
+    "crop_and_resize_grad_boxes": (
+        ("grads", "image", "boxes", "box_indices"),
+        spec.grad_boxes_call,
+        run_grad_boxes,
+    ),
+}
+
+
+def _public(op: str, validate: bool, args: tuple, **kwargs: Any) -> Tensor:
+    """The body of the public function ``op``, given its arguments: cropcore's checks and dispatch
+    when ``validate``, else the shape-only checks (tensors only) and straight to the op."""
+    if validate:
+        import cropcore
+
+        return _validated(getattr(cropcore, op), *args, **kwargs)
+    names, check, run = _PUBLIC[op]
+    count = len(names)
+    tensors = [_tensor(x, name) for x, name in zip(args[:count], names, strict=True)]
+    return run(check(*tensors, *args[count:], **kwargs, check_values=False))
 
 
 def _tensor(x: Any, name: str) -> Tensor:
@@ -225,16 +305,15 @@ def _tensor(x: Any, name: str) -> Tensor:
     return x
 
 
-def _on(device: torch.device, boxes: Tensor, box_indices: Tensor) -> tuple[Tensor, Tensor]:
-    """Boxes and box indices (canonical dtypes already) on ``device``, where the op runs."""
-    return boxes.to(device=device), box_indices.to(device=device)
-
-
 @torch.compiler.disable
 def _validated(function, *args: Any, **kwargs: Any) -> Any:
     # cropcore's validation reads boxes and indices on the host (NumPy): under torch.compile this
     # is one graph break, after which the op itself is a graph node again.
     return function(*args, **kwargs, backend="torch")
+
+
+# --------------------------------------------------------------------------------------------------
+# The functions users call
 
 
 def crop_and_resize(
@@ -275,37 +354,8 @@ def crop_and_resize(
         ``(num_boxes, depth, crop_height, crop_width)``) on the image's device; for channels_first,
         channels-last in memory when the image is.
     """
-    if validate:
-        import cropcore
-
-        return _validated(
-            cropcore.crop_and_resize,
-            image,
-            boxes,
-            box_indices,
-            crop_size,
-            method,
-            extrapolation_value,
-            data_format=data_format,
-        )
-    call = spec.crop_and_resize_call(
-        _tensor(image, "image"),
-        _tensor(boxes, "boxes"),
-        _tensor(box_indices, "box_indices"),
-        crop_size,
-        method,
-        extrapolation_value,
-        data_format,
-        check_values=False,
-    )
-    return torch.ops.cropcore.crop_and_resize(
-        call.image,
-        *_on(call.image.device, call.boxes, call.box_indices),
-        *call.crop_size,
-        call.method,
-        call.extrapolation_value,
-        call.channels_first,
-    )
+    args = (image, boxes, box_indices, crop_size, method, extrapolation_value)
+    return _public("crop_and_resize", validate, args, data_format=data_format)
 
 
 def crop_and_resize_grad_image(
@@ -324,36 +374,9 @@ def crop_and_resize_grad_image(
     ``validate=False`` checks shapes only; the caller guarantees what :func:`crop_and_resize`
     lists, and that ``image_shape`` matches ``grads``.
     """
-    if validate:
-        import cropcore
-
-        return _validated(
-            cropcore.crop_and_resize_grad_image,
-            grads,
-            boxes,
-            box_indices,
-            image_shape,
-            method,
-            data_format=data_format,
-            dtype=dtype,
-        )
-    call = spec.grad_image_call(
-        _tensor(grads, "grads"),
-        _tensor(boxes, "boxes"),
-        _tensor(box_indices, "box_indices"),
-        image_shape,
-        method,
-        data_format,
-        dtype,
-        check_values=False,
-    )
-    return torch.ops.cropcore.crop_and_resize_grad_image(
-        call.grads,
-        *_on(call.grads.device, call.boxes, call.box_indices),
-        *call.image_shape,
-        call.method,
-        getattr(torch, call.dtype),
-        call.channels_first,
+    args = (grads, boxes, box_indices, image_shape, method)
+    return _public(
+        "crop_and_resize_grad_image", validate, args, data_format=data_format, dtype=dtype
     )
 
 
@@ -371,33 +394,8 @@ def crop_and_resize_grad_boxes(
 
     ``validate=False`` checks shapes only; the caller guarantees what :func:`crop_and_resize` lists.
     """
-    if validate:
-        import cropcore
-
-        return _validated(
-            cropcore.crop_and_resize_grad_boxes,
-            grads,
-            image,
-            boxes,
-            box_indices,
-            method,
-            data_format=data_format,
-        )
-    call = spec.grad_boxes_call(
-        _tensor(grads, "grads"),
-        _tensor(image, "image"),
-        _tensor(boxes, "boxes"),
-        _tensor(box_indices, "box_indices"),
-        method,
-        data_format,
-        check_values=False,
-    )
-    return torch.ops.cropcore.crop_and_resize_grad_boxes(
-        call.grads,
-        call.image,
-        *_on(call.image.device, call.boxes, call.box_indices),
-        call.channels_first,
-    )
+    args = (grads, image, boxes, box_indices, method)
+    return _public("crop_and_resize_grad_boxes", validate, args, data_format=data_format)
 
 
 def crop2d(
