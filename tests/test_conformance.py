@@ -170,6 +170,9 @@ def test_the_reference_passes_the_whole_suite(numpy_report):
 def test_the_report_counts_every_category(numpy_report):
     text = render_text(numpy_report)
     for category in CATEGORIES:
+        if category == "unchecked-values":  # the numpy backend never receives unread values
+            assert re.search(rf"^{category}\s+(\d+)\s+0\s+0\s+0\s+\1\s+0\s+-\s+-$", text, re.M)
+            continue
         assert re.search(
             rf"^{category}\s+\d+\s+\d+\s+0\s+0\s+\d+\s+0\s+100%\s+exact$", text, re.M
         ), category
@@ -188,6 +191,19 @@ def test_the_report_counts_every_category(numpy_report):
     assert "reference backend 'numpy'" in text
     assert TOLERANCES["exact"].description in text
     assert text.rstrip().splitlines()[-1].startswith("PASSED: backend 'numpy': ")
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_the_torch_backend_gives_the_documented_results_for_unchecked_values(native, cropcore_env):
+    pytest.importorskip("torch")
+    cropcore_env.set("CROPCORE_TORCH_NATIVE", native)
+    report = cropcore_conformance.run("torch", categories=["unchecked-values"])
+    total = report.total()
+    assert report.exit_code == 0, [(r.id, r.message) for r in report.failures[:5]]
+    assert total.skipped == 0
+    assert total.passed == len(
+        [c for c in cropcore_conformance.all_cases() if c.category == "unchecked-values"]
+    )
 
 
 def test_the_report_on_a_terminal(numpy_report):

@@ -119,7 +119,7 @@ def test_crop2d_compiles_with_fullgraph():
 def test_the_layers_compile_with_fullgraph_in_their_default_configuration(path, fixed_boxes):
     image, boxes, box_indices = inputs("channels_first")
     if fixed_boxes:
-        layer = CropAndResize((4, 5), boxes=boxes.detach(), box_indices=box_indices)
+        layer = CropAndResize((4, 5), boxes=boxes.detach())  # every box of every image
         model = torch.nn.Sequential(Cropping2D(1), layer)
         args = (image,)
     else:

@@ -140,3 +140,53 @@ def test_numpy_arrays_are_always_checked():
         cropcore.crop_and_resize(
             np.zeros((1, 4, 5, 3), np.float32), np.array(NAN_BOX, np.float32), [0], (2, 2)
         )
+
+
+@pytest.fixture
+def device_rule(monkeypatch, cropcore_env):
+    """The torch kernels (CUDA's path), applying the device rule to CPU tensors."""
+    from cropcore_torch import samples
+
+    cropcore_env.set("CROPCORE_TORCH_NATIVE", "0")
+    monkeypatch.setattr(samples, "_indices_on_host", lambda box_indices: False)
+
+
+def _unchecked(make_call, *args, **kwargs):
+    from cropcore import dispatch
+
+    return dispatch.run(make_call(*args, **kwargs, check_values=False), "torch")
+
+
+@pytest.mark.parametrize("bad_index", [2, -1, 2**31 - 1])
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_torch_kernels_on_a_device_make_a_bad_box_loud_and_leave_the_others(
+    device_rule, bad_index, data_format
+):
+    channels_first = data_format == "channels_first"
+    image = torch.arange(2 * 4 * 5 * 3, dtype=torch.float32).reshape(2, 4, 5, 3) / 7
+    if channels_first:
+        image = image.permute(0, 3, 1, 2).contiguous()
+    boxes = torch.tensor([[0.1, 0.2, 0.8, 0.9], [0.0, 0.0, 1.0, 1.0], [0.9, 0.1, 0.2, 0.7]])
+    indices = torch.tensor([1, bad_index, 0], dtype=torch.int32)
+    good = [0, 2]
+    kwargs = {"data_format": data_format}
+    crops = _unchecked(spec.crop_and_resize_call, image, boxes, indices, (3, 4), **kwargs)
+    expected = cropcore.crop_and_resize(image, boxes[good], indices[good], (3, 4), **kwargs)
+    assert torch.isnan(crops[1]).all()
+    assert torch.equal(crops[good], expected)
+
+    grads = torch.linspace(-1, 1, crops.numel()).reshape(crops.shape)
+    grad_image = _unchecked(
+        spec.grad_image_call, grads, boxes, indices, tuple(image.shape), **kwargs
+    )
+    expected = cropcore.crop_and_resize_grad_image(
+        grads[good], boxes[good], indices[good], tuple(image.shape), **kwargs
+    )
+    assert torch.equal(grad_image, expected)  # the bad box adds nothing (signed zeros included)
+
+    grad_boxes = _unchecked(spec.grad_boxes_call, grads, image, boxes, indices, **kwargs)
+    expected = cropcore.crop_and_resize_grad_boxes(
+        grads[good], image, boxes[good], indices[good], **kwargs
+    )
+    assert torch.isnan(grad_boxes[1]).all()
+    assert torch.equal(grad_boxes[good], expected)

@@ -74,7 +74,8 @@ def cropcore_backend_info() -> BackendInfo:
     return BackendInfo(
         name="torch",
         array_library="torch",
-        devices=("cpu", "cuda"),
+        # meta: tensors without data (shape inference, torch.export), run by the ops' fake kernels
+        devices=("cpu", "cuda", "meta"),
         dtypes=IMAGE_DTYPES,
         requires=("torch",),
         install_hint='pip install "cropcore[torch]"',
@@ -83,6 +84,7 @@ def cropcore_backend_info() -> BackendInfo:
             "on CPU"
         ),
         autograd=True,
+        unchecked_values=True,
     )
 
 

@@ -23,6 +23,7 @@ from cropcore_torch.samples import (
     _readable,
     _smallest,
     box_samples,
+    guarded_indices,
     nhwc,
 )
 
@@ -76,11 +77,12 @@ def fill_grad_image(
     batch, image_height, image_width, depth = out.shape
     num_boxes, crop_height, crop_width, _ = grads.shape
     grads_image = out.view(batch * image_height * image_width, depth)
+    box_indices, bad = guarded_indices(box_indices, batch)
     # Box by box in order (in groups on CPU): each pixel still receives its contributions in order.
     for chunk in _box_chunks(num_boxes, 4 * crop_height * crop_width * depth, grads.device):
         _add_grad_image(
             grads_image, grads[chunk], boxes[chunk], box_indices[chunk], image_height, image_width,
-            method,
+            method, None if bad is None else bad[chunk],
         )  # fmt: skip
 
 
@@ -92,12 +94,18 @@ def _add_grad_image(
     image_height: int,
     image_width: int,
     method: str,
+    bad: Tensor | None = None,
 ) -> None:
-    """Add the image gradient of some boxes to ``grads_image`` (pixels, depth), in TF's order."""
+    """Add the image gradient of some boxes to ``grads_image`` (pixels, depth), in TF's order.
+
+    ``bad``: boxes whose index was bad (:func:`guarded_indices`): they contribute nothing.
+    """
     dtype = grads_image.dtype
     num_boxes, crop_height, crop_width, depth = grads.shape
     rows, cols = box_samples(boxes, image_height, image_width, (crop_height, crop_width))
     valid = (rows.valid[:, :, None] & cols.valid[:, None, :])[..., None]  # (N, ch, cw, 1)
+    if bad is not None:
+        valid = valid & ~bad[:, None, None, None]
     # Samples outside the image contribute +0.0: a sum that starts at +0.0 is unchanged by it.
     # Denormals-are-zero: a subnormal gradient counts as 0.
     sample_grads = torch.where(valid, grads, _full(0.0, grads))
@@ -220,9 +228,12 @@ def fill_grad_boxes(
     """Write the box gradient of the NHWC ``grads`` and ``image`` into ``out``, float32 (N, 4)."""
     image = _readable(image)
     num_boxes, crop_height, crop_width, depth = grads.shape
+    box_indices, bad = guarded_indices(box_indices, image.shape[0])
     pixel_grain = _pixel_grain(image) if grads.device.type == "cpu" else 0.0
     for chunk in _box_chunks(num_boxes, 6 * crop_height * crop_width * depth, grads.device):
         out[chunk] = _grad_boxes(grads[chunk], image, boxes[chunk], box_indices[chunk], pixel_grain)
+    if bad is not None:  # a bad box index on a device: the box's gradient row is NaN
+        out.masked_fill_(bad[:, None], float("nan"))
 
 
 def _grad_boxes(

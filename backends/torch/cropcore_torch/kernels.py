@@ -57,6 +57,7 @@ from cropcore_torch.samples import (
     _readable,
     box_samples,
     empty_output,
+    guarded_indices,
     nhwc,
     output_is_channels_last,
 )
@@ -125,8 +126,9 @@ def fill_crops(
 ) -> None:
     """Write the crops of the NHWC ``image`` into ``out``, float32 (N, crop_height, crop_width, depth)."""
     image = _readable(image)
-    _, image_height, image_width, _ = image.shape
+    batch, image_height, image_width, _ = image.shape
     num_boxes, crop_height, crop_width, depth = out.shape
+    box_indices, bad = guarded_indices(box_indices, batch)
     pixel_grain = _pixel_grain(image) if image.device.type == "cpu" else 0.0
     for chunk in _box_chunks(num_boxes, crop_height * crop_width * depth, image.device):
         rows, cols = box_samples(boxes[chunk], image_height, image_width, (crop_height, crop_width))
@@ -140,6 +142,8 @@ def fill_crops(
         # A sample outside the image is replaced entirely (no blending with in-range neighbours).
         inside = rows.valid[:, :, None, None] & cols.valid[:, None, :, None]
         out[chunk] = crops.masked_fill_(~inside, float(extrapolation_value))
+    if bad is not None:  # a bad box index on a device: the box's crop is NaN
+        out.masked_fill_(bad[:, None, None, None], float("nan"))
 
 
 def _bilinear(

@@ -7,15 +7,16 @@ Both default to ``data_format="channels_first"`` (NCHW, what torch models use); 
 
 What runs where:
 
-- eager mode, ``validate=True`` (default): every call is checked by :mod:`cropcore` (boxes finite,
-  box indices in range: a host read, so a device synchronisation on CUDA), then runs the op
-  ``torch.ops.cropcore.crop_and_resize``; under ``torch.compile`` the check is one graph break;
-- eager mode, ``validate=False``: shapes and dtypes are checked, values are not (the caller
-  guarantees them, see :func:`cropcore_torch.ops.crop_and_resize`); no synchronisation, and no
-  graph break under ``torch.compile`` (``fullgraph=True`` works);
-- TorchScript: the scripted module checks shapes, dtypes and (when ``validate``) the box values
-  itself, with the same rules; its errors surface as ``torch.jit.Error`` (a ``RuntimeError``)
-  whose message names the Python exception (``ValueError: ...``), as TorchScript does.
+- eager mode, ``validate=True`` (default): every call is checked by :mod:`cropcore` (box values
+  only where they are on the host: CPU tensors; never a device synchronisation), then runs the op
+  ``torch.ops.cropcore.crop_and_resize``; under ``torch.compile`` (``fullgraph=True``) and
+  ``torch.export`` the checks that need no data run at trace time and the op joins the graph;
+- eager mode, ``validate=False``: the host read of CPU box values is skipped too (see
+  :func:`cropcore_torch.ops.crop_and_resize` for what bad values then give);
+- TorchScript: the scripted module checks shapes, dtypes and (when ``validate``, for CPU tensors)
+  the box values itself, with the same rules; its errors surface as ``torch.jit.Error`` (a
+  ``RuntimeError``) whose message names the Python exception (``ValueError: ...``), as TorchScript
+  does.
 """
 
 # No `from __future__ import annotations`: TorchScript reads the annotations of these classes.
@@ -145,7 +146,7 @@ class CropAndResize(nn.Module):
             raise TypeError("box_indices must be an integer tensor")
         boxes = boxes.to(device=image.device, dtype=torch.float32)
         box_indices = box_indices.to(device=image.device, dtype=torch.int32)
-        if self.validate and boxes.shape[0] > 0:
+        if self.validate and boxes.shape[0] > 0 and boxes.device.type == "cpu":
             if not bool(torch.isfinite(boxes).all()):
                 raise ValueError("boxes must be finite (after the cast to float32)")
             batch = image.shape[0]

@@ -305,10 +305,9 @@ def _tensor(x: Any, name: str) -> Tensor:
     return x
 
 
-@torch.compiler.disable
 def _validated(function, *args: Any, **kwargs: Any) -> Any:
-    # cropcore's validation reads boxes and indices on the host (NumPy): under torch.compile this
-    # is one graph break, after which the op itself is a graph node again.
+    # cropcore's checks: box values only where they are on the host and eager, so no device
+    # synchronisation; under torch.compile dynamo traces this and the op joins the graph.
     return function(*args, **kwargs, backend="torch")
 
 
@@ -341,13 +340,13 @@ def crop_and_resize(
         method: ``"bilinear"`` or ``"nearest"``.
         extrapolation_value: the value of samples outside the image.
         data_format: ``"channels_last"`` or ``"channels_first"``.
-        validate: ``True`` checks every argument as :func:`cropcore.crop_and_resize` does, which
-            reads ``boxes`` and ``box_indices`` on the host (a device synchronisation for CUDA
-            tensors; a graph break under ``torch.compile``). ``False`` checks only shapes and dtypes
-            and goes straight to the op: then **the caller guarantees** that ``boxes`` are finite,
-            ``box_indices`` are in ``[0, batch)`` and ``crop_size`` is positive. If not, non-finite
-            boxes give ``extrapolation_value`` instead of an error, and an out-of-range box index
-            raises ``IndexError`` on CPU or trips a device-side assertion on CUDA.
+        validate: ``True`` checks every argument as :func:`cropcore.crop_and_resize` does: the
+            box values only where they are on the host and the call is eager (CPU tensors outside
+            ``torch.compile``), so CUDA tensors never wait for the device, and ``torch.compile``
+            (``fullgraph=True``) and ``torch.export`` work. ``False`` also skips the host read of
+            CPU box values and goes straight to the op. Unchecked bad values give
+            docs/decisions.md's results: a non-finite box gives ``extrapolation_value``, an
+            out-of-range box index raises ``IndexError`` on CPU and gives a NaN crop on CUDA.
 
     Returns:
         float32 ``(num_boxes, crop_height, crop_width, depth)`` (or

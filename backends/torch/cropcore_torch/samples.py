@@ -14,7 +14,14 @@ from torch import Tensor
 
 from cropcore import hostmem
 
-__all__ = ["Samples", "box_samples", "empty_output", "nhwc", "output_is_channels_last"]
+__all__ = [
+    "Samples",
+    "box_samples",
+    "empty_output",
+    "guarded_indices",
+    "nhwc",
+    "output_is_channels_last",
+]
 
 
 class Samples(NamedTuple):
@@ -302,6 +309,34 @@ _NUMPY_DTYPES = _NumpyDtypes()
 #: their dozen temporaries stay in cache instead of being fresh memory the OS must zero. (A loop
 #: over groups, each vectorised; on other devices there is one group.)
 _CPU_CHUNK_ELEMENTS = 1 << 20
+
+
+def guarded_indices(box_indices: Tensor, batch: int) -> tuple[Tensor, Tensor | None]:
+    """Box indices that are safe to read the image with, and which boxes had a bad one.
+
+    cropcore may hand over box indices it did not read (traced or device-resident calls:
+    docs/decisions.md, "What do unchecked bad values give?"). On the host the indices are read here,
+    as TensorFlow's kernel reads them, and one outside ``[0, batch)`` raises ``IndexError``; the
+    mask is then ``None``. On a device, reading them would wait for it: a bad index is clamped to a
+    valid one instead, and the returned bool (N,) mask says which boxes the caller must turn into
+    NaN (crops, box-gradient rows) or leave out (image-gradient contributions).
+    """
+    bad = (box_indices < 0) | (box_indices >= batch)
+    if _indices_on_host(box_indices):
+        if box_indices.numel() and bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise IndexError(
+                f"box_indices must be in [0, batch) = [0, {batch}); got box_indices[{i}] = "
+                f"{int(box_indices[i])}"
+            )
+        return box_indices, None
+    return box_indices.clamp(0, max(batch - 1, 0)), bad
+
+
+def _indices_on_host(box_indices: Tensor) -> bool:
+    """Whether reading ``box_indices`` costs no device synchronisation (the tests patch this to
+    run the device rule on CPU)."""
+    return box_indices.device.type == "cpu"
 
 
 def _box_chunks(num_boxes: int, elements_per_box: int, device: torch.device) -> list[slice]:
