@@ -207,8 +207,8 @@ MUTATIONS = [
         "tf-vectors gradients",
         (
             E,
-            "        call.method,\n        call.dtype,\n    )",
-            '        call.method,\n        "float32",\n    ).astype(call.dtype)',
+            "call.method, call.dtype\n    )",
+            'call.method, "float32"\n    ).astype(call.dtype)',
         ),
     ),
     mutation(

@@ -43,19 +43,14 @@ It is not installed as an entry point, so it is never chosen by default.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import sys
 from fractions import Fraction
 
 import numpy as np
 
-from cropcore.hookspecs import (
-    BackendInfo,
-    CropAndResizeCall,
-    GradBoxesCall,
-    GradImageCall,
-    hookimpl,
-)
+import cropcore_numpy
+from cropcore.hookspecs import BackendInfo, hookimpl
 from cropcore_numpy import entry
 
 __all__ = [
@@ -443,25 +438,13 @@ def crop_and_resize_grad_boxes(
 
 @hookimpl
 def cropcore_backend_info() -> BackendInfo:
-    return BackendInfo(
+    return dataclasses.replace(
+        cropcore_numpy.cropcore_backend_info(),  # the same library, devices and requirements
         name="numpy-reference",
-        array_library="numpy",
-        devices=("cpu",),
-        requires=("numpy",),
         description="the oracle: TensorFlow's CPU loop nests in Python (slow, for testing)",
     )
 
 
-@hookimpl
-def cropcore_crop_and_resize(call: CropAndResizeCall) -> np.ndarray:
-    return entry.crop_and_resize(call, sys.modules[__name__])
-
-
-@hookimpl
-def cropcore_crop_and_resize_grad_image(call: GradImageCall) -> np.ndarray:
-    return entry.crop_and_resize_grad_image(call, sys.modules[__name__])
-
-
-@hookimpl
-def cropcore_crop_and_resize_grad_boxes(call: GradBoxesCall) -> np.ndarray:
-    return entry.crop_and_resize_grad_boxes(call, sys.modules[__name__])
+cropcore_crop_and_resize = entry.hook(entry.crop_and_resize, __name__)
+cropcore_crop_and_resize_grad_image = entry.hook(entry.crop_and_resize_grad_image, __name__)
+cropcore_crop_and_resize_grad_boxes = entry.hook(entry.crop_and_resize_grad_boxes, __name__)
