@@ -159,6 +159,26 @@ CC_HD void set_strides(i64 (&stride)[4], i64 s0, i64 s1, i64 s2, i64 s3) {
   a.crop_height = crop_height;                                                                  \
   a.crop_width = crop_width
 
+// Image strides `a.field` from the four parameters prefix_batch, prefix_row, prefix_column and
+// prefix_channel.
+#define CROPCORE_IMAGE_STRIDES(field, prefix)                                                   \
+  cropcore::set_strides(field, prefix##_batch, prefix##_row, prefix##_column, prefix##_channel)
+
+// The fields both gradients add: the incoming gradient, its strides and the number of boxes.
+#define CROPCORE_GRADS_ARGS(a)                                                                  \
+  CROPCORE_SHARED_ARGS(a);                                                                      \
+  a.grads = grads;                                                                              \
+  a.num_boxes = num_boxes;                                                                      \
+  cropcore::set_strides(a.grads_stride, grads_stride_box, grads_stride_y, grads_stride_x,      \
+                        grads_stride_channel)
+
+// The fields of the kernels that run over crop rows (crop_row): layout, method and the divisors.
+#define CROPCORE_CROP_ROW_ARGS(a)                                                               \
+  a.nchw = nchw;                                                                                \
+  a.nearest = nearest;                                                                          \
+  a.by_crop_height = CROPCORE_DIV(by_crop_height);                                              \
+  a.by_depth = CROPCORE_DIV(by_depth)
+
 // The instantiations: every image dtype (the nine TensorFlow takes) and every gradient dtype.
 #define CROPCORE_IMAGE_TYPES(X)                                                                 \
   X(uint8, unsigned char)                                                                       \
