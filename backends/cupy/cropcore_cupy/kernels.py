@@ -16,7 +16,7 @@ from typing import Any
 import cupy
 import numpy as np
 
-from cropcore.spec import CropAndResizeCall, GradBoxesCall, GradImageCall
+from cropcore.hookspecs import CropAndResizeCall, GradBoxesCall, GradImageCall
 from cropcore_cupy import _plan
 
 __all__ = ["crop_and_resize", "crop_and_resize_grad_boxes", "crop_and_resize_grad_image"]
