@@ -1,6 +1,6 @@
 // What every cropcore CUDA kernel shares: the compile-three-ways macros, the element types and
 // their conversions to float, division by run-time constants, the rows the kernels run over, and
-// the kernel parameters every op takes.
+// the kernel parameters two or three ops take.
 //
 // Requirements: those of crop_and_resize.cuh, which includes this header and the three op headers
 // (forward.cuh, grad_image.cuh, grad_boxes.cuh). No standard headers under CUDA; no CUDA
@@ -164,7 +164,8 @@ CC_HD void set_strides(i64 (&stride)[4], i64 s0, i64 s1, i64 s2, i64 s3) {
 #define CROPCORE_IMAGE_STRIDES(field, prefix)                                                   \
   cropcore::set_strides(field, prefix##_batch, prefix##_row, prefix##_column, prefix##_channel)
 
-// The fields both gradients add: the incoming gradient, its strides and the number of boxes.
+// The fields both gradients' Args structs fill: the shared ones, the incoming gradient, its strides
+// and the number of boxes.
 #define CROPCORE_GRADS_ARGS(a)                                                                  \
   CROPCORE_SHARED_ARGS(a);                                                                      \
   a.grads = grads;                                                                              \
