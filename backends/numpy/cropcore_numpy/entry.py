@@ -32,7 +32,7 @@ def _arguments(
     call: CropAndResizeCall | GradImageCall | GradBoxesCall, *arrays: np.ndarray
 ) -> tuple:
     """A kernel's leading arguments: the call's ``arrays`` in NHWC, then its boxes and box indices."""
-    return (*(_nhwc(x, call.channels_first) for x in arrays), call.boxes, call.box_indices)
+    return (*[_nhwc(x, call.channels_first) for x in arrays], call.boxes, call.box_indices)
 
 
 def crop_and_resize(call: CropAndResizeCall, kernels: ModuleType) -> np.ndarray:
