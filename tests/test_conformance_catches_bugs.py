@@ -187,7 +187,11 @@ MUTATIONS = [
         "bilinear-in-float64",
         "tf-vectors edge-cases properties",
         (S, GATHER, "return image[batch, y, x].astype(np.float64, copy=False)"),
-        (K, "    return bottom_row\n", "    return bottom_row.astype(_F32)\n"),
+        (
+            K,
+            "return _lerp(top, bottom, rows.lerp[:, :, None, None], flush)",
+            "return _lerp(top, bottom, rows.lerp[:, :, None, None], flush).astype(_F32)",
+        ),
     ),
     mutation(
         "samples-outside-the-image-contribute-to-the-gradient",
@@ -203,8 +207,8 @@ MUTATIONS = [
         "tf-vectors gradients",
         (
             E,
-            "        call.method,\n        call.dtype,\n    )",
-            '        call.method,\n        "float32",\n    ).astype(call.dtype)',
+            "call.method, call.dtype\n    )",
+            'call.method, "float32"\n    ).astype(call.dtype)',
         ),
     ),
     mutation(

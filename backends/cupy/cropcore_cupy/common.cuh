@@ -1,6 +1,6 @@
 // What every cropcore CUDA kernel shares: the compile-three-ways macros, the element types and
 // their conversions to float, division by run-time constants, the rows the kernels run over, and
-// the kernel parameters every op takes.
+// the kernel parameters two or three ops take.
 //
 // Requirements: those of crop_and_resize.cuh, which includes this header and the three op headers
 // (forward.cuh, grad_image.cuh, grad_boxes.cuh). No standard headers under CUDA; no CUDA
@@ -158,6 +158,27 @@ CC_HD void set_strides(i64 (&stride)[4], i64 s0, i64 s1, i64 s2, i64 s3) {
   a.depth = depth;                                                                              \
   a.crop_height = crop_height;                                                                  \
   a.crop_width = crop_width
+
+// Image strides `a.field` from the four parameters prefix_batch, prefix_row, prefix_column and
+// prefix_channel.
+#define CROPCORE_IMAGE_STRIDES(field, prefix)                                                   \
+  cropcore::set_strides(field, prefix##_batch, prefix##_row, prefix##_column, prefix##_channel)
+
+// The fields both gradients' Args structs fill: the shared ones, the incoming gradient, its strides
+// and the number of boxes.
+#define CROPCORE_GRADS_ARGS(a)                                                                  \
+  CROPCORE_SHARED_ARGS(a);                                                                      \
+  a.grads = grads;                                                                              \
+  a.num_boxes = num_boxes;                                                                      \
+  cropcore::set_strides(a.grads_stride, grads_stride_box, grads_stride_y, grads_stride_x,      \
+                        grads_stride_channel)
+
+// The fields of the kernels that run over crop rows (crop_row): layout, method and the divisors.
+#define CROPCORE_CROP_ROW_ARGS(a)                                                               \
+  a.nchw = nchw;                                                                                \
+  a.nearest = nearest;                                                                          \
+  a.by_crop_height = CROPCORE_DIV(by_crop_height);                                              \
+  a.by_depth = CROPCORE_DIV(by_depth)
 
 // The instantiations: every image dtype (the nine TensorFlow takes) and every gradient dtype.
 #define CROPCORE_IMAGE_TYPES(X)                                                                 \

@@ -77,15 +77,12 @@ struct ForwardArgs {
 #define CROPCORE_FORWARD_ARGS(a)                                                                \
   cropcore::ForwardArgs a;                                                                      \
   CROPCORE_SHARED_ARGS(a);                                                                      \
+  CROPCORE_CROP_ROW_ARGS(a);                                                                    \
   a.crops = crops;                                                                              \
-  cropcore::set_strides(a.stride, stride_batch, stride_row, stride_column, stride_channel);     \
-  a.nchw = nchw;                                                                                \
-  a.nearest = nearest;                                                                          \
+  CROPCORE_IMAGE_STRIDES(a.stride, stride);                                                     \
   a.extrapolation_value = extrapolation_value;                                                  \
   a.row_length = row_length;                                                                    \
   a.groups_per_pixel = groups_per_pixel;                                                        \
-  a.by_crop_height = CROPCORE_DIV(by_crop_height);                                              \
-  a.by_depth = CROPCORE_DIV(by_depth);                                                          \
   a.by_groups_per_pixel = CROPCORE_DIV(by_groups_per_pixel)
 
 template <typename T>

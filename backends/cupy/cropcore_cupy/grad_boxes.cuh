@@ -43,15 +43,10 @@ struct GradBoxesArgs {
 
 #define CROPCORE_GRAD_BOXES_ARGS(a)                                                             \
   cropcore::GradBoxesArgs a;                                                                    \
-  a.grads = grads;                                                                              \
-  CROPCORE_SHARED_ARGS(a);                                                                      \
+  CROPCORE_GRADS_ARGS(a);                                                                       \
   a.partial = partial;                                                                          \
   a.output = output;                                                                            \
-  a.num_boxes = num_boxes;                                                                      \
-  cropcore::set_strides(a.grads_stride, grads_stride_box, grads_stride_y, grads_stride_x,      \
-                        grads_stride_channel);                                                  \
-  cropcore::set_strides(a.image_stride, image_stride_batch, image_stride_row,                  \
-                        image_stride_column, image_stride_channel);                             \
+  CROPCORE_IMAGE_STRIDES(a.image_stride, image_stride);                                         \
   a.elements = elements;                                                                        \
   a.chunk = chunk;                                                                              \
   a.chunks = chunks;                                                                            \

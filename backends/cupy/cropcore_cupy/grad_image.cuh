@@ -61,19 +61,11 @@ struct GradImageArgs {
 
 #define CROPCORE_GRAD_IMAGE_ARGS(a)                                                             \
   cropcore::GradImageArgs a;                                                                    \
-  a.grads = grads;                                                                              \
-  CROPCORE_SHARED_ARGS(a);                                                                      \
+  CROPCORE_GRADS_ARGS(a);                                                                       \
+  CROPCORE_CROP_ROW_ARGS(a);                                                                    \
   a.box_axes = box_axes;                                                                        \
   a.box_spans = box_spans;                                                                      \
-  a.num_boxes = num_boxes;                                                                      \
-  cropcore::set_strides(a.grads_stride, grads_stride_box, grads_stride_y, grads_stride_x,      \
-                        grads_stride_channel);                                                  \
-  cropcore::set_strides(a.output_stride, output_stride_batch, output_stride_row,               \
-                        output_stride_column, output_stride_channel);                           \
-  a.nchw = nchw;                                                                                \
-  a.nearest = nearest;                                                                          \
-  a.by_crop_height = CROPCORE_DIV(by_crop_height);                                              \
-  a.by_depth = CROPCORE_DIV(by_depth);                                                          \
+  CROPCORE_IMAGE_STRIDES(a.output_stride, output_stride);                                       \
   a.by_height = CROPCORE_DIV(by_height)
 
 // --- scatter

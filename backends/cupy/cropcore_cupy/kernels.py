@@ -16,7 +16,7 @@ from typing import Any
 import cupy
 import numpy as np
 
-from cropcore.spec import CropAndResizeCall, GradBoxesCall, GradImageCall
+from cropcore.hookspecs import CropAndResizeCall, GradBoxesCall, GradImageCall
 from cropcore_cupy import _plan
 
 __all__ = ["crop_and_resize", "crop_and_resize_grad_boxes", "crop_and_resize_grad_image"]
@@ -60,14 +60,6 @@ def _on(device: Any, x: Any, dtype: Any) -> Any:
     return cupy.ascontiguousarray(x)
 
 
-def _box_tables(device: Any, call: Any) -> dict[str, Any]:
-    """The ``boxes`` (float32) and ``box_indices`` (int32) arguments of every launch builder."""
-    return {
-        "boxes": _on(device, call.boxes, cupy.float32),
-        "box_indices": _on(device, call.box_indices, cupy.int32),
-    }
-
-
 def _strided(x: Any, device: Any, data_format: str) -> tuple[Any, tuple[int, int, int, int]]:
     """``x`` on ``device`` and its (batch, row, column, channel) strides in elements.
 
@@ -82,22 +74,36 @@ def _strided(x: Any, device: Any, data_format: str) -> tuple[Any, tuple[int, int
     return x, _plan.logical_strides(strides, data_format)
 
 
+def _call_values(device: Any, call: Any, *arrays: str) -> dict[str, Any]:
+    """The arguments of a launch builder that come from the call: the box tables on ``device``
+    (float32 ``boxes``, int32 ``box_indices``), ``image_shape``, ``crop_size``, and for each name
+    in ``arrays`` (``"image"``, ``"grads"``) that array and its strides (``<name>_strides``)."""
+    values = {
+        "boxes": _on(device, call.boxes, cupy.float32),
+        "box_indices": _on(device, call.box_indices, cupy.int32),
+        "image_shape": call.image_shape,
+        "crop_size": call.crop_size,
+    }
+    for name in arrays:
+        values[name], values[f"{name}_strides"] = _strided(
+            getattr(call, name), device, call.data_format
+        )
+    return values
+
+
 def crop_and_resize(call: CropAndResizeCall) -> Any:
     device = call.image.device
     with device:
         crops = cupy.empty(call.output_shape, cupy.float32)
         if crops.size == 0:
             return crops
-        image, strides = _strided(call.image, device, call.data_format)
+        values = _call_values(device, call, "image")
+        image = values["image"]
         launch = _plan.forward(
-            image=image,
-            **_box_tables(device, call),
+            **values,
             crops=crops,
-            image_shape=call.image_shape,
-            image_strides=strides,
             image_pointer=int(image.data.ptr),
             dtype=image.dtype.name,
-            crop_size=call.crop_size,
             method=call.method,
             extrapolation_value=call.extrapolation_value,
             data_format=call.data_format,
@@ -113,7 +119,7 @@ def crop_and_resize_grad_image(call: GradImageCall, deterministic: bool) -> Any:
         size = _plan.total(shape)
         if size == 0 or call.num_boxes == 0:
             return cupy.zeros(shape, dtype)
-        grads, grads_strides = _strided(call.grads, device, call.data_format)
+        values = _call_values(device, call, "grads")
         num_boxes = call.num_boxes
         if deterministic:  # the gather writes every element
             output = cupy.empty(shape, dtype)
@@ -124,14 +130,10 @@ def crop_and_resize_grad_image(call: GradImageCall, deterministic: bool) -> Any:
             output = cupy.zeros(size + pad, dtype)[:size].reshape(shape)
             box_axes = box_spans = None
         launches = _plan.grad_image(
-            grads=grads,
-            **_box_tables(device, call),
+            **values,
             output=output,
             box_axes=box_axes,
             box_spans=box_spans,
-            grads_strides=grads_strides,
-            image_shape=call.image_shape,
-            crop_size=call.crop_size,
             dtype=dtype.name,
             method=call.method,
             data_format=call.data_format,
@@ -149,22 +151,10 @@ def crop_and_resize_grad_boxes(call: GradBoxesCall) -> Any:
         elements = crop_height * crop_width * call.image_shape.depth
         if num_boxes == 0 or elements == 0:
             return cupy.zeros((num_boxes, 4), cupy.float32)
-        image, image_strides = _strided(call.image, device, call.data_format)
-        grads, grads_strides = _strided(call.grads, device, call.data_format)
+        values = _call_values(device, call, "image", "grads")
         _, chunks = _plan.grad_boxes_chunking(elements)
         output = cupy.empty((num_boxes, 4), cupy.float32)
         partial = cupy.empty((num_boxes, chunks, 4), cupy.float32) if chunks > 1 else None
-        launches = _plan.grad_boxes(
-            grads=grads,
-            image=image,
-            **_box_tables(device, call),
-            partial=partial,
-            output=output,
-            grads_strides=grads_strides,
-            image_shape=call.image_shape,
-            image_strides=image_strides,
-            crop_size=call.crop_size,
-            dtype=image.dtype.name,
-        )
-        _run(launches)
+        dtype = values["image"].dtype.name
+        _run(_plan.grad_boxes(**values, partial=partial, output=output, dtype=dtype))
     return output

@@ -11,16 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from cropcore import memory
-from cropcore.hookspecs import (
-    BackendInfo,
-    CropAndResizeCall,
-    GradBoxesCall,
-    GradImageCall,
-    hookimpl,
-)
+from cropcore.hookspecs import BackendInfo, CropAndResizeCall, GradImageCall, hookimpl
+from cropcore_numpy import entry
 
 __all__ = [
     "cropcore_backend_info",
@@ -29,6 +22,8 @@ __all__ = [
     "cropcore_crop_and_resize_grad_boxes",
     "cropcore_crop_and_resize_grad_image",
 ]
+
+_KERNELS = "cropcore_numpy.kernels"  # imported when an op first runs
 
 
 @hookimpl
@@ -42,25 +37,9 @@ def cropcore_backend_info() -> BackendInfo:
     )
 
 
-@hookimpl
-def cropcore_crop_and_resize(call: CropAndResizeCall) -> np.ndarray:
-    from cropcore_numpy import entry, kernels
-
-    return entry.crop_and_resize(call, kernels)
-
-
-@hookimpl
-def cropcore_crop_and_resize_grad_image(call: GradImageCall) -> np.ndarray:
-    from cropcore_numpy import entry, kernels
-
-    return entry.crop_and_resize_grad_image(call, kernels)
-
-
-@hookimpl
-def cropcore_crop_and_resize_grad_boxes(call: GradBoxesCall) -> np.ndarray:
-    from cropcore_numpy import entry, kernels
-
-    return entry.crop_and_resize_grad_boxes(call, kernels)
+cropcore_crop_and_resize = entry.hook(entry.crop_and_resize, _KERNELS)
+cropcore_crop_and_resize_grad_image = entry.hook(entry.crop_and_resize_grad_image, _KERNELS)
+cropcore_crop_and_resize_grad_boxes = entry.hook(entry.crop_and_resize_grad_boxes, _KERNELS)
 
 
 @hookimpl

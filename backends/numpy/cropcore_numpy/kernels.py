@@ -108,36 +108,37 @@ def _bilinear(
 ) -> np.ndarray:
     """TF's bilinear interpolation of every sample (out-of-range ones included, from pixel 0).
 
-    Lerp form ``a + (b - a) * t``, horizontally then vertically, all in float32: with this form an
-    inf or NaN corner poisons the result even with weight 0 (``inf + (inf - inf) * 0``), as in TF.
-    With ``flush``, every operation is flushed as under TF's flush-to-zero (the corners too:
-    denormals-are-zero). Computed in place to keep at most three crop-sized arrays alive.
+    Horizontally then vertically, each a :func:`_lerp`. With ``flush``, every operation is flushed
+    as under TF's flush-to-zero (the corners too: denormals-are-zero). Computed in place to keep at
+    most three crop-sized arrays alive.
+    """
+    # top = top_left + (top_right - top_left) * x_lerp
+    top = _horizontal(image, batch, rows.low, cols, flush)
+    # bottom = bottom_left + (bottom_right - bottom_left) * x_lerp
+    bottom = _horizontal(image, batch, rows.high, cols, flush)
+    # crops = top + (bottom - top) * y_lerp
+    return _lerp(top, bottom, rows.lerp[:, :, None, None], flush)
+
+
+def _horizontal(
+    image: np.ndarray, batch: np.ndarray, y: np.ndarray, cols: _Samples, flush: bool
+) -> np.ndarray:
+    """Each sample's lerp between its left and right neighbours in image rows ``y`` (N, crop)."""
+    y = y[:, :, None]
+    left = _gather(image, batch, y, cols.low[:, None, :], flush)
+    right = _gather(image, batch, y, cols.high[:, None, :], flush)
+    return _lerp(left, right, cols.lerp[:, None, :, None], flush)
+
+
+def _lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray, flush: bool) -> np.ndarray:
+    """TF's lerp ``a + (b - a) * t`` in float32, computed in place in ``b`` (returned).
+
+    In this form an inf or NaN ``a`` or ``b`` poisons the result even with weight 0
+    (``inf + (inf - inf) * 0``), as in TF. With ``flush``, each operation is flushed to zero.
     """
     ftz = _ftz if flush else _keep
     multiply = _multiply_ftz if flush else np.multiply
-    top, bottom = rows.low[:, :, None], rows.high[:, :, None]
-    left, right = cols.low[:, None, :], cols.high[:, None, :]
-    x_lerp = cols.lerp[:, None, :, None]
-    y_lerp = rows.lerp[:, :, None, None]
-
-    top_left = _gather(image, batch, top, left, flush)
-    top_row = _gather(image, batch, top, right, flush)
-    # top = top_left + (top_right - top_left) * x_lerp
-    ftz(np.subtract(top_row, top_left, out=top_row))
-    multiply(top_row, x_lerp, out=top_row)
-    ftz(np.add(top_row, top_left, out=top_row))
-    del top_left
-
-    bottom_left = _gather(image, batch, bottom, left, flush)
-    bottom_row = _gather(image, batch, bottom, right, flush)
-    # bottom = bottom_left + (bottom_right - bottom_left) * x_lerp
-    ftz(np.subtract(bottom_row, bottom_left, out=bottom_row))
-    multiply(bottom_row, x_lerp, out=bottom_row)
-    ftz(np.add(bottom_row, bottom_left, out=bottom_row))
-    del bottom_left
-
-    # crops = top + (bottom - top) * y_lerp
-    ftz(np.subtract(bottom_row, top_row, out=bottom_row))
-    multiply(bottom_row, y_lerp, out=bottom_row)
-    ftz(np.add(bottom_row, top_row, out=bottom_row))
-    return bottom_row
+    ftz(np.subtract(b, a, out=b))
+    multiply(b, t, out=b)
+    ftz(np.add(b, a, out=b))
+    return b

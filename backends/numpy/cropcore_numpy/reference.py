@@ -43,19 +43,14 @@ It is not installed as an entry point, so it is never chosen by default.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import sys
 from fractions import Fraction
 
 import numpy as np
 
-from cropcore.hookspecs import (
-    BackendInfo,
-    CropAndResizeCall,
-    GradBoxesCall,
-    GradImageCall,
-    hookimpl,
-)
+import cropcore_numpy
+from cropcore.hookspecs import BackendInfo, hookimpl
 from cropcore_numpy import entry
 
 __all__ = [
@@ -184,39 +179,89 @@ def _index(value: float, size: int) -> int:
     return min(_to_int(value), size - 1)
 
 
+def _box(boxes: np.ndarray, b: int) -> tuple[float, float, float, float]:
+    """TF's ``y1 = boxes(b, 0)``, ``x1``, ``y2``, ``x2``: every use is an operand (:func:`daz`)."""
+    y1, x1, y2, x2 = (daz(float(v)) for v in boxes[b])
+    return y1, x1, y2, x2
+
+
+def _scale(start: float, end: float, size: int, crop: int) -> float:
+    """TF's ``height_scale`` (``start``, ``end`` = y1, y2; ``size`` = image_height; ``crop`` =
+    crop_height) in CropAndResize and CropAndResizeGradImage:
+
+    ``(crop_height > 1) ? (y2 - y1) * (image_height - 1) / (crop_height - 1) : 0``
+    """
+    if crop > 1:
+        return div(mul(sub(end, start), int_to_float(size - 1)), int_to_float(crop - 1))
+    return 0.0
+
+
+def _ratio(size: int, crop: int) -> float:
+    """CropAndResizeGradBoxes' ``height_ratio``: ``(crop_height > 1) ? static_cast<float>(
+    image_height - 1) / (crop_height - 1) : 0`` (rounded first, unlike :func:`_scale`)."""
+    return div(int_to_float(size - 1), int_to_float(crop - 1)) if crop > 1 else 0.0
+
+
+def _neighbours(coordinate: float, size: int) -> tuple[int, int, float]:
+    """TF's ``top_y_index = floorf(in_y)``, ``bottom_y_index = ceilf(in_y)`` and ``y_lerp = in_y -
+    top_y_index`` (or the same for ``in_x``: left, right, ``x_lerp``)."""
+    low = _index(floorf(coordinate), size)
+    high = _index(ceilf(coordinate), size)
+    return low, high, sub(coordinate, float(low))
+
+
+def _corners(
+    image: np.ndarray, b_in: int, top: int, bottom: int, left: int, right: int, d: int
+) -> tuple[float, float, float, float]:
+    """TF's ``top_left``, ``top_right``, ``bottom_left``, ``bottom_right``: the four neighbours of
+    a sample in channel ``d``, converted to float (:func:`_pixel`) and read as operands."""
+    return (
+        daz(_pixel(image, b_in, top, left, d)),
+        daz(_pixel(image, b_in, top, right, d)),
+        daz(_pixel(image, b_in, bottom, left, d)),
+        daz(_pixel(image, b_in, bottom, right, d)),
+    )
+
+
+def _edges(
+    image_grad: float, index: int, ratio: float, size: int, crop: int
+) -> tuple[float, float]:
+    """TF's terms for the two edges of one axis: what ``grads_boxes(b, 0)`` (y1) and
+    ``grads_boxes(b, 2)`` (y2) get for ``image_grad_y``, row ``y``, ``height_ratio`` (or x1, x2).
+
+    ``crop_height > 1``: ``image_grad_y * (image_height - 1 - y * height_ratio)`` and
+    ``image_grad_y * (y * height_ratio)``; otherwise ``image_grad_y * 0.5 * (image_height - 1)``
+    for both, in double (``0.5`` is a double literal).
+    """
+    if crop > 1:
+        position = mul(int_to_float(index), ratio)  # y * height_ratio
+        rest = sub(int_to_float(size - 1), position)
+        return mul(image_grad, rest), mul(image_grad, position)
+    term = image_grad * 0.5 * (size - 1)  # double products
+    return term, term
+
+
 # --------------------------------------------------------------------------------------------------
 # CropAndResize: functor::CropAndResize<CPUDevice, T>, the CropAndResizePerBox lambda
 
 
 @_quiet
 def crop_and_resize(
-    image: np.ndarray,
-    boxes: np.ndarray,
-    box_indices: np.ndarray,
-    crop_size: tuple[int, int],
-    method: str,
-    extrapolation_value: float,
+    image, boxes, box_indices, crop_size, method, extrapolation_value
 ) -> np.ndarray:
-    """As :func:`cropcore_numpy.kernels.crop_and_resize`: float32 (N, crop_height, crop_width, depth)."""
+    """As :func:`cropcore_numpy.kernels.crop_and_resize` (its arguments, typed there): float32
+    (N, crop_height, crop_width, depth)."""
     _, image_height, image_width, depth = image.shape
     crop_height, crop_width = crop_size
     num_boxes = len(boxes)
     crops = np.empty((num_boxes, crop_height, crop_width, depth), np.float32)
     extrapolation = np.float32(extrapolation_value)  # written verbatim
     for b in range(num_boxes):
-        y1, x1, y2, x2 = (daz(float(v)) for v in boxes[b])  # every use is an operand
+        y1, x1, y2, x2 = _box(boxes, b)
         b_in = int(box_indices[b])
 
-        height_scale = (
-            div(mul(sub(y2, y1), int_to_float(image_height - 1)), int_to_float(crop_height - 1))
-            if crop_height > 1
-            else 0.0
-        )
-        width_scale = (
-            div(mul(sub(x2, x1), int_to_float(image_width - 1)), int_to_float(crop_width - 1))
-            if crop_width > 1
-            else 0.0
-        )
+        height_scale = _scale(y1, y2, image_height, crop_height)
+        width_scale = _scale(x1, x2, image_width, crop_width)
 
         for y in range(crop_height):
             in_y = _coordinate(y1, y2, y, height_scale, image_height, crop_height)
@@ -224,24 +269,19 @@ def crop_and_resize(
                 crops[b, y, :, :] = extrapolation
                 continue
             if method == "bilinear":
-                top_y_index = _index(floorf(in_y), image_height)
-                bottom_y_index = _index(ceilf(in_y), image_height)
-                y_lerp = sub(in_y, float(top_y_index))
+                top_y_index, bottom_y_index, y_lerp = _neighbours(in_y, image_height)
 
                 for x in range(crop_width):
                     in_x = _coordinate(x1, x2, x, width_scale, image_width, crop_width)
                     if _outside(in_x, image_width):
                         crops[b, y, x, :] = extrapolation
                         continue
-                    left_x_index = _index(floorf(in_x), image_width)
-                    right_x_index = _index(ceilf(in_x), image_width)
-                    x_lerp = sub(in_x, float(left_x_index))
+                    left_x_index, right_x_index, x_lerp = _neighbours(in_x, image_width)
 
                     for d in range(depth):
-                        top_left = daz(_pixel(image, b_in, top_y_index, left_x_index, d))
-                        top_right = daz(_pixel(image, b_in, top_y_index, right_x_index, d))
-                        bottom_left = daz(_pixel(image, b_in, bottom_y_index, left_x_index, d))
-                        bottom_right = daz(_pixel(image, b_in, bottom_y_index, right_x_index, d))
+                        top_left, top_right, bottom_left, bottom_right = _corners(
+                            image, b_in, top_y_index, bottom_y_index, left_x_index, right_x_index, d
+                        )
                         top = add(top_left, mul(sub(top_right, top_left), x_lerp))
                         bottom = add(bottom_left, mul(sub(bottom_right, bottom_left), x_lerp))
                         crops[b, y, x, d] = add(top, mul(sub(bottom, top), y_lerp))
@@ -269,15 +309,9 @@ def crop_and_resize(
 
 
 @_quiet
-def crop_and_resize_grad_image(
-    grads: np.ndarray,
-    boxes: np.ndarray,
-    box_indices: np.ndarray,
-    image_shape: tuple[int, int, int, int],
-    method: str,
-    dtype: str,
-) -> np.ndarray:
-    """As :func:`cropcore_numpy.kernels.crop_and_resize_grad_image`: ``dtype`` (batch, H, W, depth)."""
+def crop_and_resize_grad_image(grads, boxes, box_indices, image_shape, method, dtype) -> np.ndarray:
+    """As :func:`cropcore_numpy.kernels.crop_and_resize_grad_image` (its arguments, typed there):
+    ``dtype`` (batch, H, W, depth)."""
     batch_size, image_height, image_width, depth = (int(v) for v in image_shape)
     num_boxes, crop_height, crop_width, _ = grads.shape
     T = np.dtype(dtype).name  # TF's template parameter
@@ -299,27 +333,17 @@ def crop_and_resize_grad_image(
         grads_image[b_in, y_index, x_index, d] = total
 
     for b in range(num_boxes):
-        y1, x1, y2, x2 = (daz(float(v)) for v in boxes[b])
+        y1, x1, y2, x2 = _box(boxes, b)
         b_in = int(box_indices[b])
 
-        height_scale = (
-            div(mul(sub(y2, y1), int_to_float(image_height - 1)), int_to_float(crop_height - 1))
-            if crop_height > 1
-            else 0.0
-        )
-        width_scale = (
-            div(mul(sub(x2, x1), int_to_float(image_width - 1)), int_to_float(crop_width - 1))
-            if crop_width > 1
-            else 0.0
-        )
+        height_scale = _scale(y1, y2, image_height, crop_height)
+        width_scale = _scale(x1, x2, image_width, crop_width)
 
         for y in range(crop_height):
             in_y = _coordinate(y1, y2, y, height_scale, image_height, crop_height)
             if _outside(in_y, image_height):
                 continue
-            top_y_index = _index(floorf(in_y), image_height)
-            bottom_y_index = _index(ceilf(in_y), image_height)
-            y_lerp = sub(in_y, float(top_y_index))
+            top_y_index, bottom_y_index, y_lerp = _neighbours(in_y, image_height)
 
             for x in range(crop_width):
                 in_x = _coordinate(x1, x2, x, width_scale, image_width, crop_width)
@@ -327,9 +351,7 @@ def crop_and_resize_grad_image(
                     continue
 
                 if method == "bilinear":
-                    left_x_index = _index(floorf(in_x), image_width)
-                    right_x_index = _index(ceilf(in_x), image_width)
-                    x_lerp = sub(in_x, float(left_x_index))
+                    left_x_index, right_x_index, x_lerp = _neighbours(in_x, image_width)
 
                     for d in range(depth):
                         grad = daz(float(grads[b, y, x, d]))
@@ -352,10 +374,9 @@ def crop_and_resize_grad_image(
 
 
 @_quiet
-def crop_and_resize_grad_boxes(
-    grads: np.ndarray, image: np.ndarray, boxes: np.ndarray, box_indices: np.ndarray
-) -> np.ndarray:
-    """As :func:`cropcore_numpy.kernels.crop_and_resize_grad_boxes`: float32 (N, 4)."""
+def crop_and_resize_grad_boxes(grads, image, boxes, box_indices) -> np.ndarray:
+    """As :func:`cropcore_numpy.kernels.crop_and_resize_grad_boxes` (its arguments, typed there):
+    float32 (N, 4)."""
     _, image_height, image_width, depth = image.shape
     num_boxes, crop_height, crop_width, _ = grads.shape
     grads_boxes = [[0.0, 0.0, 0.0, 0.0] for _ in range(num_boxes)]  # setZero()
@@ -365,20 +386,12 @@ def crop_and_resize_grad_boxes(
         grads_boxes[b][k] = to_float(grads_boxes[b][k] + term)
 
     for b in range(num_boxes):
-        y1, x1, y2, x2 = (daz(float(v)) for v in boxes[b])
+        y1, x1, y2, x2 = _box(boxes, b)
         b_in = int(box_indices[b])
 
         # The ratio is rounded first here (unlike the other two kernels' scales).
-        height_ratio = (
-            div(int_to_float(image_height - 1), int_to_float(crop_height - 1))
-            if crop_height > 1
-            else 0.0
-        )
-        width_ratio = (
-            div(int_to_float(image_width - 1), int_to_float(crop_width - 1))
-            if crop_width > 1
-            else 0.0
-        )
+        height_ratio = _ratio(image_height, crop_height)
+        width_ratio = _ratio(image_width, crop_width)
         height_scale = mul(sub(y2, y1), height_ratio) if crop_height > 1 else 0.0
         width_scale = mul(sub(x2, x1), width_ratio) if crop_width > 1 else 0.0
 
@@ -386,23 +399,18 @@ def crop_and_resize_grad_boxes(
             in_y = _coordinate(y1, y2, y, height_scale, image_height, crop_height)
             if _outside(in_y, image_height):
                 continue
-            top_y_index = _index(floorf(in_y), image_height)
-            bottom_y_index = _index(ceilf(in_y), image_height)
-            y_lerp = sub(in_y, float(top_y_index))
+            top_y_index, bottom_y_index, y_lerp = _neighbours(in_y, image_height)
 
             for x in range(crop_width):
                 in_x = _coordinate(x1, x2, x, width_scale, image_width, crop_width)
                 if _outside(in_x, image_width):
                     continue
-                left_x_index = _index(floorf(in_x), image_width)
-                right_x_index = _index(ceilf(in_x), image_width)
-                x_lerp = sub(in_x, float(left_x_index))
+                left_x_index, right_x_index, x_lerp = _neighbours(in_x, image_width)
 
                 for d in range(depth):
-                    top_left = daz(_pixel(image, b_in, top_y_index, left_x_index, d))
-                    top_right = daz(_pixel(image, b_in, top_y_index, right_x_index, d))
-                    bottom_left = daz(_pixel(image, b_in, bottom_y_index, left_x_index, d))
-                    bottom_right = daz(_pixel(image, b_in, bottom_y_index, right_x_index, d))
+                    top_left, top_right, bottom_left, bottom_right = _corners(
+                        image, b_in, top_y_index, bottom_y_index, left_x_index, right_x_index, d
+                    )
                     # Compute the image gradient.
                     image_grad_y = add(
                         mul(sub(1.0, x_lerp), sub(bottom_left, top_left)),
@@ -417,23 +425,13 @@ def crop_and_resize_grad_boxes(
                     image_grad_y = mul(image_grad_y, top_grad)
                     image_grad_x = mul(image_grad_x, top_grad)
                     # dy1, dy2
-                    if crop_height > 1:
-                        position = mul(int_to_float(y), height_ratio)  # y * height_ratio
-                        rest = sub(int_to_float(image_height - 1), position)
-                        accumulate(b, 0, mul(image_grad_y, rest))
-                        accumulate(b, 2, mul(image_grad_y, position))
-                    else:  # double products
-                        accumulate(b, 0, image_grad_y * 0.5 * (image_height - 1))
-                        accumulate(b, 2, image_grad_y * 0.5 * (image_height - 1))
+                    dy1, dy2 = _edges(image_grad_y, y, height_ratio, image_height, crop_height)
+                    accumulate(b, 0, dy1)
+                    accumulate(b, 2, dy2)
                     # dx1, dx2
-                    if crop_width > 1:
-                        position = mul(int_to_float(x), width_ratio)
-                        rest = sub(int_to_float(image_width - 1), position)
-                        accumulate(b, 1, mul(image_grad_x, rest))
-                        accumulate(b, 3, mul(image_grad_x, position))
-                    else:
-                        accumulate(b, 1, image_grad_x * 0.5 * (image_width - 1))
-                        accumulate(b, 3, image_grad_x * 0.5 * (image_width - 1))
+                    dx1, dx2 = _edges(image_grad_x, x, width_ratio, image_width, crop_width)
+                    accumulate(b, 1, dx1)
+                    accumulate(b, 3, dx2)
     return np.array(grads_boxes, np.float32).reshape(num_boxes, 4)
 
 
@@ -443,25 +441,13 @@ def crop_and_resize_grad_boxes(
 
 @hookimpl
 def cropcore_backend_info() -> BackendInfo:
-    return BackendInfo(
+    return dataclasses.replace(
+        cropcore_numpy.cropcore_backend_info(),  # the same library, devices and requirements
         name="numpy-reference",
-        array_library="numpy",
-        devices=("cpu",),
-        requires=("numpy",),
         description="the oracle: TensorFlow's CPU loop nests in Python (slow, for testing)",
     )
 
 
-@hookimpl
-def cropcore_crop_and_resize(call: CropAndResizeCall) -> np.ndarray:
-    return entry.crop_and_resize(call, sys.modules[__name__])
-
-
-@hookimpl
-def cropcore_crop_and_resize_grad_image(call: GradImageCall) -> np.ndarray:
-    return entry.crop_and_resize_grad_image(call, sys.modules[__name__])
-
-
-@hookimpl
-def cropcore_crop_and_resize_grad_boxes(call: GradBoxesCall) -> np.ndarray:
-    return entry.crop_and_resize_grad_boxes(call, sys.modules[__name__])
+cropcore_crop_and_resize = entry.hook(entry.crop_and_resize, __name__)
+cropcore_crop_and_resize_grad_image = entry.hook(entry.crop_and_resize_grad_image, __name__)
+cropcore_crop_and_resize_grad_boxes = entry.hook(entry.crop_and_resize_grad_boxes, __name__)
