@@ -12,6 +12,7 @@ from cropcore_numba._arith import (
     flush_denormals,
     next_chunk,
     restore_fp_mode,
+    serial_and_parallel,
     to_float,
 )
 
@@ -160,80 +161,36 @@ def _forward_nchw_rows(
                 crops[as_index(out + x)] = extrapolation_value
 
 
-# One dispatcher per data format and variant, so that each compilation holds only what runs.
-
-
-@njit(cache=True, nogil=True)
-def forward_nhwc_serial(
-    image, lut, dims, boxes, box_indices, crop_size, nearest, extrapolation_value, crops
-):  # pragma: no cover - compiled
-    saved = flush_denormals()  # TF's floating-point mode, in this thread
-    rows = axis_table(boxes, 0, dims[1], crop_size[0], False)
-    cols = axis_table(boxes, 1, dims[2], crop_size[1], False)
-    _forward_nhwc_rows(
-        0, boxes.shape[0] * crop_size[0], image, lut, dims, box_indices, rows, cols, nearest,
-        extrapolation_value, crops,
-    )  # fmt: skip
-    restore_fp_mode(saved)
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def forward_nhwc_parallel(
+def _forward(
     image, lut, dims, boxes, box_indices, crop_size, nearest, extrapolation_value, crops,
-    num_workers, num_chunks,
+    channels_first, num_workers, num_chunks,
 ):  # fmt: skip  # pragma: no cover - compiled
+    """The whole forward pass: ``num_workers`` workers take the ``num_chunks`` chunks of crop
+    rows in turn (:func:`.grad_image._grad_image` splits its blocks the same way); the serial
+    variant (1, 1) runs them all in one."""
     saved = flush_denormals()  # TF's floating-point mode, in this thread
     rows = axis_table(boxes, 0, dims[1], crop_size[0], False)
     cols = axis_table(boxes, 1, dims[2], crop_size[1], False)
-    total = boxes.shape[0] * crop_size[0]
+    total = boxes.shape[0] * crop_size[0] * (dims[3] if channels_first else 1)
     counter = np.zeros(1, np.int64)
     for _ in prange(num_workers):
         mode = flush_denormals()  # ... and in each worker thread
         chunk = next_chunk(counter)
         while chunk < num_chunks:
             first, last = chunk_range(chunk, num_chunks, total)
-            _forward_nhwc_rows(
-                first, last, image, lut, dims, box_indices, rows, cols, nearest,
-                extrapolation_value, crops,
-            )  # fmt: skip
+            if channels_first:
+                _forward_nchw_rows(
+                    first, last, image, lut, dims, box_indices, rows, cols, nearest,
+                    extrapolation_value, crops,
+                )  # fmt: skip
+            else:
+                _forward_nhwc_rows(
+                    first, last, image, lut, dims, box_indices, rows, cols, nearest,
+                    extrapolation_value, crops,
+                )  # fmt: skip
             chunk = next_chunk(counter)
         restore_fp_mode(mode)
     restore_fp_mode(saved)
 
 
-@njit(cache=True, nogil=True)
-def forward_nchw_serial(
-    image, lut, dims, boxes, box_indices, crop_size, nearest, extrapolation_value, crops
-):  # pragma: no cover - compiled
-    saved = flush_denormals()  # TF's floating-point mode, in this thread
-    rows = axis_table(boxes, 0, dims[1], crop_size[0], False)
-    cols = axis_table(boxes, 1, dims[2], crop_size[1], False)
-    _forward_nchw_rows(
-        0, boxes.shape[0] * dims[3] * crop_size[0], image, lut, dims, box_indices, rows, cols,
-        nearest, extrapolation_value, crops,
-    )  # fmt: skip
-    restore_fp_mode(saved)
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def forward_nchw_parallel(
-    image, lut, dims, boxes, box_indices, crop_size, nearest, extrapolation_value, crops,
-    num_workers, num_chunks,
-):  # fmt: skip  # pragma: no cover - compiled
-    saved = flush_denormals()  # TF's floating-point mode, in this thread
-    rows = axis_table(boxes, 0, dims[1], crop_size[0], False)
-    cols = axis_table(boxes, 1, dims[2], crop_size[1], False)
-    total = boxes.shape[0] * dims[3] * crop_size[0]
-    counter = np.zeros(1, np.int64)
-    for _ in prange(num_workers):
-        mode = flush_denormals()  # ... and in each worker thread
-        chunk = next_chunk(counter)
-        while chunk < num_chunks:
-            first, last = chunk_range(chunk, num_chunks, total)
-            _forward_nchw_rows(
-                first, last, image, lut, dims, box_indices, rows, cols, nearest,
-                extrapolation_value, crops,
-            )  # fmt: skip
-            chunk = next_chunk(counter)
-        restore_fp_mode(mode)
-    restore_fp_mode(saved)
+forward_serial, forward_parallel = serial_and_parallel(_forward)

@@ -9,6 +9,7 @@ from cropcore_numba._arith import (
     axis_table,
     flush_denormals,
     restore_fp_mode,
+    serial_and_parallel,
     to_float,
 )
 
@@ -88,17 +89,8 @@ def _grad_boxes_range(
         out[b, 3] = dx2
 
 
-@njit(cache=True, nogil=True)
-def grad_boxes_serial(grads, image, lut, boxes, box_indices, out):  # pragma: no cover - compiled
-    saved = flush_denormals()  # TF's floating-point mode, in this thread
-    rows = axis_table(boxes, 0, image.shape[1], grads.shape[1], True)
-    cols = axis_table(boxes, 1, image.shape[2], grads.shape[2], True)
-    _grad_boxes_range(0, boxes.shape[0], grads, image, lut, box_indices, rows, cols, out)
-    restore_fp_mode(saved)
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def grad_boxes_parallel(grads, image, lut, boxes, box_indices, out):  # pragma: no cover - compiled
+def _grad_boxes(grads, image, lut, boxes, box_indices, out):  # pragma: no cover - compiled
+    """The box gradient, one box per iteration (each box's sums are independent)."""
     saved = flush_denormals()  # TF's floating-point mode, in this thread
     rows = axis_table(boxes, 0, image.shape[1], grads.shape[1], True)
     cols = axis_table(boxes, 1, image.shape[2], grads.shape[2], True)
@@ -107,3 +99,6 @@ def grad_boxes_parallel(grads, image, lut, boxes, box_indices, out):  # pragma: 
         _grad_boxes_range(b, b + 1, grads, image, lut, box_indices, rows, cols, out)
         restore_fp_mode(mode)
     restore_fp_mode(saved)
+
+
+grad_boxes_serial, grad_boxes_parallel = serial_and_parallel(_grad_boxes)

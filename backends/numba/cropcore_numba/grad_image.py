@@ -15,6 +15,7 @@ from cropcore_numba._arith import (
     flush_denormals,
     next_chunk,
     restore_fp_mode,
+    serial_and_parallel,
 )
 
 # --------------------------------------------------------------------------------------------------
@@ -327,26 +328,12 @@ def grad_image_direct(
     restore_fp_mode(saved)
 
 
-@njit(cache=True, nogil=True)
-def grad_image_nhwc_serial(
-    grads, dims, boxes, box_indices, crop_size, nearest, lut, out, block_rows
-):  # pragma: no cover - compiled
-    saved = flush_denormals()  # TF's floating-point mode, in this thread
-    rows = axis_table(boxes, 0, dims[1], crop_size[0], False)
-    cols = axis_table(boxes, 1, dims[2], crop_size[1], False)
-    start, items = _block_lists(rows, box_indices, dims[0], dims[1], block_rows, nearest)
-    _grad_image_nhwc_blocks(
-        0, start.shape[0] - 1, grads, dims, block_rows, start, items, rows, cols, nearest, lut,
-        out,
-    )  # fmt: skip
-    restore_fp_mode(saved)
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def grad_image_nhwc_parallel(
-    grads, dims, boxes, box_indices, crop_size, nearest, lut, out, block_rows, num_workers,
-    num_chunks,
+def _grad_image(
+    grads, dims, boxes, box_indices, crop_size, nearest, lut, out, channels_first, block_rows,
+    num_workers, num_chunks,
 ):  # fmt: skip  # pragma: no cover - compiled
+    """The blocked image gradient: ``num_workers`` workers take the ``num_chunks`` chunks of
+    blocks (:func:`_balanced_chunks`) in turn; the serial variant (1, 1) runs them all in one."""
     saved = flush_denormals()  # TF's floating-point mode, in this thread
     rows = axis_table(boxes, 0, dims[1], crop_size[0], False)
     cols = axis_table(boxes, 1, dims[2], crop_size[1], False)
@@ -357,49 +344,20 @@ def grad_image_nhwc_parallel(
         mode = flush_denormals()  # ... and in each worker thread
         chunk = next_chunk(counter)
         while chunk < num_chunks:
-            _grad_image_nhwc_blocks(
-                bounds[chunk], bounds[chunk + 1], grads, dims, block_rows, start, items, rows,
-                cols, nearest, lut, out,
-            )  # fmt: skip
+            first, last = bounds[chunk], bounds[chunk + 1]
+            if channels_first:
+                _grad_image_nchw_blocks(
+                    first, last, grads, dims, block_rows, start, items, rows, cols, nearest, lut,
+                    out,
+                )  # fmt: skip
+            else:
+                _grad_image_nhwc_blocks(
+                    first, last, grads, dims, block_rows, start, items, rows, cols, nearest, lut,
+                    out,
+                )  # fmt: skip
             chunk = next_chunk(counter)
         restore_fp_mode(mode)
     restore_fp_mode(saved)
 
 
-@njit(cache=True, nogil=True)
-def grad_image_nchw_serial(
-    grads, dims, boxes, box_indices, crop_size, nearest, lut, out, block_rows
-):  # pragma: no cover - compiled
-    saved = flush_denormals()  # TF's floating-point mode, in this thread
-    rows = axis_table(boxes, 0, dims[1], crop_size[0], False)
-    cols = axis_table(boxes, 1, dims[2], crop_size[1], False)
-    start, items = _block_lists(rows, box_indices, dims[0], dims[1], block_rows, nearest)
-    _grad_image_nchw_blocks(
-        0, start.shape[0] - 1, grads, dims, block_rows, start, items, rows, cols, nearest, lut,
-        out,
-    )  # fmt: skip
-    restore_fp_mode(saved)
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def grad_image_nchw_parallel(
-    grads, dims, boxes, box_indices, crop_size, nearest, lut, out, block_rows, num_workers,
-    num_chunks,
-):  # fmt: skip  # pragma: no cover - compiled
-    saved = flush_denormals()  # TF's floating-point mode, in this thread
-    rows = axis_table(boxes, 0, dims[1], crop_size[0], False)
-    cols = axis_table(boxes, 1, dims[2], crop_size[1], False)
-    start, items = _block_lists(rows, box_indices, dims[0], dims[1], block_rows, nearest)
-    bounds = _balanced_chunks(start, block_rows, dims[2], crop_size[1], num_chunks)
-    counter = np.zeros(1, np.int64)
-    for _ in prange(num_workers):
-        mode = flush_denormals()  # ... and in each worker thread
-        chunk = next_chunk(counter)
-        while chunk < num_chunks:
-            _grad_image_nchw_blocks(
-                bounds[chunk], bounds[chunk + 1], grads, dims, block_rows, start, items, rows,
-                cols, nearest, lut, out,
-            )  # fmt: skip
-            chunk = next_chunk(counter)
-        restore_fp_mode(mode)
-    restore_fp_mode(saved)
+grad_image_serial, grad_image_parallel = serial_and_parallel(_grad_image)
