@@ -287,6 +287,13 @@ def axis_table(boxes, first_column, size, crop, ratio_first):  # pragma: no cove
     return low, high, nearest, lerp, valid
 
 
+@njit(inline="always")
+def table_sample(table, b, k):  # pragma: no cover - compiled
+    """Sample ``k`` of box ``b`` in an :func:`axis_table`, as ``(valid, low, high, lerp)``."""
+    low, high, _, lerp, valid = table
+    return valid[b, k], low[b, k], high[b, k], lerp[b, k]
+
+
 @njit
 def chunk_range(chunk, num_chunks, total):  # pragma: no cover - compiled
     """The item range ``[first, last)`` of chunk ``chunk`` when ``total`` items make ``num_chunks``."""

@@ -94,17 +94,28 @@ def _bilinear_row(
             bottom_left = (bottom_row + left) * depth
             bottom_right = (bottom_row + right) * depth
             for d in range(depth):
-                tl = to_float(image[as_index(top_left + d)], lut)
-                tr = to_float(image[as_index(top_right + d)], lut)
-                bl = to_float(image[as_index(bottom_left + d)], lut)
-                br = to_float(image[as_index(bottom_right + d)], lut)
-                top = tl + (tr - tl) * x_lerp
-                bottom = bl + (br - bl) * x_lerp
-                crops[as_index(out + d)] = top + (bottom - top) * y_lerp
+                crops[as_index(out + d)] = _bilinear(
+                    image, lut, top_left + d, top_right + d, bottom_left + d, bottom_right + d,
+                    x_lerp, y_lerp,
+                )  # fmt: skip
         else:
             for d in range(depth):
                 crops[as_index(out + d)] = extrapolation_value
         out += depth
+
+
+@njit(inline="always")
+def _bilinear(
+    image, lut, top_left, top_right, bottom_left, bottom_right, x_lerp, y_lerp
+):  # pragma: no cover - compiled
+    """TF's bilinear sample from four flat image indices: the two rows' lerps, then theirs."""
+    tl = to_float(image[as_index(top_left)], lut)
+    tr = to_float(image[as_index(top_right)], lut)
+    bl = to_float(image[as_index(bottom_left)], lut)
+    br = to_float(image[as_index(bottom_right)], lut)
+    top = tl + (tr - tl) * x_lerp
+    bottom = bl + (br - bl) * x_lerp
+    return top + (bottom - top) * y_lerp
 
 
 @njit(nogil=True)
@@ -149,14 +160,10 @@ def _forward_nchw_rows(
             if col_valid[b, x]:
                 left = col_low[b, x]
                 right = col_high[b, x]
-                x_lerp = col_lerp[b, x]
-                tl = to_float(image[as_index(top_row + left)], lut)
-                tr = to_float(image[as_index(top_row + right)], lut)
-                bl = to_float(image[as_index(bottom_row + left)], lut)
-                br = to_float(image[as_index(bottom_row + right)], lut)
-                top = tl + (tr - tl) * x_lerp
-                bottom = bl + (br - bl) * x_lerp
-                crops[as_index(out + x)] = top + (bottom - top) * y_lerp
+                crops[as_index(out + x)] = _bilinear(
+                    image, lut, top_row + left, top_row + right, bottom_row + left,
+                    bottom_row + right, col_lerp[b, x], y_lerp,
+                )  # fmt: skip
             else:
                 crops[as_index(out + x)] = extrapolation_value
 

@@ -10,6 +10,7 @@ from cropcore_numba._arith import (
     flush_denormals,
     restore_fp_mode,
     serial_and_parallel,
+    table_sample,
     to_float,
 )
 
@@ -30,8 +31,6 @@ def _grad_boxes_range(
     _, height, width, depth = image.shape
     crop_height = rows[0].shape[1]
     crop_width = cols[0].shape[1]
-    row_low, row_high, _, row_lerp, row_valid = rows
-    col_low, col_high, _, col_lerp, col_valid = cols
     one = np.float32(1)
     height_minus_one = np.float32(height - 1)
     width_minus_one = np.float32(width - 1)
@@ -46,18 +45,14 @@ def _grad_boxes_range(
         dy2 = np.float32(0)
         dx2 = np.float32(0)
         for y in range(crop_height):
-            if not row_valid[b, y]:
+            y_valid, top, bottom, y_lerp = table_sample(rows, b, y)
+            if not y_valid:
                 continue
-            top = row_low[b, y]
-            bottom = row_high[b, y]
-            y_lerp = row_lerp[b, y]
             y_position = np.float32(y) * height_ratio  # y * height_ratio
             for x in range(crop_width):
-                if not col_valid[b, x]:
+                x_valid, left, right, x_lerp = table_sample(cols, b, x)
+                if not x_valid:
                     continue
-                left = col_low[b, x]
-                right = col_high[b, x]
-                x_lerp = col_lerp[b, x]
                 x_position = np.float32(x) * width_ratio
                 for d in range(depth):
                     tl = to_float(image[image_index, top, left, d], lut)

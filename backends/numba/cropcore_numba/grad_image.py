@@ -69,6 +69,16 @@ def _block_lists(rows, box_indices, batch, height, block_rows, nearest):  # prag
     return start, items
 
 
+@njit(inline="always")
+def _block_span(block, block_rows, height):  # pragma: no cover - compiled
+    """Block ``block`` of :func:`_block_lists`: ``(image_index, row_first, row_last)``, its image
+    and its image rows ``row_first..row_last-1``."""
+    blocks_per_image = (height + block_rows - 1) // block_rows
+    image_index = block // blocks_per_image
+    row_first = (block - image_index * blocks_per_image) * block_rows
+    return image_index, row_first, min(row_first + block_rows, height)
+
+
 @njit(nogil=True)
 def _grad_image_nhwc_blocks(
     first, last, grads, dims, block_rows, start, items, rows, cols, nearest, lut, out
@@ -86,13 +96,10 @@ def _grad_image_nhwc_blocks(
     col_low, col_high, col_nearest, col_lerp, col_valid = cols
     crop_height = row_low.shape[1]
     crop_width = col_low.shape[1]
-    blocks_per_image = (height + block_rows - 1) // block_rows
     row_size = width * depth
     one = np.float32(1)
     for block in range(first, last):
-        image_index = block // blocks_per_image
-        row_first = (block - image_index * blocks_per_image) * block_rows
-        row_last = min(row_first + block_rows, height)
+        image_index, row_first, row_last = _block_span(block, block_rows, height)
         image_base = image_index * height * row_size
         for k in range(image_base + row_first * row_size, image_base + row_last * row_size):
             out[as_index(k)] = 0
@@ -111,11 +118,9 @@ def _grad_image_nhwc_blocks(
                         for d in range(depth):
                             accumulate(out, target + d, grads[as_index(source + d)], lut)
                 continue
-            top = row_low[b, y]
-            bottom = row_high[b, y]
-            has_top = row_first <= top < row_last
-            has_bottom = row_first <= bottom < row_last
-            y_lerp = row_lerp[b, y]
+            top, bottom, y_lerp = row_low[b, y], row_high[b, y], row_lerp[b, y]
+            has_top = row_first <= top < row_last  # else the previous block has it
+            has_bottom = row_first <= bottom < row_last  # else the next block has it
             top_row = image_base + top * row_size
             bottom_row = image_base + bottom * row_size
             if top != bottom and depth >= 32:
@@ -186,13 +191,10 @@ def _grad_image_nchw_blocks(
     col_low, col_high, col_nearest, col_lerp, col_valid = cols
     crop_height = row_low.shape[1]
     crop_width = col_low.shape[1]
-    blocks_per_image = (height + block_rows - 1) // block_rows
     plane = height * width
     one = np.float32(1)
     for block in range(first, last):
-        image_index = block // blocks_per_image
-        row_first = (block - image_index * blocks_per_image) * block_rows
-        row_last = min(row_first + block_rows, height)
+        image_index, row_first, row_last = _block_span(block, block_rows, height)
         for d in range(depth):
             plane_base = (image_index * depth + d) * plane
             for k in range(plane_base + row_first * width, plane_base + row_last * width):
@@ -211,11 +213,9 @@ def _grad_image_nchw_blocks(
                             g = grads[as_index(source + x)]
                             accumulate(out, plane_base + col_nearest[b, x], g, lut)
                 continue
-            top = row_low[b, y]
-            bottom = row_high[b, y]
-            has_top = row_first <= top < row_last
-            has_bottom = row_first <= bottom < row_last
-            y_lerp = row_lerp[b, y]
+            top, bottom, y_lerp = row_low[b, y], row_high[b, y], row_lerp[b, y]
+            has_top = row_first <= top < row_last  # else the previous block has it
+            has_bottom = row_first <= bottom < row_last  # else the next block has it
             for d in range(depth):
                 plane_base = (image_index * depth + d) * plane
                 top_row = plane_base + top * width
