@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import platform
+from types import FunctionType
 
 import numpy as np
 from llvmlite import ir
@@ -286,7 +287,34 @@ def axis_table(boxes, first_column, size, crop, ratio_first):  # pragma: no cove
     return low, high, nearest, lerp, valid
 
 
+@njit(inline="always")
+def table_sample(table, b, k):  # pragma: no cover - compiled
+    """Sample ``k`` of box ``b`` in an :func:`axis_table`, as ``(valid, low, high, lerp)``."""
+    low, high, _, lerp, valid = table
+    return valid[b, k], low[b, k], high[b, k], lerp[b, k]
+
+
 @njit
 def chunk_range(chunk, num_chunks, total):  # pragma: no cover - compiled
     """The item range ``[first, last)`` of chunk ``chunk`` when ``total`` items make ``num_chunks``."""
     return total * chunk // num_chunks, total * (chunk + 1) // num_chunks
+
+
+def serial_and_parallel(body):
+    """``body`` compiled twice, with ``cache=True``: a serial and a ``parallel=True`` dispatcher.
+
+    ``body`` spreads its work with ``prange``, which is ``range`` in the serial variant, so the
+    serial variant skips the thread-pool launch. Each variant compiles its own copy of ``body``,
+    named ``<name>_serial`` and ``<name>_parallel`` (``name`` without the leading underscore):
+    Numba's disk cache keys a function by its name, line and bytecode, not by the options it is
+    compiled with, so two dispatchers of one function would load each other's machine code.
+    """
+    variants = []
+    for suffix, parallel in (("serial", False), ("parallel", True)):
+        name = f"{body.__name__.lstrip('_')}_{suffix}"
+        copy = FunctionType(body.__code__, body.__globals__, name, body.__defaults__)
+        copy.__qualname__ = name
+        copy.__module__ = body.__module__
+        copy.__doc__ = body.__doc__
+        variants.append(njit(cache=True, nogil=True, parallel=parallel)(copy))
+    return tuple(variants)

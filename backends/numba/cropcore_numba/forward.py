@@ -12,6 +12,7 @@ from cropcore_numba._arith import (
     flush_denormals,
     next_chunk,
     restore_fp_mode,
+    serial_and_parallel,
     to_float,
 )
 
@@ -93,17 +94,28 @@ def _bilinear_row(
             bottom_left = (bottom_row + left) * depth
             bottom_right = (bottom_row + right) * depth
             for d in range(depth):
-                tl = to_float(image[as_index(top_left + d)], lut)
-                tr = to_float(image[as_index(top_right + d)], lut)
-                bl = to_float(image[as_index(bottom_left + d)], lut)
-                br = to_float(image[as_index(bottom_right + d)], lut)
-                top = tl + (tr - tl) * x_lerp
-                bottom = bl + (br - bl) * x_lerp
-                crops[as_index(out + d)] = top + (bottom - top) * y_lerp
+                crops[as_index(out + d)] = _bilinear(
+                    image, lut, top_left + d, top_right + d, bottom_left + d, bottom_right + d,
+                    x_lerp, y_lerp,
+                )  # fmt: skip
         else:
             for d in range(depth):
                 crops[as_index(out + d)] = extrapolation_value
         out += depth
+
+
+@njit(inline="always")
+def _bilinear(
+    image, lut, top_left, top_right, bottom_left, bottom_right, x_lerp, y_lerp
+):  # pragma: no cover - compiled
+    """TF's bilinear sample from four flat image indices: the two rows' lerps, then theirs."""
+    tl = to_float(image[as_index(top_left)], lut)
+    tr = to_float(image[as_index(top_right)], lut)
+    bl = to_float(image[as_index(bottom_left)], lut)
+    br = to_float(image[as_index(bottom_right)], lut)
+    top = tl + (tr - tl) * x_lerp
+    bottom = bl + (br - bl) * x_lerp
+    return top + (bottom - top) * y_lerp
 
 
 @njit(nogil=True)
@@ -148,92 +160,44 @@ def _forward_nchw_rows(
             if col_valid[b, x]:
                 left = col_low[b, x]
                 right = col_high[b, x]
-                x_lerp = col_lerp[b, x]
-                tl = to_float(image[as_index(top_row + left)], lut)
-                tr = to_float(image[as_index(top_row + right)], lut)
-                bl = to_float(image[as_index(bottom_row + left)], lut)
-                br = to_float(image[as_index(bottom_row + right)], lut)
-                top = tl + (tr - tl) * x_lerp
-                bottom = bl + (br - bl) * x_lerp
-                crops[as_index(out + x)] = top + (bottom - top) * y_lerp
+                crops[as_index(out + x)] = _bilinear(
+                    image, lut, top_row + left, top_row + right, bottom_row + left,
+                    bottom_row + right, col_lerp[b, x], y_lerp,
+                )  # fmt: skip
             else:
                 crops[as_index(out + x)] = extrapolation_value
 
 
-# One dispatcher per data format and variant, so that each compilation holds only what runs.
-
-
-@njit(cache=True, nogil=True)
-def forward_nhwc_serial(
-    image, lut, dims, boxes, box_indices, crop_size, nearest, extrapolation_value, crops
-):  # pragma: no cover - compiled
-    saved = flush_denormals()  # TF's floating-point mode, in this thread
-    rows = axis_table(boxes, 0, dims[1], crop_size[0], False)
-    cols = axis_table(boxes, 1, dims[2], crop_size[1], False)
-    _forward_nhwc_rows(
-        0, boxes.shape[0] * crop_size[0], image, lut, dims, box_indices, rows, cols, nearest,
-        extrapolation_value, crops,
-    )  # fmt: skip
-    restore_fp_mode(saved)
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def forward_nhwc_parallel(
+def _forward(
     image, lut, dims, boxes, box_indices, crop_size, nearest, extrapolation_value, crops,
-    num_workers, num_chunks,
+    channels_first, num_workers, num_chunks,
 ):  # fmt: skip  # pragma: no cover - compiled
+    """The whole forward pass: ``num_workers`` workers take the ``num_chunks`` chunks of crop
+    rows in turn (:func:`.grad_image._grad_image` splits its blocks the same way); the serial
+    variant (1, 1) runs them all in one."""
     saved = flush_denormals()  # TF's floating-point mode, in this thread
     rows = axis_table(boxes, 0, dims[1], crop_size[0], False)
     cols = axis_table(boxes, 1, dims[2], crop_size[1], False)
-    total = boxes.shape[0] * crop_size[0]
+    total = boxes.shape[0] * crop_size[0] * (dims[3] if channels_first else 1)
     counter = np.zeros(1, np.int64)
     for _ in prange(num_workers):
         mode = flush_denormals()  # ... and in each worker thread
         chunk = next_chunk(counter)
         while chunk < num_chunks:
             first, last = chunk_range(chunk, num_chunks, total)
-            _forward_nhwc_rows(
-                first, last, image, lut, dims, box_indices, rows, cols, nearest,
-                extrapolation_value, crops,
-            )  # fmt: skip
+            if channels_first:
+                _forward_nchw_rows(
+                    first, last, image, lut, dims, box_indices, rows, cols, nearest,
+                    extrapolation_value, crops,
+                )  # fmt: skip
+            else:
+                _forward_nhwc_rows(
+                    first, last, image, lut, dims, box_indices, rows, cols, nearest,
+                    extrapolation_value, crops,
+                )  # fmt: skip
             chunk = next_chunk(counter)
         restore_fp_mode(mode)
     restore_fp_mode(saved)
 
 
-@njit(cache=True, nogil=True)
-def forward_nchw_serial(
-    image, lut, dims, boxes, box_indices, crop_size, nearest, extrapolation_value, crops
-):  # pragma: no cover - compiled
-    saved = flush_denormals()  # TF's floating-point mode, in this thread
-    rows = axis_table(boxes, 0, dims[1], crop_size[0], False)
-    cols = axis_table(boxes, 1, dims[2], crop_size[1], False)
-    _forward_nchw_rows(
-        0, boxes.shape[0] * dims[3] * crop_size[0], image, lut, dims, box_indices, rows, cols,
-        nearest, extrapolation_value, crops,
-    )  # fmt: skip
-    restore_fp_mode(saved)
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def forward_nchw_parallel(
-    image, lut, dims, boxes, box_indices, crop_size, nearest, extrapolation_value, crops,
-    num_workers, num_chunks,
-):  # fmt: skip  # pragma: no cover - compiled
-    saved = flush_denormals()  # TF's floating-point mode, in this thread
-    rows = axis_table(boxes, 0, dims[1], crop_size[0], False)
-    cols = axis_table(boxes, 1, dims[2], crop_size[1], False)
-    total = boxes.shape[0] * dims[3] * crop_size[0]
-    counter = np.zeros(1, np.int64)
-    for _ in prange(num_workers):
-        mode = flush_denormals()  # ... and in each worker thread
-        chunk = next_chunk(counter)
-        while chunk < num_chunks:
-            first, last = chunk_range(chunk, num_chunks, total)
-            _forward_nchw_rows(
-                first, last, image, lut, dims, box_indices, rows, cols, nearest,
-                extrapolation_value, crops,
-            )  # fmt: skip
-            chunk = next_chunk(counter)
-        restore_fp_mode(mode)
-    restore_fp_mode(saved)
+forward_serial, forward_parallel = serial_and_parallel(_forward)

@@ -9,6 +9,8 @@ from cropcore_numba._arith import (
     axis_table,
     flush_denormals,
     restore_fp_mode,
+    serial_and_parallel,
+    table_sample,
     to_float,
 )
 
@@ -29,8 +31,6 @@ def _grad_boxes_range(
     _, height, width, depth = image.shape
     crop_height = rows[0].shape[1]
     crop_width = cols[0].shape[1]
-    row_low, row_high, _, row_lerp, row_valid = rows
-    col_low, col_high, _, col_lerp, col_valid = cols
     one = np.float32(1)
     height_minus_one = np.float32(height - 1)
     width_minus_one = np.float32(width - 1)
@@ -45,18 +45,14 @@ def _grad_boxes_range(
         dy2 = np.float32(0)
         dx2 = np.float32(0)
         for y in range(crop_height):
-            if not row_valid[b, y]:
+            y_valid, top, bottom, y_lerp = table_sample(rows, b, y)
+            if not y_valid:
                 continue
-            top = row_low[b, y]
-            bottom = row_high[b, y]
-            y_lerp = row_lerp[b, y]
             y_position = np.float32(y) * height_ratio  # y * height_ratio
             for x in range(crop_width):
-                if not col_valid[b, x]:
+                x_valid, left, right, x_lerp = table_sample(cols, b, x)
+                if not x_valid:
                     continue
-                left = col_low[b, x]
-                right = col_high[b, x]
-                x_lerp = col_lerp[b, x]
                 x_position = np.float32(x) * width_ratio
                 for d in range(depth):
                     tl = to_float(image[image_index, top, left, d], lut)
@@ -88,17 +84,8 @@ def _grad_boxes_range(
         out[b, 3] = dx2
 
 
-@njit(cache=True, nogil=True)
-def grad_boxes_serial(grads, image, lut, boxes, box_indices, out):  # pragma: no cover - compiled
-    saved = flush_denormals()  # TF's floating-point mode, in this thread
-    rows = axis_table(boxes, 0, image.shape[1], grads.shape[1], True)
-    cols = axis_table(boxes, 1, image.shape[2], grads.shape[2], True)
-    _grad_boxes_range(0, boxes.shape[0], grads, image, lut, box_indices, rows, cols, out)
-    restore_fp_mode(saved)
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def grad_boxes_parallel(grads, image, lut, boxes, box_indices, out):  # pragma: no cover - compiled
+def _grad_boxes(grads, image, lut, boxes, box_indices, out):  # pragma: no cover - compiled
+    """The box gradient, one box per iteration (each box's sums are independent)."""
     saved = flush_denormals()  # TF's floating-point mode, in this thread
     rows = axis_table(boxes, 0, image.shape[1], grads.shape[1], True)
     cols = axis_table(boxes, 1, image.shape[2], grads.shape[2], True)
@@ -107,3 +94,6 @@ def grad_boxes_parallel(grads, image, lut, boxes, box_indices, out):  # pragma: 
         _grad_boxes_range(b, b + 1, grads, image, lut, box_indices, rows, cols, out)
         restore_fp_mode(mode)
     restore_fp_mode(saved)
+
+
+grad_boxes_serial, grad_boxes_parallel = serial_and_parallel(_grad_boxes)

@@ -15,6 +15,7 @@ from cropcore_numba._arith import (
     flush_denormals,
     next_chunk,
     restore_fp_mode,
+    serial_and_parallel,
 )
 
 # --------------------------------------------------------------------------------------------------
@@ -68,6 +69,16 @@ def _block_lists(rows, box_indices, batch, height, block_rows, nearest):  # prag
     return start, items
 
 
+@njit(inline="always")
+def _block_span(block, block_rows, height):  # pragma: no cover - compiled
+    """Block ``block`` of :func:`_block_lists`: ``(image_index, row_first, row_last)``, its image
+    and its image rows ``row_first..row_last-1``."""
+    blocks_per_image = (height + block_rows - 1) // block_rows
+    image_index = block // blocks_per_image
+    row_first = (block - image_index * blocks_per_image) * block_rows
+    return image_index, row_first, min(row_first + block_rows, height)
+
+
 @njit(nogil=True)
 def _grad_image_nhwc_blocks(
     first, last, grads, dims, block_rows, start, items, rows, cols, nearest, lut, out
@@ -85,13 +96,10 @@ def _grad_image_nhwc_blocks(
     col_low, col_high, col_nearest, col_lerp, col_valid = cols
     crop_height = row_low.shape[1]
     crop_width = col_low.shape[1]
-    blocks_per_image = (height + block_rows - 1) // block_rows
     row_size = width * depth
     one = np.float32(1)
     for block in range(first, last):
-        image_index = block // blocks_per_image
-        row_first = (block - image_index * blocks_per_image) * block_rows
-        row_last = min(row_first + block_rows, height)
+        image_index, row_first, row_last = _block_span(block, block_rows, height)
         image_base = image_index * height * row_size
         for k in range(image_base + row_first * row_size, image_base + row_last * row_size):
             out[as_index(k)] = 0
@@ -110,11 +118,9 @@ def _grad_image_nhwc_blocks(
                         for d in range(depth):
                             accumulate(out, target + d, grads[as_index(source + d)], lut)
                 continue
-            top = row_low[b, y]
-            bottom = row_high[b, y]
-            has_top = row_first <= top < row_last
-            has_bottom = row_first <= bottom < row_last
-            y_lerp = row_lerp[b, y]
+            top, bottom, y_lerp = row_low[b, y], row_high[b, y], row_lerp[b, y]
+            has_top = row_first <= top < row_last  # else the previous block has it
+            has_bottom = row_first <= bottom < row_last  # else the next block has it
             top_row = image_base + top * row_size
             bottom_row = image_base + bottom * row_size
             if top != bottom and depth >= 32:
@@ -185,13 +191,10 @@ def _grad_image_nchw_blocks(
     col_low, col_high, col_nearest, col_lerp, col_valid = cols
     crop_height = row_low.shape[1]
     crop_width = col_low.shape[1]
-    blocks_per_image = (height + block_rows - 1) // block_rows
     plane = height * width
     one = np.float32(1)
     for block in range(first, last):
-        image_index = block // blocks_per_image
-        row_first = (block - image_index * blocks_per_image) * block_rows
-        row_last = min(row_first + block_rows, height)
+        image_index, row_first, row_last = _block_span(block, block_rows, height)
         for d in range(depth):
             plane_base = (image_index * depth + d) * plane
             for k in range(plane_base + row_first * width, plane_base + row_last * width):
@@ -210,11 +213,9 @@ def _grad_image_nchw_blocks(
                             g = grads[as_index(source + x)]
                             accumulate(out, plane_base + col_nearest[b, x], g, lut)
                 continue
-            top = row_low[b, y]
-            bottom = row_high[b, y]
-            has_top = row_first <= top < row_last
-            has_bottom = row_first <= bottom < row_last
-            y_lerp = row_lerp[b, y]
+            top, bottom, y_lerp = row_low[b, y], row_high[b, y], row_lerp[b, y]
+            has_top = row_first <= top < row_last  # else the previous block has it
+            has_bottom = row_first <= bottom < row_last  # else the next block has it
             for d in range(depth):
                 plane_base = (image_index * depth + d) * plane
                 top_row = plane_base + top * width
@@ -327,26 +328,12 @@ def grad_image_direct(
     restore_fp_mode(saved)
 
 
-@njit(cache=True, nogil=True)
-def grad_image_nhwc_serial(
-    grads, dims, boxes, box_indices, crop_size, nearest, lut, out, block_rows
-):  # pragma: no cover - compiled
-    saved = flush_denormals()  # TF's floating-point mode, in this thread
-    rows = axis_table(boxes, 0, dims[1], crop_size[0], False)
-    cols = axis_table(boxes, 1, dims[2], crop_size[1], False)
-    start, items = _block_lists(rows, box_indices, dims[0], dims[1], block_rows, nearest)
-    _grad_image_nhwc_blocks(
-        0, start.shape[0] - 1, grads, dims, block_rows, start, items, rows, cols, nearest, lut,
-        out,
-    )  # fmt: skip
-    restore_fp_mode(saved)
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def grad_image_nhwc_parallel(
-    grads, dims, boxes, box_indices, crop_size, nearest, lut, out, block_rows, num_workers,
-    num_chunks,
+def _grad_image(
+    grads, dims, boxes, box_indices, crop_size, nearest, lut, out, channels_first, block_rows,
+    num_workers, num_chunks,
 ):  # fmt: skip  # pragma: no cover - compiled
+    """The blocked image gradient: ``num_workers`` workers take the ``num_chunks`` chunks of
+    blocks (:func:`_balanced_chunks`) in turn; the serial variant (1, 1) runs them all in one."""
     saved = flush_denormals()  # TF's floating-point mode, in this thread
     rows = axis_table(boxes, 0, dims[1], crop_size[0], False)
     cols = axis_table(boxes, 1, dims[2], crop_size[1], False)
@@ -357,49 +344,20 @@ def grad_image_nhwc_parallel(
         mode = flush_denormals()  # ... and in each worker thread
         chunk = next_chunk(counter)
         while chunk < num_chunks:
-            _grad_image_nhwc_blocks(
-                bounds[chunk], bounds[chunk + 1], grads, dims, block_rows, start, items, rows,
-                cols, nearest, lut, out,
-            )  # fmt: skip
+            first, last = bounds[chunk], bounds[chunk + 1]
+            if channels_first:
+                _grad_image_nchw_blocks(
+                    first, last, grads, dims, block_rows, start, items, rows, cols, nearest, lut,
+                    out,
+                )  # fmt: skip
+            else:
+                _grad_image_nhwc_blocks(
+                    first, last, grads, dims, block_rows, start, items, rows, cols, nearest, lut,
+                    out,
+                )  # fmt: skip
             chunk = next_chunk(counter)
         restore_fp_mode(mode)
     restore_fp_mode(saved)
 
 
-@njit(cache=True, nogil=True)
-def grad_image_nchw_serial(
-    grads, dims, boxes, box_indices, crop_size, nearest, lut, out, block_rows
-):  # pragma: no cover - compiled
-    saved = flush_denormals()  # TF's floating-point mode, in this thread
-    rows = axis_table(boxes, 0, dims[1], crop_size[0], False)
-    cols = axis_table(boxes, 1, dims[2], crop_size[1], False)
-    start, items = _block_lists(rows, box_indices, dims[0], dims[1], block_rows, nearest)
-    _grad_image_nchw_blocks(
-        0, start.shape[0] - 1, grads, dims, block_rows, start, items, rows, cols, nearest, lut,
-        out,
-    )  # fmt: skip
-    restore_fp_mode(saved)
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def grad_image_nchw_parallel(
-    grads, dims, boxes, box_indices, crop_size, nearest, lut, out, block_rows, num_workers,
-    num_chunks,
-):  # fmt: skip  # pragma: no cover - compiled
-    saved = flush_denormals()  # TF's floating-point mode, in this thread
-    rows = axis_table(boxes, 0, dims[1], crop_size[0], False)
-    cols = axis_table(boxes, 1, dims[2], crop_size[1], False)
-    start, items = _block_lists(rows, box_indices, dims[0], dims[1], block_rows, nearest)
-    bounds = _balanced_chunks(start, block_rows, dims[2], crop_size[1], num_chunks)
-    counter = np.zeros(1, np.int64)
-    for _ in prange(num_workers):
-        mode = flush_denormals()  # ... and in each worker thread
-        chunk = next_chunk(counter)
-        while chunk < num_chunks:
-            _grad_image_nchw_blocks(
-                bounds[chunk], bounds[chunk + 1], grads, dims, block_rows, start, items, rows,
-                cols, nearest, lut, out,
-            )  # fmt: skip
-            chunk = next_chunk(counter)
-        restore_fp_mode(mode)
-    restore_fp_mode(saved)
+grad_image_serial, grad_image_parallel = serial_and_parallel(_grad_image)

@@ -64,19 +64,12 @@ from numba.np.ufunc import parallel as _numba_parallel
 from cropcore import hostmem
 from cropcore.hookspecs import CropAndResizeCall, GradBoxesCall, GradImageCall
 from cropcore_numba._arith import FLUSH_MODE_SUPPORTED
-from cropcore_numba.forward import (
-    forward_nchw_parallel,
-    forward_nchw_serial,
-    forward_nhwc_parallel,
-    forward_nhwc_serial,
-)
+from cropcore_numba.forward import forward_parallel, forward_serial
 from cropcore_numba.grad_boxes import grad_boxes_parallel, grad_boxes_serial
 from cropcore_numba.grad_image import (
     grad_image_direct,
-    grad_image_nchw_parallel,
-    grad_image_nchw_serial,
-    grad_image_nhwc_parallel,
-    grad_image_nhwc_serial,
+    grad_image_parallel,
+    grad_image_serial,
 )
 
 __all__ = [
@@ -246,15 +239,13 @@ def crop_and_resize(call: CropAndResizeCall) -> np.ndarray:
         method == "nearest",
         np.float32(call.extrapolation_value),
         crops.reshape(-1),
+        channels_first,
     )
     if _parallel_ok(crops.size):
         items = num_boxes * crop_height * (depth if channels_first else 1)
-        kernel = forward_nchw_parallel if channels_first else forward_nhwc_parallel
-        _launch(kernel, *args, *_workers_and_chunks(items))
-    elif channels_first:
-        forward_nchw_serial(*args)
+        _launch(forward_parallel, *args, *_workers_and_chunks(items))
     else:
-        forward_nhwc_serial(*args)
+        forward_serial(*args, 1, 1)
     return crops
 
 
@@ -287,21 +278,28 @@ def crop_and_resize_grad_image(call: GradImageCall) -> np.ndarray:
     out = result.reshape(-1)
     if out_dtype.itemsize == 2:  # float16: accumulate on the bits
         out, lut = out.view(np.uint16), _half_table()
-    args = (grads.reshape(-1), dims, boxes, box_indices, crop_size, method == "nearest", lut, out)
+    args = (
+        grads.reshape(-1),
+        dims,
+        boxes,
+        box_indices,
+        crop_size,
+        method == "nearest",
+        lut,
+        out,
+        channels_first,
+    )
     work = result.size + grads.size
     if work < DIRECT_THRESHOLD:
-        grad_image_direct(*args, channels_first)
+        grad_image_direct(*args)
     # Blocks of up to 8 image rows: few enough that a crop row is rarely read twice (once for the
     # block of its top row, once for its bottom row), many enough to balance the threads.
     elif _parallel_ok(work):
         block_rows = max(1, min(8, (batch * height) // (8 * numba.get_num_threads())))
-        kernel = grad_image_nchw_parallel if channels_first else grad_image_nhwc_parallel
         num_blocks = batch * -(-height // block_rows)
-        _launch(kernel, *args, block_rows, *_workers_and_chunks(num_blocks))
-    elif channels_first:
-        grad_image_nchw_serial(*args, 8)
+        _launch(grad_image_parallel, *args, block_rows, *_workers_and_chunks(num_blocks))
     else:
-        grad_image_nhwc_serial(*args, 8)
+        grad_image_serial(*args, 8, 1, 1)
     return result
 
 
