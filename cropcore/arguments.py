@@ -246,10 +246,11 @@ def values_checked(boxes: Any, box_indices: Any) -> bool:
     device in strict mode (``CROPCORE_STRICT``); never where they are traced (no values exist)."""
     if type(boxes) is np.ndarray and type(box_indices) is np.ndarray:  # the common case
         return True
-    places = {library_for(boxes).residence(boxes), library_for(box_indices).residence(box_indices)}
-    if places == {"host"}:
+    first = library_for(boxes).residence(boxes)
+    second = library_for(box_indices).residence(box_indices)
+    if first == second == "host":
         return True
-    return "traced" not in places and config.get("CROPCORE_STRICT")
+    return first != "traced" and second != "traced" and config.get("CROPCORE_STRICT")
 
 
 def boxes_cast_arg(boxes: Any, box_indices: Any, batch: int) -> tuple[Any, Any]:

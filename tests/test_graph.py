@@ -240,3 +240,19 @@ def test_a_non_finite_box_in_a_compiled_graph_extrapolates(path):
     bad[2] = torch.tensor([-3e38, 0.0, 3e38, 1.0])
     out = compiled(image, bad, box_indices)
     assert torch.equal(out, torch.full_like(out, 0.5))
+
+
+def test_a_compiled_call_can_be_the_first_call_of_a_process():
+    # Nothing cached by an eager call before: every lookup cropcore makes once is made in a trace.
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, cropcore\n"
+        "f = torch.compile(lambda i, b, x: cropcore.crop_and_resize(i, b, x, (3, 3)),"
+        " fullgraph=True, backend='aot_eager')\n"
+        "print(tuple(f(torch.rand(1, 5, 5, 2), torch.tensor([[0.0, 0, 1, 1]]), torch.tensor([0])).shape))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip().endswith("(1, 3, 3, 2)")
