@@ -72,8 +72,28 @@ class ImageShape(NamedTuple):
         return _new_tuple(cls, (int(batch), int(height), int(width), int(depth)))
 
 
+class _Call:
+    """What every call type has: its op, its array arguments, and the one the result follows."""
+
+    __slots__ = ()
+    op: ClassVar[str]
+    #: The names of its array arguments.
+    arrays: ClassVar[tuple[str, ...]]
+    #: The argument whose array library and device the result follows.
+    anchor_name: ClassVar[str]
+
+    @property
+    def anchor(self) -> Any:
+        """The array whose library and device the result follows (:attr:`anchor_name`)."""
+        return getattr(self, self.anchor_name)
+
+    def replace(self, **changes: Any):
+        """A copy with some fields changed (the dispatcher swaps arrays for converted ones)."""
+        return dataclasses.replace(self, **changes)
+
+
 @dataclass(frozen=True, slots=True)
-class _BoxesCall:
+class _BoxesCall(_Call):
     """Fields shared by the crop_and_resize family."""
 
     boxes: Any
@@ -94,10 +114,6 @@ class _BoxesCall:
     def channels_first(self) -> bool:
         return self.data_format == "channels_first"
 
-    def replace(self, **changes: Any):
-        """A copy with some fields changed (the dispatcher swaps arrays for converted ones)."""
-        return dataclasses.replace(self, **changes)
-
 
 @dataclass(frozen=True, slots=True)
 class CropAndResizeCall(_BoxesCall):
@@ -109,15 +125,11 @@ class CropAndResizeCall(_BoxesCall):
 
     op: ClassVar[str] = "crop_and_resize"
     arrays: ClassVar[tuple[str, ...]] = ("image", "boxes", "box_indices")
+    anchor_name: ClassVar[str] = "image"
 
     image: Any
     crop_size: tuple[int, int]
     extrapolation_value: float
-
-    @property
-    def anchor(self) -> Any:
-        """The array whose library and device the result follows."""
-        return self.image
 
     @property
     def output_shape(self) -> tuple[int, int, int, int]:
@@ -128,7 +140,18 @@ class CropAndResizeCall(_BoxesCall):
 
 
 @dataclass(frozen=True, slots=True)
-class GradImageCall(_BoxesCall):
+class _GradsCall(_BoxesCall):
+    """The gradient ops: ``grads`` (float32) has the shape of the forward op's output."""
+
+    grads: Any
+
+    @property
+    def crop_size(self) -> tuple[int, int]:
+        return crop_size_of(self.grads.shape, self.data_format)
+
+
+@dataclass(frozen=True, slots=True)
+class GradImageCall(_GradsCall):
     """A valid ``crop_and_resize_grad_image`` call.
 
     ``grads`` (float32) has the shape of the forward op's output; the result has shape
@@ -137,18 +160,9 @@ class GradImageCall(_BoxesCall):
 
     op: ClassVar[str] = "crop_and_resize_grad_image"
     arrays: ClassVar[tuple[str, ...]] = ("grads", "boxes", "box_indices")
+    anchor_name: ClassVar[str] = "grads"  # there is no image
 
-    grads: Any
     dtype: str
-
-    @property
-    def anchor(self) -> Any:
-        """The array whose library and device the result follows (``grads``: there is no image)."""
-        return self.grads
-
-    @property
-    def crop_size(self) -> tuple[int, int]:
-        return crop_size_of(self.grads.shape, self.data_format)
 
     @property
     def output_shape(self) -> tuple[int, int, int, int]:
@@ -160,7 +174,7 @@ class GradImageCall(_BoxesCall):
 
 
 @dataclass(frozen=True, slots=True)
-class GradBoxesCall(_BoxesCall):
+class GradBoxesCall(_GradsCall):
     """A valid ``crop_and_resize_grad_boxes`` call (bilinear only, as in TensorFlow).
 
     ``grads`` (float32) has the shape of the forward op's output, ``image`` is the forward op's
@@ -170,18 +184,9 @@ class GradBoxesCall(_BoxesCall):
     op: ClassVar[str] = "crop_and_resize_grad_boxes"
     arrays: ClassVar[tuple[str, ...]] = ("grads", "image", "boxes", "box_indices")
     output_dtype: ClassVar[str] = "float32"
+    anchor_name: ClassVar[str] = "image"
 
-    grads: Any
     image: Any
-
-    @property
-    def anchor(self) -> Any:
-        """The array whose library and device the result follows."""
-        return self.image
-
-    @property
-    def crop_size(self) -> tuple[int, int]:
-        return crop_size_of(self.grads.shape, self.data_format)
 
     @property
     def output_shape(self) -> tuple[int, int]:
@@ -189,11 +194,12 @@ class GradBoxesCall(_BoxesCall):
 
 
 @dataclass(frozen=True, slots=True)
-class Crop2DCall:
+class Crop2DCall(_Call):
     """A valid ``crop2d`` call: ``x[:, top:H-bottom, left:W-right, :]`` (or the NCHW equivalent)."""
 
     op: ClassVar[str] = "crop2d"
     arrays: ClassVar[tuple[str, ...]] = ("x",)
+    anchor_name: ClassVar[str] = "x"
 
     x: Any
     cropping: tuple[tuple[int, int], tuple[int, int]]
@@ -203,11 +209,6 @@ class Crop2DCall:
     @property
     def channels_first(self) -> bool:
         return self.data_format == "channels_first"
-
-    @property
-    def anchor(self) -> Any:
-        """The array whose library and device the result follows (``x``)."""
-        return self.x
 
     @property
     def output_shape(self) -> tuple[int, int, int, int]:
@@ -230,9 +231,6 @@ class Crop2DCall:
         if self.channels_first:
             return (slice(None), slice(None), rows, cols)
         return (slice(None), rows, cols, slice(None))
-
-    def replace(self, **changes: Any) -> Crop2DCall:
-        return dataclasses.replace(self, **changes)
 
 
 def crop_size_of(shape: tuple[int, ...], data_format: str) -> tuple[int, int]:

@@ -29,6 +29,7 @@ import numpy as np
 
 import cropcore
 from cropcore.errors import BackendDeclinedError
+from cropcore.ops import op_for
 from cropcore.registry import Backend
 from cropcore_conformance.compare import TOLERANCES, Comparison, Tolerance, compare_arrays
 from cropcore_conformance.inputs import (
@@ -77,8 +78,10 @@ OPS: dict[str, str] = {
     "crop2d": "crop2d",
 }
 
-# The argument whose library and device the result must follow.
-_ANCHOR = {"forward": "image", "grad_image": "grads", "grad_boxes": "image", "crop2d": "x"}
+
+def anchor_name(op: str) -> str:
+    """The argument of case op ``op`` whose library and device the result must follow."""
+    return op_for(OPS[op]).call_type.anchor_name
 
 
 def call_op(op: str, kwargs: dict[str, Any], backend: str) -> Any:
@@ -245,17 +248,18 @@ def check_result(
     op: str, result: Any, inputs: dict[str, Any], what: str = "the result"
 ) -> np.ndarray:
     """Check that ``result`` is an array of the anchor input's library and device; return it in NumPy."""
-    anchor = inputs[_ANCHOR[op]]
+    anchor_arg = anchor_name(op)
+    anchor = inputs[anchor_arg]
     if not (hasattr(result, "shape") and hasattr(result, "dtype")):
         raise FailCase(f"{what} is a {type(result).__name__}, not an array")
     want, got = library_of(anchor), library_of(result)
     if got != want:
-        raise FailCase(f"{what} is a {got} array; the {_ANCHOR[op]} was a {want} array")
+        raise FailCase(f"{what} is a {got} array; the {anchor_arg} was a {want} array")
     if want == "numpy" and not isinstance(result, np.ndarray):
         raise FailCase(f"{what} is a {type(result).__name__}, not a numpy.ndarray")
     if device_of(result) != device_of(anchor):
         raise FailCase(
-            f"{what} is on {device_of(result)}; the {_ANCHOR[op]} was on {device_of(anchor)}"
+            f"{what} is on {device_of(result)}; the {anchor_arg} was on {device_of(anchor)}"
         )
     return to_numpy(result)
 

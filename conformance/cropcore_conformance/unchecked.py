@@ -34,6 +34,7 @@ from cropcore_conformance.cases import (
     FailCase,
     Outcome,
     SkipCase,
+    anchor_name,
     check_result,
 )
 from cropcore_conformance.compare import TOLERANCES, compare_arrays
@@ -43,7 +44,6 @@ __all__ = ["UncheckedCase", "unchecked_cases"]
 
 F32 = np.float32
 EXTRAPOLATION = 0.5
-_ANCHOR = {"forward": "image", "grad_image": "grads", "grad_boxes": "image"}
 
 
 @dataclass(eq=False)
@@ -70,7 +70,7 @@ class UncheckedCase(Case):
             )
         inputs = ctx.prepare(materialize(self.kwargs))
         call = op_for(OPS[self.op]).make_call(**inputs, check_values=False)
-        on_host = device_of(inputs[_ANCHOR[self.op]]) == "cpu"
+        on_host = device_of(inputs[anchor_name(self.op)]) == "cpu"
         try:
             result = dispatch.run(call, ctx.name)
         except BackendDeclinedError as exc:
