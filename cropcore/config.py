@@ -16,7 +16,6 @@ Requirements:
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -142,12 +141,22 @@ VARIABLES: dict[str, Variable] = {
 }
 
 
-@functools.lru_cache(maxsize=64)
+# Parsed values by (name, raw text): a dictionary, not functools.lru_cache, so that a call traced by
+# torch.compile reads it as dynamo reads any dictionary (it warns about lru_cache).
+_PARSED: dict[tuple[str, str], Any] = {}
+
+
 def _parsed(name: str, text: str) -> Any:
+    key = (name, text)
+    if key in _PARSED:
+        return _PARSED[key]
     try:
-        return VARIABLES[name].parse(text)
+        value = VARIABLES[name].parse(text)
     except ValueError as exc:
         raise ValueError(f"{name}={text!r}: {exc}") from None
+    if len(_PARSED) < 256:
+        _PARSED[key] = value
+    return value
 
 
 def parse(name: str, text: str | None) -> Any:

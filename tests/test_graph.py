@@ -256,3 +256,15 @@ def test_a_compiled_call_can_be_the_first_call_of_a_process():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.strip().endswith("(1, 3, 3, 2)")
+
+
+def test_a_compiled_call_reads_a_set_output_limit_without_dynamo_warnings(cropcore_env, recwarn):
+    cropcore_env.set("CROPCORE_MAX_OUTPUT_BYTES", str(10**9))
+    torch._dynamo.reset()
+    image, boxes, box_indices = inputs("channels_last", requires_grad=False)
+    compiled = torch.compile(crops, fullgraph=True, backend="aot_eager")
+    assert torch.equal(
+        compiled(image, boxes, box_indices, "channels_last"),
+        crops(image, boxes, box_indices, "channels_last"),
+    )
+    assert not [w for w in recwarn if "lru_cache" in str(w.message)]
