@@ -1014,3 +1014,28 @@ def test_compile_through_the_cropcore_api_has_no_graph_break_and_matches_eager()
     crops(image, boxes).square().sum().backward()
     assert torch.equal(compiled_grads[0], image.grad)
     assert torch.equal(compiled_grads[1], boxes.grad)
+
+
+@pytest.mark.parametrize("data_format", FORMATS)
+@pytest.mark.parametrize("size", [(3, 3), (200, 100)])  # the second result is a recycled host block
+def test_results_can_be_changed_in_place_with_gradients(path, data_format, size):
+    # A custom op that returns a view refuses in-place changes under autograd (issue 16's
+    # "crops.sub_(mean)", nn.ReLU(inplace=True) after the layer); the results own their memory.
+    shape = (2, 8, 9, 3) if data_format == "channels_last" else (2, 3, 8, 9)
+    image = torch.rand(shape, generator=torch.Generator().manual_seed(1))
+    boxes = torch.tensor([[0.1, 0.2, 0.8, 0.9], [0.9, 0.0, 0.2, 1.0]])
+    indices = torch.tensor([1, 0])
+
+    def loss(in_place):
+        img, bx = image.clone().requires_grad_(), boxes.clone().requires_grad_()
+        out = cropcore.crop_and_resize(img, bx, indices, size, data_format=data_format)
+        out = out.sub_(0.5).relu_() if in_place else (out - 0.5).relu()
+        out.square().sum().backward()
+        return out.detach(), img.grad, bx.grad
+
+    for got, expected in zip(loss(True), loss(False), strict=True):
+        assert torch.equal(got, expected)
+    model = torch.nn.Sequential(CropAndResize((3, 4), boxes=boxes), torch.nn.ReLU(inplace=True))
+    image_nchw = torch.rand(2, 3, 8, 9, requires_grad=True)
+    model(image_nchw).sum().backward()
+    assert image_nchw.grad is not None

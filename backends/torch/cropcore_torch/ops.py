@@ -65,6 +65,22 @@ def _check_image_dtype(image: Tensor) -> None:
 # The custom ops
 
 
+def _own(result: Tensor) -> Tensor:
+    """``result`` as a tensor of its own, not a view, on the same memory and strides.
+
+    The kernels return views (a permuted NHWC buffer for channels_first, a slice of a recycled host
+    block), and autograd refuses in-place changes to a view that a custom op returned
+    (``crops.sub_(mean)``, ``nn.ReLU(inplace=True)`` after the layer); ``Tensor.set_`` makes a
+    tensor without a base, over the same storage, which it allows. No data is copied.
+    """
+    if result._base is None:
+        return result
+    own = result.new_empty((0,))
+    return own.set_(
+        result.untyped_storage(), result.storage_offset(), result.shape, result.stride()
+    )
+
+
 @torch.library.custom_op("cropcore::crop_and_resize", mutates_args=())
 def _crop_and_resize(
     image: Tensor,
@@ -77,15 +93,17 @@ def _crop_and_resize(
     channels_first: bool,
 ) -> Tensor:
     _check_image_dtype(image)
-    return kernels.crop_and_resize(
-        image,
-        boxes.to(torch.float32),
-        box_indices,
-        (crop_height, crop_width),
-        method,
-        extrapolation_value,
-        channels_first,
-        fill=_native.fill_crops if _native_for(image) else None,
+    return _own(
+        kernels.crop_and_resize(
+            image,
+            boxes.to(torch.float32),
+            box_indices,
+            (crop_height, crop_width),
+            method,
+            extrapolation_value,
+            channels_first,
+            fill=_native.fill_crops if _native_for(image) else None,
+        )
     )
 
 
@@ -165,15 +183,17 @@ def _grad_image(
         raise TypeError(f"dtype must be float16, float32 or float64, got {dtype}")
     # The compiled loops accumulate in float32 or float64; float16 sums go through torch.
     native = _native_for(grads) and dtype != torch.float16
-    return kernels.crop_and_resize_grad_image(
-        grads.to(torch.float32),
-        boxes.to(torch.float32),
-        box_indices,
-        (batch, height, width, depth),
-        method,
-        dtype,
-        channels_first,
-        fill=_native.fill_grad_image if native else None,
+    return _own(
+        kernels.crop_and_resize_grad_image(
+            grads.to(torch.float32),
+            boxes.to(torch.float32),
+            box_indices,
+            (batch, height, width, depth),
+            method,
+            dtype,
+            channels_first,
+            fill=_native.fill_grad_image if native else None,
+        )
     )
 
 
@@ -190,13 +210,15 @@ def _grad_boxes(
     grads: Tensor, image: Tensor, boxes: Tensor, box_indices: Tensor, channels_first: bool
 ) -> Tensor:
     _check_image_dtype(image)
-    return kernels.crop_and_resize_grad_boxes(
-        grads.to(torch.float32),
-        image,
-        boxes.to(torch.float32),
-        box_indices,
-        channels_first,
-        fill=_native.fill_grad_boxes if _native_for(image) else None,
+    return _own(
+        kernels.crop_and_resize_grad_boxes(
+            grads.to(torch.float32),
+            image,
+            boxes.to(torch.float32),
+            box_indices,
+            channels_first,
+            fill=_native.fill_grad_boxes if _native_for(image) else None,
+        )
     )
 
 
