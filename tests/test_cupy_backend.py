@@ -1080,6 +1080,174 @@ def test_harness_tensorflow_gradient_vectors(harness):
     assert harness.grad_boxes(call).ravel().tolist() == [1.0, 0.5, 1.0, 0.5]
 
 
+# Box values cropcore did not read (values_checked=False): docs/decisions.md, "What do unchecked bad
+# values give?". A box index outside [0, batch) gives a NaN crop and box-gradient row and nothing in
+# the image gradient; the other boxes are computed bit for bit as without the bad ones.
+
+BAD_INDICES = {"equals-batch": 3, "negative": -1, "int32-max": 2**31 - 1, "int32-min": -(2**31)}
+BATCH = 3
+GOOD_INDICES = np.array([2, 0, 1, 2, 0], np.int32)
+BAD_BOXES = (1, 3)  # the boxes given the bad index, among good ones
+
+
+def _with_bad(bad_index: int) -> np.ndarray:
+    indices = GOOD_INDICES.copy()
+    indices[list(BAD_BOXES)] = bad_index
+    return indices
+
+
+def _good(x: np.ndarray) -> np.ndarray:
+    return np.delete(x, BAD_BOXES, axis=0)
+
+
+def _bad_index_boxes() -> np.ndarray:
+    rng = np.random.default_rng(11)
+    boxes = rng.uniform(-0.3, 1.3, (len(GOOD_INDICES), 4)).astype(np.float32)
+    boxes[2] = [0, 0, 1, 1]
+    return boxes
+
+
+@pytest.mark.parametrize("bad_index", BAD_INDICES.values(), ids=BAD_INDICES.keys())
+@pytest.mark.parametrize("data_format", FORMATS)
+@pytest.mark.parametrize("dtype", ["uint8", "int64", "float16", "float32", "float64"])
+def test_harness_forward_bad_box_index_gives_a_nan_crop_and_leaves_the_others(
+    harness, bad_index, data_format, dtype
+):
+    """Depth 4 in NHWC takes the vector kernels (v4, or v2 for float64); NCHW the scalar one."""
+    rng = np.random.default_rng(12)
+    image = to_format(random_image(rng, (BATCH, 9, 11, 4), dtype), data_format)
+    boxes, indices = _bad_index_boxes(), _with_bad(bad_index)
+    for method in METHODS:
+        args = ((5, 7), method, -1.5)
+        call = crop_and_resize_call(
+            image, boxes, indices, *args, data_format=data_format, check_values=False
+        )
+        assert not call.values_checked
+        got = harness.crop_and_resize(call)
+        good = harness.crop_and_resize(
+            crop_and_resize_call(
+                image, _good(boxes), _good(GOOD_INDICES), *args, data_format=data_format
+            )
+        )
+        expected = np.full(got.shape, np.nan, np.float32)
+        expected[_good(np.arange(len(boxes)))] = good
+        assert_bits_equal(got, expected, f"{method} {bad_index}")
+        reference = cropcore.crop_and_resize(
+            image,
+            _good(boxes),
+            _good(GOOD_INDICES),
+            *args,
+            data_format=data_format,
+            backend="numpy",
+        )
+        assert_bits_equal(good, reference, method)
+
+
+@pytest.mark.parametrize("bad_index", BAD_INDICES.values(), ids=BAD_INDICES.keys())
+@pytest.mark.parametrize("data_format", FORMATS)
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("deterministic", [True, False], ids=["gather", "scatter"])
+def test_harness_grad_image_bad_box_index_adds_nothing(
+    harness, bad_index, data_format, dtype, deterministic
+):
+    rng = np.random.default_rng(13)
+    boxes, indices = _bad_index_boxes(), _with_bad(bad_index)
+    grads = to_format(rng.standard_normal((len(boxes), 5, 7, 3)).astype(np.float32), data_format)
+    image_shape = ImageShape(BATCH, 9, 11, 3).to_format(data_format)
+    for method in METHODS:
+        call = grad_image_call(
+            grads, boxes, indices, image_shape, method, data_format, dtype, check_values=False
+        )
+        got = harness.grad_image(call, deterministic)
+        good_args = (_good(grads), _good(boxes), _good(GOOD_INDICES), image_shape, method)
+        expected = cropcore.crop_and_resize_grad_image(
+            *good_args, data_format=data_format, dtype=dtype, backend="numpy"
+        )
+        assert_bits_equal(got, expected, f"{method} {bad_index}")
+        assert np.isfinite(got).all()
+
+
+@pytest.mark.parametrize("bad_index", BAD_INDICES.values(), ids=BAD_INDICES.keys())
+@pytest.mark.parametrize("data_format", FORMATS)
+@pytest.mark.parametrize("dtype", ["uint8", "int32", "float16", "float32", "float64"])
+def test_harness_grad_boxes_bad_box_index_gives_a_nan_row_and_leaves_the_others(
+    harness, bad_index, data_format, dtype
+):
+    rng = np.random.default_rng(14)
+    image = to_format(random_image(rng, (BATCH, 9, 11, 3), dtype), data_format)
+    if dtype.startswith("float"):
+        image[~np.isfinite(image)] = 1.0
+    boxes, indices = _bad_index_boxes(), _with_bad(bad_index)
+    for crop in ((5, 7), (1, 1), (30, 40)):  # (30, 40) x 3: two chunks and the finishing kernel
+        grads = rng.standard_normal((len(boxes), *crop, 3)).astype(np.float32)
+        grads = to_format(grads, data_format)
+        call = grad_boxes_call(
+            grads, image, boxes, indices, data_format=data_format, check_values=False
+        )
+        got = harness.grad_boxes(call)
+        good = harness.grad_boxes(
+            grad_boxes_call(
+                _good(grads), image, _good(boxes), _good(GOOD_INDICES), data_format=data_format
+            )
+        )
+        expected = np.full(got.shape, np.nan, np.float32)
+        expected[_good(np.arange(len(boxes)))] = good
+        assert_bits_equal(got, expected, f"{crop} {bad_index}")
+        assert np.isfinite(good).all()
+    assert _plan.grad_boxes_chunking(30 * 40 * 3)[1] == 2
+
+
+def test_harness_every_box_index_is_bad_when_the_batch_is_empty(harness):
+    """batch == 0: no image to read at all (a clamped index would still be out of bounds)."""
+    image = np.zeros((0, 4, 5, 2), np.float32)
+    boxes = np.array([[0, 0, 1, 1], [0.2, 0.1, 0.7, 0.9]], np.float32)
+    indices = np.array([0, -1], np.int32)
+    call = crop_and_resize_call(image, boxes, indices, (3, 2), check_values=False)
+    assert np.isnan(harness.crop_and_resize(call)).all()
+    grads = np.ones((2, 3, 2, 2), np.float32)
+    call = grad_boxes_call(grads, image, boxes, indices, check_values=False)
+    assert np.isnan(harness.grad_boxes(call)).all()
+
+
+@pytest.mark.parametrize("data_format", FORMATS)
+@pytest.mark.parametrize("deterministic", [True, False], ids=["gather", "scatter"])
+def test_harness_non_finite_boxes_extrapolate_and_have_no_gradient(
+    harness, data_format, deterministic
+):
+    """NaN or infinite boxes (and spans that overflow): every sample outside."""
+    boxes = np.array(
+        [
+            [0.1, 0.2, np.nan, 0.9],
+            [0.1, np.nan, 0.8, 0.9],
+            [-np.inf, 0, np.inf, 1],
+            [0, 0, np.inf, 1],
+        ],
+        np.float32,
+    )
+    indices = np.array([1, 0, 1, 0], np.int32)
+    image = to_format(np.arange(2 * 4 * 5 * 3, dtype=np.float32).reshape(2, 4, 5, 3), data_format)
+    image_shape = ImageShape(2, 4, 5, 3).to_format(data_format)
+    for method in METHODS:
+        for crop in ((3, 4), (1, 1)):
+            call = crop_and_resize_call(
+                image, boxes, indices, crop, method, 0.5, data_format, check_values=False
+            )
+            got = harness.crop_and_resize(call)
+            assert_bits_equal(got, np.full(got.shape, 0.5, np.float32), f"{method} {crop}")
+            grads = to_format(np.ones((4, *crop, 3), np.float32), data_format)
+            call = grad_image_call(
+                grads, boxes, indices, image_shape, method, data_format, check_values=False
+            )
+            got = harness.grad_image(call, deterministic)
+            assert_bits_equal(got, np.zeros(got.shape, np.float32), f"{method} {crop}")
+            if method == "bilinear":
+                call = grad_boxes_call(
+                    grads, image, boxes, indices, data_format=data_format, check_values=False
+                )
+                got = harness.grad_boxes(call)
+                assert_bits_equal(got, np.zeros(got.shape, np.float32), f"{crop}")
+
+
 def _harness_backend(harness: Harness, name: str, deterministic: bool):
     """A plugin whose ops run the host harness: the kernels' arithmetic behind cropcore's API."""
     module = types.ModuleType(f"cupy_host_harness_{name}")

@@ -69,7 +69,7 @@ def _stride_params(prefix: str, axes: tuple[str, ...]) -> tuple[tuple[str, str],
 PARAMS: dict[str, tuple[tuple[str, str], ...]] = {
     "forward": (
         *_typed("ptr", "image", "boxes", "box_indices", "crops"),
-        *_typed("i32", "height", "width", "depth"),
+        *_typed("i32", "batch", "height", "width", "depth"),
         *_stride_params("stride", IMAGE_AXES),
         *_typed("i32", "crop_height", "crop_width", "nchw", "nearest"),
         *_typed("f32", "extrapolation_value"),
@@ -78,7 +78,9 @@ PARAMS: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     "grad_image": (
         *_typed("ptr", "grads", "boxes", "box_indices", "output", "box_axes", "box_spans"),
-        *_typed("i32", "num_boxes", "height", "width", "depth", "crop_height", "crop_width"),
+        *_typed(
+            "i32", "num_boxes", "batch", "height", "width", "depth", "crop_height", "crop_width"
+        ),
         *_stride_params("grads_stride", GRADS_AXES),
         *_stride_params("output_stride", IMAGE_AXES),
         *_typed("i32", "nchw", "nearest"),
@@ -87,7 +89,9 @@ PARAMS: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     "grad_boxes": (
         *_typed("ptr", "grads", "image", "boxes", "box_indices", "partial", "output"),
-        *_typed("i32", "height", "width", "depth", "crop_height", "crop_width", "num_boxes"),
+        *_typed(
+            "i32", "batch", "height", "width", "depth", "crop_height", "crop_width", "num_boxes"
+        ),
         *_stride_params("grads_stride", GRADS_AXES),
         *_stride_params("image_stride", IMAGE_AXES),
         *_typed("u32", "elements", "chunk", "chunks"),

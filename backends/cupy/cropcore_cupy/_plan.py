@@ -105,12 +105,17 @@ def _nchw(data_format: str) -> int:
 def _shared_values(
     boxes: Any, box_indices: Any, image_shape: Sequence[int], crop_size: tuple[int, int]
 ) -> dict[str, Any]:
-    """The parameters every kernel family takes (CROPCORE_SHARED_ARGS): box tables and sizes."""
-    _, height, width, depth = (int(d) for d in image_shape)
+    """The parameters every kernel family takes (CROPCORE_SHARED_ARGS): box tables and sizes.
+
+    ``batch`` is what the kernels check each box index against (a bad one gives NaN or nothing:
+    docs/cupy.md); the indices themselves are passed as a device array and never read here.
+    """
+    batch, height, width, depth = (int(d) for d in image_shape)
     crop_height, crop_width = crop_size
     return {
         "boxes": boxes,
         "box_indices": box_indices,
+        "batch": batch,
         "height": height,
         "width": width,
         "depth": depth,

@@ -133,6 +133,19 @@ CC_HD RowSamples row_samples(const float* boxes, unsigned box, unsigned y, int h
 }
 
 // -------------------------------------------------------------------------------------------------
+// Box indices cropcore did not read (docs/decisions.md, "What do unchecked bad values give?"): an
+// index outside [0, batch) marks its box bad. A bad box's crop and box-gradient row are NaN and it
+// adds nothing to the image gradient; no image address is ever formed from its index (image_index
+// gives 0 for it, and the kernels load nothing for a bad box: with batch == 0 there is no image 0).
+
+CC_HD bool bad_index(int index, int batch) { return (unsigned)index >= (unsigned)batch; }
+
+CC_HD i64 image_index(int index, int batch) { return bad_index(index, batch) ? 0 : (i64)index; }
+
+// A quiet NaN, the value of a bad box's crop and box-gradient row.
+CC_HD float quiet_nan() { return cropcore_float_of(0x7fc00000u); }
+
+// -------------------------------------------------------------------------------------------------
 // Kernel parameters: what the op headers' CROPCORE_*_ARGS macros use to fill their Args structs.
 
 // Strides, per logical axis, copied from four kernel parameters into a 4-element array.
@@ -153,6 +166,7 @@ CC_HD void set_strides(i64 (&stride)[4], i64 s0, i64 s1, i64 s2, i64 s3) {
 #define CROPCORE_SHARED_ARGS(a)                                                                 \
   a.boxes = boxes;                                                                              \
   a.box_indices = box_indices;                                                                  \
+  a.batch = batch;                                                                              \
   a.height = height;                                                                            \
   a.width = width;                                                                              \
   a.depth = depth;                                                                              \

@@ -55,6 +55,7 @@ struct ForwardArgs {
   const float* boxes;
   const int* box_indices;
   float* crops;
+  int batch;  // images in the batch: a box index outside [0, batch) is bad
   int height, width, depth;
   i64 stride[4];  // image strides (batch, row, column, channel), in elements
   int crop_height, crop_width;
@@ -66,12 +67,12 @@ struct ForwardArgs {
 };
 
 #define CROPCORE_FORWARD_PARAMS(T)                                                              \
-  const T* __restrict__ image, const float* __restrict__ boxes,                                \
-      const int* __restrict__ box_indices, float* __restrict__ crops, int height, int width,   \
-      int depth, long long stride_batch, long long stride_row, long long stride_column,        \
-      long long stride_channel, int crop_height, int crop_width, int nchw, int nearest,         \
-      float extrapolation_value, unsigned rows, unsigned groups, unsigned row_length,           \
-      unsigned groups_per_pixel, CROPCORE_DIV_PARAMS(by_crop_height),                           \
+  const T* __restrict__ image, const float* __restrict__ boxes,                                 \
+      const int* __restrict__ box_indices, float* __restrict__ crops, int batch, int height,    \
+      int width, int depth, long long stride_batch, long long stride_row,                       \
+      long long stride_column, long long stride_channel, int crop_height, int crop_width,       \
+      int nchw, int nearest, float extrapolation_value, unsigned rows, unsigned groups,         \
+      unsigned row_length, unsigned groups_per_pixel, CROPCORE_DIV_PARAMS(by_crop_height),      \
       CROPCORE_DIV_PARAMS(by_depth), CROPCORE_DIV_PARAMS(by_groups_per_pixel)
 
 #define CROPCORE_FORWARD_ARGS(a)                                                                \
@@ -93,6 +94,7 @@ struct ForwardRow {
   float* out;        // the row's first output element
   Sample y;
   Axis x_axis;
+  bool bad;  // the box index is outside [0, batch): the row is NaN, nothing is loaded
 };
 
 template <typename T>
@@ -102,7 +104,10 @@ CC_HD ForwardRow<T> forward_row(const ForwardArgs& a, const T* image, unsigned r
   ForwardRow<T> r;
   r.y = s.y;
   r.x_axis = s.x_axis;
-  const T* pixels = image + a.stride[0] * a.box_indices[cr.box] + a.stride[3] * (i64)cr.channel;
+  const int index = a.box_indices[cr.box];
+  r.bad = bad_index(index, a.batch);
+  const T* pixels =
+      image + a.stride[0] * image_index(index, a.batch) + a.stride[3] * (i64)cr.channel;
   r.top = pixels + a.stride[1] * r.y.low;
   r.bottom = pixels + a.stride[1] * r.y.high;
   r.nearest = pixels + a.stride[1] * r.y.nearest;
@@ -118,6 +123,12 @@ CC_HD void forward_group(const ForwardArgs& a, const ForwardRow<T>& r, unsigned 
     channel = (g - x * a.groups_per_pixel) * VEC;
   }
   float v[VEC];
+  if (r.bad) {
+CC_UNROLL
+    for (int i = 0; i < VEC; ++i) v[i] = quiet_nan();
+    store<VEC>(r.out + (i64)g * VEC, v);
+    return;
+  }
   bool inside = r.y.valid;
   Sample sx;
   if (inside) {

@@ -22,6 +22,7 @@ struct GradBoxesArgs {
   const int* box_indices;
   float* partial;  // (box, chunk, 4) when chunks > 1
   float* output;   // (box, 4)
+  int batch;       // images: a box index outside [0, batch) is bad and its row NaN
   int height, width, depth, crop_height, crop_width, num_boxes;
   i64 grads_stride[4];  // (box, y, x, channel)
   i64 image_stride[4];  // (batch, row, column, channel)
@@ -32,14 +33,15 @@ struct GradBoxesArgs {
 };
 
 #define CROPCORE_GRAD_BOXES_PARAMS(T)                                                           \
-  const float* __restrict__ grads, const T* __restrict__ image,                                \
+  const float* __restrict__ grads, const T* __restrict__ image,                                 \
       const float* __restrict__ boxes, const int* __restrict__ box_indices,                     \
-      float* __restrict__ partial, float* __restrict__ output, int height, int width,           \
-      int depth, int crop_height, int crop_width, int num_boxes, long long grads_stride_box,    \
-      long long grads_stride_y, long long grads_stride_x, long long grads_stride_channel,       \
-      long long image_stride_batch, long long image_stride_row, long long image_stride_column,  \
-      long long image_stride_channel, unsigned elements, unsigned chunk, unsigned chunks,       \
-      CROPCORE_DIV_PARAMS(by_row_elements), CROPCORE_DIV_PARAMS(by_depth)
+      float* __restrict__ partial, float* __restrict__ output, int batch, int height,           \
+      int width, int depth, int crop_height, int crop_width, int num_boxes,                     \
+      long long grads_stride_box, long long grads_stride_y, long long grads_stride_x,           \
+      long long grads_stride_channel, long long image_stride_batch, long long image_stride_row, \
+      long long image_stride_column, long long image_stride_channel, unsigned elements,         \
+      unsigned chunk, unsigned chunks, CROPCORE_DIV_PARAMS(by_row_elements),                    \
+      CROPCORE_DIV_PARAMS(by_depth)
 
 #define CROPCORE_GRAD_BOXES_ARGS(a)                                                             \
   cropcore::GradBoxesArgs a;                                                                    \
@@ -64,7 +66,12 @@ CC_HD void grad_boxes_lane_sum(const GradBoxesArgs& a, const T* image, unsigned 
   const float height_minus_one = (float)(a.height - 1), width_minus_one = (float)(a.width - 1);
   const float height_ratio = a.crop_height > 1 ? height_minus_one / (float)(a.crop_height - 1) : 0.0f;
   const float width_ratio = a.crop_width > 1 ? width_minus_one / (float)(a.crop_width - 1) : 0.0f;
-  const T* pixels = image + a.image_stride[0] * a.box_indices[k];
+  const int index = a.box_indices[k];
+  if (bad_index(index, a.batch)) {  // a bad box: every lane's sums NaN, so the row is NaN; no load
+    for (int j = 0; j < 4; ++j) sum[j] = quiet_nan();
+    return;
+  }
+  const T* pixels = image + a.image_stride[0] * image_index(index, a.batch);
   const float* g = a.grads + a.grads_stride[0] * k;
   for (int j = 0; j < 4; ++j) sum[j] = 0.0f;
   unsigned begin = chunk_index * a.chunk;

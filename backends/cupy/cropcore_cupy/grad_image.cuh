@@ -41,6 +41,7 @@ struct GradImageArgs {
   const int* box_indices;
   float* box_axes;  // gather: per box (y start, y scale, x start, x scale)
   int* box_spans;   // gather: per box (image, first row, last row, first column, last column)
+  int batch;        // images: a box index outside [0, batch) is bad and adds nothing
   int num_boxes, height, width, depth, crop_height, crop_width;
   i64 grads_stride[4];   // (box, y, x, channel), in elements
   i64 output_stride[4];  // (batch, row, column, channel), in elements
@@ -51,7 +52,7 @@ struct GradImageArgs {
 #define CROPCORE_GRAD_IMAGE_PARAMS(T)                                                           \
   const float* __restrict__ grads, const float* __restrict__ boxes,                            \
       const int* __restrict__ box_indices, T* __restrict__ output, float* __restrict__ box_axes, \
-      int* __restrict__ box_spans, int num_boxes, int height, int width, int depth,             \
+      int* __restrict__ box_spans, int num_boxes, int batch, int height, int width, int depth,  \
       int crop_height, int crop_width, long long grads_stride_box, long long grads_stride_y,    \
       long long grads_stride_x, long long grads_stride_channel, long long output_stride_batch,  \
       long long output_stride_row, long long output_stride_column,                              \
@@ -85,7 +86,12 @@ CC_HD ScatterRow scatter_row(const GradImageArgs& a, unsigned row) {
   r.x_axis = s.x_axis;
   r.grads_offset = a.grads_stride[0] * cr.box + a.grads_stride[1] * cr.y +
                    a.grads_stride[3] * cr.channel;
-  r.output_offset = a.output_stride[0] * a.box_indices[cr.box] + a.output_stride[3] * cr.channel;
+  const int index = a.box_indices[cr.box];
+  // A bad box adds nothing: its row has no valid sample (scatter_element and the kernel loops skip
+  // such rows), and its offset is image 0's, never an address from the bad index.
+  if (bad_index(index, a.batch)) r.y.valid = 0;
+  r.output_offset =
+      a.output_stride[0] * image_index(index, a.batch) + a.output_stride[3] * cr.channel;
   return r;
 }
 
@@ -175,7 +181,14 @@ CC_HD void box_setup(const GradImageArgs& a, int k) {
   axes[2] = x_axis.start;
   axes[3] = x_axis.scale;
   int* span = a.box_spans + 5 * (i64)k;
-  span[0] = a.box_indices[k];
+  const int index = a.box_indices[k];
+  if (bad_index(index, a.batch)) {  // adds nothing: image -1 and empty spans match no element
+    span[0] = -1;
+    span[1] = span[3] = 1;
+    span[2] = span[4] = 0;
+    return;
+  }
+  span[0] = index;
   const Axis* axis[2] = {&y_axis, &x_axis};
   for (int j = 0; j < 2; ++j) {
     int first, last;
