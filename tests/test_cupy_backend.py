@@ -399,6 +399,12 @@ def test_plugin_hooks_that_run_on_the_host():
     assert list(tolerances)[-1] == "*"
 
 
+def test_it_takes_box_values_cropcore_did_not_read():
+    """Declared because every kernel guards box indices (the bad-index harness tests below):
+    CuPy and torch CUDA box tables reach it without a host read (a synchronisation) per call."""
+    assert cropcore_cupy.cropcore_backend_info().unchecked_values is True
+
+
 def test_conformance_declarations_name_classes_the_suite_defines():
     conformance = pytest.importorskip("cropcore_conformance")
     for pattern, tolerance in cropcore_cupy.cropcore_conformance_tolerances().items():
