@@ -1215,6 +1215,84 @@ def test_harness_every_box_index_is_bad_when_the_batch_is_empty(harness):
     assert np.isnan(harness.grad_boxes(call)).all()
 
 
+_ASAN_SCRIPT = """
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import test_cupy_backend as t
+from cropcore.spec import crop_and_resize_call, grad_boxes_call, grad_image_call
+
+h = t.Harness(Path(sys.argv[1]))
+for bad in t.BAD_INDICES.values():
+    boxes, indices = t._bad_index_boxes(), t._with_bad(bad)
+    for data_format in t.FORMATS:
+        for dtype in ("uint8", "float32", "float64"):
+            rng = np.random.default_rng(1)
+            image = t.random_image(rng, (t.BATCH, 9, 11, 4), dtype)
+            image = np.ascontiguousarray(t.to_format(image, data_format))
+            grads = np.ones((len(boxes), 5, 7, 4), np.float32)
+            grads = np.ascontiguousarray(t.to_format(grads, data_format))
+            for method in t.METHODS:
+                args = (boxes, indices, (5, 7), method, 0.0, data_format)
+                h.crop_and_resize(crop_and_resize_call(image, *args, check_values=False))
+                args = (boxes, indices, image.shape, method, data_format, "float16")
+                for deterministic in (True, False):
+                    h.grad_image(grad_image_call(grads, *args, check_values=False), deterministic)
+            call = grad_boxes_call(
+                grads, image, boxes, indices, data_format=data_format, check_values=False
+            )
+            h.grad_boxes(call)
+empty = np.zeros((0, 4, 5, 2), np.float32)
+h.crop_and_resize(crop_and_resize_call(empty, [[0, 0, 1, 1]], [0], (3, 2), check_values=False))
+grads = np.ones((1, 3, 2, 2), np.float32)
+h.grad_boxes(grad_boxes_call(grads, empty, [[0, 0, 1, 1]], [0], check_values=False))
+print("clean")
+"""
+
+
+def test_harness_bad_box_indices_read_and_write_nothing_outside_the_arrays(tmp_path):
+    """The harness built with AddressSanitizer, on bad indices: no access outside any array (the
+    unguarded kernels read past the image here, and far outside it for 2**31 - 1)."""
+    cxx = find_cxx()
+    if cxx is None or platform.machine().lower() not in ("x86_64", "amd64", "aarch64", "arm64"):
+        pytest.skip("no C++ compiler, or no flush-to-zero for the harness on this machine")
+    found = subprocess.run([cxx, "-print-file-name=libasan.so"], capture_output=True, text=True)
+    libasan = found.stdout.strip()
+    if found.returncode or not Path(libasan).is_absolute() or not Path(libasan).is_file():
+        pytest.skip(f"{cxx} has no AddressSanitizer runtime to preload")
+    out = tmp_path / "harness_asan.so"
+    command = [
+        cxx,
+        *("-O1", "-g", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-fno-fast-math"),
+        "-fsanitize=address",
+        f"-I{PACKAGE}",
+        f"-I{native.include_dir()}",
+        "-o",
+        str(out),
+        str(HARNESS),
+    ]
+    built = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert built.returncode == 0, f"{' '.join(command)}\n{built.stderr}"
+    env = {
+        **os.environ,
+        "LD_PRELOAD": libasan,
+        "ASAN_OPTIONS": "detect_leaks=0",
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path]),
+    }
+    ran = subprocess.run(
+        [sys.executable, "-c", _ASAN_SCRIPT, str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=600,
+    )
+    assert ran.returncode == 0, ran.stderr[-4000:]
+    assert ran.stdout.strip() == "clean", ran.stdout[-4000:]
+
+
 @pytest.mark.parametrize("data_format", FORMATS)
 @pytest.mark.parametrize("deterministic", [True, False], ids=["gather", "scatter"])
 def test_harness_non_finite_boxes_extrapolate_and_have_no_gradient(
