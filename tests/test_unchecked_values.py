@@ -190,3 +190,25 @@ def test_torch_kernels_on_a_device_make_a_bad_box_loud_and_leave_the_others(
     )
     assert torch.isnan(grad_boxes[1]).all()
     assert torch.equal(grad_boxes[good], expected)
+
+
+def test_the_conformance_scale_of_a_reordered_sum_covers_the_good_boxes_only():
+    # On a GPU the atomic image gradient reorders sums ("reordered-sums"): the bound is taken over
+    # the boxes that add something, and a bad box's NaN row has its own place in the scale.
+    from cropcore.registry import registry
+    from cropcore_conformance.cases import Context
+    from cropcore_conformance.unchecked import unchecked_cases
+
+    ctx = Context(backend=registry.get("torch"), tolerances={"*": "reordered-sums"})
+    for op in ("grad_image", "grad_boxes"):
+        case = next(
+            c for c in unchecked_cases() if c.id == f"unchecked-values/{op}/box-index-negative-nhwc"
+        )
+        shape = (3, 4) if op == "grad_boxes" else case.kwargs["image_shape"]
+        terms, total = case._scale(ctx, shape)
+        assert terms > 0
+        assert total.shape == tuple(shape)
+        assert np.all(np.isfinite(total))
+        if op == "grad_boxes":
+            assert np.all(total[1] == 0)
+            assert np.all(total[[0, 2]] > 0)
