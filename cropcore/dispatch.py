@@ -151,6 +151,20 @@ def _installed_summary() -> str:
     return "; ".join(parts) or "none"
 
 
+def named_by(backend: str | None) -> tuple[str | None, str]:
+    """The backend a call names, and the rule that names it: ``backend=``, then a
+    :func:`use_backend` block, then ``CROPCORE_BACKEND``; ``(None, "")`` when none does."""
+    if backend is not None:
+        return backend, "the backend= argument"
+    named = _override.get()
+    if named is not None:
+        return named, "a use_backend() context"
+    named = config.get("CROPCORE_BACKEND") or None
+    if named is not None:
+        return named, "the CROPCORE_BACKEND environment variable"
+    return None, ""
+
+
 def named_backend(name: str, rule: str = "the backend= argument") -> Backend:
     """The backend ``name`` (a name or alias) names, probed; raises if unknown or unavailable.
 
@@ -243,14 +257,7 @@ def select(
     device_type = device.partition(":")[0]
     decision = Decision(call.op, "", "", lib.name, device)
 
-    named, rule = backend, "the backend= argument"
-    if named is None:
-        named, rule = _override.get(), "a use_backend() context"
-    if named is None:
-        named, rule = (
-            config.get("CROPCORE_BACKEND") or None,
-            "the CROPCORE_BACKEND environment variable",
-        )
+    named, rule = named_by(backend)
     needs_grad = "torch" in libraries.values() and _needs_grad(call, libraries)
     if needs_grad and lib.name != "torch":
         # The result follows the anchor's library, which has no autograd graph to join.
@@ -435,10 +442,8 @@ def _quick_choice(call: Any, backend: str | None, libraries: dict[str, str]) -> 
     :func:`select` decides (and explains, warns or raises).
     """
     if (
-        backend is not None
-        or _override.get() is not None
+        named_by(backend)[0] is not None
         or "torch" in libraries.values()
-        or config.get("CROPCORE_BACKEND")
         or logger.isEnabledFor(logging.DEBUG)
     ):
         return None
@@ -457,7 +462,7 @@ def run(call: Any, backend: str | None = None) -> Any:
     """Select a backend for ``call``, run it, and return the result in the caller's library."""
     torch = sys.modules.get("torch")
     if torch is not None and torch.compiler.is_dynamo_compiling():
-        return _run_in_graph(call, backend)
+        return graph.run(call, backend)
     libraries = _libraries(call)
     chosen = _quick_choice(call, backend, libraries)
     if chosen is None:
@@ -487,86 +492,6 @@ def run(call: Any, backend: str | None = None) -> Any:
     if library_name(result) == library_name(anchor):
         return library_for(anchor).to_device(result, anchor)
     return library_for(anchor).convert(result, anchor)
-
-
-def _run_in_graph(call: Any, backend: str | None) -> Any:
-    """:func:`run` as ``torch.compile`` traces it: dynamo traces this (so it stays small), the
-    choice is made once, untraced, by :func:`_graph_choice`, and the backend's op hook is traced
-    into the graph. The arrays must be the anchor's library's already (no conversion in a graph)."""
-    anchor = call.anchor
-    lib = library_for(anchor)
-    for name in call.arrays:
-        if library_name(getattr(call, name)) != lib.name:
-            raise TypeError(
-                f"inside torch.compile, {name} must be a {lib.name} tensor like the "
-                f"{_anchor_name(call)} (got {library_name(getattr(call, name))}): cropcore does "
-                "not convert arrays in a graph"
-            )
-    needs_grad = any(lib.needs_grad(getattr(call, name)) for name in call.arrays)
-    _, dtype, method = _static_key(call)
-    chosen = _graph_choice(
-        call.op, lib.name, lib.device(anchor), dtype, method, needs_grad, backend
-    )
-    hook = registry.get(chosen).hook(call.op)
-    if hook is None:  # crop2d's slice, which the core runs itself
-        return OPS[call.op].in_core(call)
-    return hook(call=call)
-
-
-def _graph_choice(
-    op: str,
-    library: str,
-    device: str,
-    dtype: str | None,
-    method: str | None,
-    needs_grad: bool,
-    backend: str | None,
-) -> str:
-    """The name of the backend that runs a traced call (:func:`_run_in_graph`).
-
-    Runs once per traced call site, untraced (dynamo's ``assume_constant_result``: the result is
-    a constant of the graph), so the rules are :func:`select`'s: ``backend=``, ``use_backend``,
-    ``CROPCORE_BACKEND``, then the priority list. A traced call also needs a backend that takes
-    the arrays' library as it is and declares ``unchecked_values``; ``declines`` hooks are not
-    asked (they would receive fake tensors).
-    """
-    static = (op, dtype, method)
-    device_type = device.partition(":")[0]
-
-    def why_not(candidate: Backend) -> str | None:
-        info = candidate.info
-        if library != info.array_library and library not in info.native_libraries:
-            return f"takes {info.array_library} arrays, and a graph cannot convert {library} ones"
-        if not info.unchecked_values:
-            return "needs checked box values (BackendInfo.unchecked_values is False)"
-        return _why_not_static(candidate, static, device_type, needs_grad, strict=True)
-
-    named, rule = backend, "the backend= argument"
-    if named is None:
-        named, rule = _override.get(), "a use_backend() context"
-    if named is None:
-        named, rule = config.get("CROPCORE_BACKEND") or None, "the CROPCORE_BACKEND variable"
-    if named is not None:
-        chosen = named_backend(named, rule)
-        why = why_not(chosen)
-        if why:
-            raise BackendDeclinedError(
-                f"backend {chosen.name!r} ({rule}) cannot run {op} inside torch.compile: {why}"
-            )
-        return chosen.name
-    rejected = []
-    for name, candidate, why in _verdicts(static, library, device_type, needs_grad, get_priority()):
-        why = why or why_not(candidate)
-        if not why:
-            return name
-        rejected.append(f"{name}: {why}")
-    raise BackendError(
-        f"no backend can run {op} on a traced {library} array on {device} (torch.compile): "
-        + ("; ".join(rejected) or "the priority list is empty")
-    )
-
-
-_graph_choice._dynamo_marked_constant = True  # type: ignore[attr-defined]  # assume_constant_result
 
 
 def _values_checked_for(call: Any, chosen: Backend) -> Any:
@@ -624,3 +549,8 @@ def explain_call(call: Any, backend: str | None = None) -> Decision:
     chosen, decision = select(call, backend, libraries)
     decision.conversions = _planned_conversions(call, chosen, libraries)
     return decision
+
+
+# Last: the traced path uses this module's selection rules (a cycle that is safe here, as every
+# name it needs is defined by now).
+from cropcore import graph  # noqa: E402

@@ -127,14 +127,7 @@ class UncheckedCase(Case):
             fill = EXTRAPOLATION if self.op == "forward" else 0.0
             dtype = kwargs.get("dtype", "float32") if self.op == "grad_image" else "float32"
             return np.full(shape, fill, dtype)
-        good = [i for i in range(len(kwargs["boxes"])) if i not in self.bad]
-        trimmed = {
-            **kwargs,
-            "boxes": kwargs["boxes"][good],
-            "box_indices": kwargs["box_indices"][good],
-        }
-        if self.op != "forward":
-            trimmed["grads"] = kwargs["grads"][good]
+        good, trimmed = self._good(kwargs)
         if self.op == "grad_image":  # the good boxes' contributions alone
             return ctx.reference_result(self.op, trimmed)
         expected = np.full(shape, np.nan, F32)  # the bad boxes' crops or box-gradient rows
@@ -162,8 +155,11 @@ def unchecked_cases() -> list[Case]:
         data_format = "channels_first" if channels_first else "channels_last"
         image = _image(channels_first)
         for name, box in NON_FINITE.items():
-            boxes = np.array([box], F32)
-            indices = np.array([1], np.int32)
+            common = {
+                "boxes": np.array([box], F32),
+                "box_indices": np.array([1], np.int32),
+                "data_format": data_format,
+            }
             for method in ("bilinear", "nearest"):
                 for crop in ((3, 4), (1, 1)):
                     cases.append(
@@ -173,44 +169,28 @@ def unchecked_cases() -> list[Case]:
                             description="a non-finite box extrapolates everywhere",
                             kwargs={
                                 "image": image,
-                                "boxes": boxes,
-                                "box_indices": indices,
                                 "crop_size": crop,
                                 "method": method,
                                 "extrapolation_value": EXTRAPOLATION,
-                                "data_format": data_format,
+                                **common,
                             },
                         )
                     )
             grads = np.ones((1, 3, 3, 4) if channels_first else (1, 3, 4, 3), F32)
-            cases.append(
+            cases += [
                 UncheckedCase(
                     f"unchecked-values/grad_image/{name}-{layout}",
                     "grad_image",
                     description="a non-finite box adds nothing to the image gradient",
-                    kwargs={
-                        "grads": grads,
-                        "boxes": boxes,
-                        "box_indices": indices,
-                        "image_shape": image.shape,
-                        "data_format": data_format,
-                    },
-                )
-            )
-            cases.append(
+                    kwargs={"grads": grads, "image_shape": image.shape, **common},
+                ),
                 UncheckedCase(
                     f"unchecked-values/grad_boxes/{name}-{layout}",
                     "grad_boxes",
                     description="a non-finite box has a zero box gradient",
-                    kwargs={
-                        "grads": grads,
-                        "image": image,
-                        "boxes": boxes,
-                        "box_indices": indices,
-                        "data_format": data_format,
-                    },
-                )
-            )
+                    kwargs={"grads": grads, "image": image, **common},
+                ),
+            ]
         boxes = np.array([[0.1, 0.2, 0.8, 0.9], [0.0, 0.0, 1.0, 1.0], [0.9, 0.1, 0.2, 0.7]], F32)
         grads = np.linspace(-1, 1, 3 * 3 * 4 * 3, dtype=F32).reshape(3, 3, 4, 3)
         if channels_first:
