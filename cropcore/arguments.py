@@ -132,34 +132,36 @@ def method_arg(method: Any, allowed: tuple[str, ...] = METHODS) -> str:
     return method
 
 
-def _layout(data_format: str) -> str:
+#: How the messages name an image's axes and a gradient's (the crops').
+_IMAGE_AXES = ("batch", "height", "width")
+_CROPS_AXES = ("num_boxes", "crop_height", "crop_width")
+
+
+def _layout(data_format: str, axes: tuple[str, str, str] = _IMAGE_AXES) -> str:
+    n, h, w = axes
     return (
-        "(batch, depth, height, width)"
-        if data_format == "channels_first"
-        else "(batch, height, width, depth)"
+        f"({n}, depth, {h}, {w})" if data_format == "channels_first" else f"({n}, {h}, {w}, depth)"
     )
 
 
 def _four_d(
-    x: Any, name: str, data_format: str, sides: tuple[str, str] = ("height", "width")
+    x: Any, name: str, data_format: str, axes: tuple[str, str, str] = _IMAGE_AXES
 ) -> tuple[Any, tuple[int, ...], ImageShape]:
-    """``x`` as an array with its shape and dimensions, checked to be 4-D with positive ``sides``
-    (the spatial dimensions, named as the error messages name them)."""
+    """``x`` as an array with its shape and dimensions, checked to be 4-D with positive spatial
+    dimensions (``axes`` name the batch, height and width axes in the messages)."""
     x = as_array(x, name)
     shape = _shape(x)
     if len(shape) != 4:
-        layout = _layout(data_format)
-        if sides[0] != "height":  # grads: the crops' layout
-            layout = layout.replace("batch", "num_boxes").replace("height", "crop_height")
-            layout = layout.replace("width", "crop_width")
         raise ValueError(
-            f"{name} must be 4-D {layout} for data_format={data_format!r}, got shape {shape}"
+            f"{name} must be 4-D {_layout(data_format, axes)} for data_format={data_format!r}, "
+            f"got shape {shape}"
         )
     dims = ImageShape.from_format(shape, data_format)
+    _, h, w = axes
     if dims.height <= 0 or dims.width <= 0:
         raise ValueError(
-            f"{name} {sides[0]} and {sides[1]} must be positive, got {sides[0]}={dims.height}, "
-            f"{sides[1]}={dims.width} (shape {shape}, data_format={data_format!r})"
+            f"{name} {h} and {w} must be positive, got {h}={dims.height}, {w}={dims.width} "
+            f"(shape {shape}, data_format={data_format!r})"
         )
     return x, shape, dims
 
@@ -185,7 +187,7 @@ def grads_arg(grads: Any, data_format: str) -> tuple[Any, tuple[int, int, int, i
         dims = ImageShape.from_format(shape, data_format)
         if dims.height > 0 and dims.width > 0:
             return grads, shape, dims
-    grads, shape, dims = _four_d(grads, "grads", data_format, ("crop_height", "crop_width"))
+    grads, shape, dims = _four_d(grads, "grads", data_format, _CROPS_AXES)
     dtype = dtype_name(grads)
     if _kind(dtype) != "f":
         raise TypeError(
