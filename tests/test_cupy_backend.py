@@ -218,12 +218,16 @@ class Harness:
         )
         return crops
 
-    def grad_image(self, call, deterministic: bool) -> np.ndarray:
+    def grad_image(self, call, deterministic: bool, row_masks: bool = True) -> np.ndarray:
+        """As the backend launches it; ``row_masks=False`` runs the gather without row masks."""
         shape, dtype = call.output_shape, np.dtype(call.dtype)
         if _plan.total(shape) == 0 or call.num_boxes == 0:
             return np.zeros(shape, dtype)
         n = call.num_boxes
         output = np.empty(shape, dtype) if deterministic else np.zeros(shape, dtype)
+        height = call.image_shape.height
+        words = _plan.row_mask_words(n, height, output.nbytes) if row_masks else 0
+        masks = np.zeros((height, words), np.uint32) if words else None
         self.run(
             _plan.grad_image(
                 grads=call.grads,
@@ -232,6 +236,7 @@ class Harness:
                 output=output,
                 box_axes=np.empty((n, 4), np.float32),
                 box_spans=np.empty((n, 5), np.int32),
+                row_masks=masks,
                 grads_strides=self._strides(call.grads, call.data_format),
                 image_shape=call.image_shape,
                 crop_size=call.crop_size,
@@ -1010,6 +1015,73 @@ def test_harness_gather_skips_boxes_of_other_images_and_far_away(harness):
             grads, boxes, indices, (3, 40, 33, 2), method, backend="numpy"
         )
         assert_bits_equal(harness.grad_image(call, True), expected, method)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_harness_gather_with_row_masks_visits_every_box_that_reaches_a_row(harness, method):
+    """Over 32 boxes (several mask words, a partial last word), boxes flipped, outside the image,
+    of one row, or with a bad index: the masked gather, the unmasked one and the reference agree
+    bit for bit."""
+    rng = np.random.default_rng(17)
+    n = 150
+    boxes = rng.uniform(-0.3, 1.3, (n, 4)).astype(np.float32)
+    boxes[::7, 2] = boxes[::7, 0]  # a single row of samples
+    boxes[::11] = boxes[::11, [2, 3, 0, 1]]  # flipped
+    boxes[5] = [1.5, 1.5, 2.0, 2.0]  # wholly outside
+    indices = rng.integers(0, 2, n).astype(np.int32)
+    grads = rng.standard_normal((n, 5, 6, 3)).astype(np.float32)
+    shape = (2, 37, 29, 3)
+    expected = cropcore.crop_and_resize_grad_image(
+        grads, boxes, indices, shape, method, backend="numpy"
+    )
+    call = grad_image_call(grads, boxes, indices, shape, method)
+    assert _plan.row_mask_words(n, 37, 2 * 37 * 29 * 3 * 4) == 5
+    assert_bits_equal(harness.grad_image(call, True), expected, "with row masks")
+    assert_bits_equal(harness.grad_image(call, True, row_masks=False), expected, "without")
+
+
+def test_harness_row_masks_hold_exactly_the_rows_of_each_box_span(harness):
+    rng = np.random.default_rng(3)
+    n, height = 70, 23
+    boxes = rng.uniform(-0.5, 1.5, (n, 4)).astype(np.float32)
+    indices = rng.integers(-1, 3, n).astype(np.int32)  # -1: a bad index, in no row
+    grads = np.zeros((n, 4, 4, 1), np.float32)
+    words = _plan.row_mask_words(n, height, 2 * height * 9 * 4)
+    masks = np.zeros((height, words), np.uint32)
+    spans = np.empty((n, 5), np.int32)
+    setup = _plan.grad_image(
+        grads=grads,
+        boxes=boxes,
+        box_indices=indices,
+        output=np.empty((2, height, 9, 1), np.float32),
+        box_axes=np.empty((n, 4), np.float32),
+        box_spans=spans,
+        row_masks=masks,
+        grads_strides=harness._strides(grads, "channels_last"),
+        image_shape=ImageShape(2, height, 9, 1),
+        crop_size=(4, 4),
+        dtype="float32",
+        method="bilinear",
+        data_format="channels_last",
+        deterministic=True,
+    )[0]
+    harness.run([setup])
+    bits = np.unpackbits(masks.view(np.uint8), axis=1, bitorder="little")[:, :n].astype(bool)
+    rows = np.arange(height)[:, None]
+    good = (indices >= 0) & (indices < 2)
+    expected = good & (spans[:, 1] <= rows) & (rows <= spans[:, 2])
+    assert expected.any()
+    assert not expected.all()
+    np.testing.assert_array_equal(bits, expected)
+
+
+def test_row_masks_are_used_only_where_they_stay_small():
+    assert _plan.row_mask_words(1, 10, 0) == 1
+    assert _plan.row_mask_words(33, 10, 0) == 2
+    assert _plan.row_mask_words(0, 10, 0) == 0
+    # 100,000 boxes on 4,096 rows: 51 MB of masks for a 16 MB gradient: scan instead.
+    assert _plan.row_mask_words(100_000, 4096, 16 << 20) == 0
+    assert _plan.row_mask_words(100_000, 4096, 64 << 20) == 3125
 
 
 def _reordered_sums_bound(grads: np.ndarray, image: np.ndarray, data_format: str) -> np.ndarray:

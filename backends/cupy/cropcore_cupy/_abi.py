@@ -77,9 +77,19 @@ PARAMS: dict[str, tuple[tuple[str, str], ...]] = {
         *_typed("div", "by_crop_height", "by_depth", "by_groups_per_pixel"),
     ),
     "grad_image": (
-        *_typed("ptr", "grads", "boxes", "box_indices", "output", "box_axes", "box_spans"),
         *_typed(
-            "i32", "num_boxes", "batch", "height", "width", "depth", "crop_height", "crop_width"
+            "ptr", "grads", "boxes", "box_indices", "output", "box_axes", "box_spans", "row_masks"
+        ),
+        *_typed(
+            "i32",
+            "num_boxes",
+            "batch",
+            "height",
+            "width",
+            "depth",
+            "crop_height",
+            "crop_width",
+            "mask_words",
         ),
         *_stride_params("grads_stride", GRADS_AXES),
         *_stride_params("output_stride", IMAGE_AXES),

@@ -175,6 +175,25 @@ def forward(
     return Launch(kernel, "forward", grid, block, arguments(kernel, values))
 
 
+#: The most memory the deterministic image gradient's row masks may take besides the gradient's
+#: own size (:func:`row_mask_words`).
+ROW_MASK_BYTES = 1 << 20
+
+
+def row_mask_words(num_boxes: int, height: int, output_bytes: int) -> int:
+    """Words per image row of the gather's row masks, or 0 to run without them.
+
+    A mask holds one bit per box for each image row (``(height, words)`` uint32, zeroed): the box
+    set-up sets the bits of the rows each box's span covers, and each image-gradient element then
+    visits only the boxes whose bits its row has, in increasing order (TF's order), instead of
+    testing every box. Used where the masks take at most ``max(output_bytes, ROW_MASK_BYTES)``.
+    """
+    words = -(-num_boxes // 32)
+    if num_boxes <= 0 or height <= 0:
+        return 0
+    return words if 4 * words * height <= max(output_bytes, ROW_MASK_BYTES) else 0
+
+
 def grad_image(
     *,
     grads: Any,
@@ -183,6 +202,7 @@ def grad_image(
     output: Any,
     box_axes: Any,
     box_spans: Any,
+    row_masks: Any = None,
     grads_strides: Sequence[int],
     image_shape: Sequence[int],
     crop_size: tuple[int, int],
@@ -195,7 +215,9 @@ def grad_image(
 
     Scatter (``deterministic=False``): one launch, atomic, on a zeroed ``output``. Gather: a box
     set-up (filling ``box_axes``, float32 ``(num_boxes, 4)``, and ``box_spans``, int32
-    ``(num_boxes, 5)``) and one launch that writes every element of ``output`` (no zeroing).
+    ``(num_boxes, 5)``, and ``row_masks`` when given: zeroed uint32 ``(height,``
+    :func:`row_mask_words` ``)``) and one launch that writes every element of ``output`` (no
+    zeroing).
     ``output``: C-contiguous in ``data_format``; ``grads_strides``: (box, y, x, channel).
     """
     batch, height, width, depth = (int(d) for d in image_shape)
@@ -209,6 +231,8 @@ def grad_image(
         "output": output,
         "box_axes": box_axes if deterministic else None,
         "box_spans": box_spans if deterministic else None,
+        "row_masks": row_masks if deterministic else None,
+        "mask_words": int(row_masks.shape[1]) if deterministic and row_masks is not None else 0,
         "num_boxes": num_boxes,
         **stride_values("grads_stride", GRADS_AXES, grads_strides),
         **stride_values("output_stride", IMAGE_AXES, out_strides),

@@ -86,6 +86,26 @@ CC_HD unsigned umulhi(unsigned a, unsigned b) {
 CC_HD unsigned divide(const FastDiv& f, unsigned n) { return (umulhi(n, f.magic) + n) >> f.shift; }
 
 // -------------------------------------------------------------------------------------------------
+// Bit sets of boxes (the deterministic image gradient's row masks): set a bit (atomically on the
+// device; the host harness runs one thread) and find the lowest set bit of a non-zero word.
+
+CC_HD void set_bits(unsigned* word, unsigned bits) {
+#ifdef __CUDA_ARCH__
+  atomicOr(word, bits);
+#else
+  *word |= bits;
+#endif
+}
+
+CC_HD int lowest_bit(unsigned word) {
+#ifdef __CUDA_ARCH__
+  return __ffs((int)word) - 1;
+#else
+  return __builtin_ctz(word);
+#endif
+}
+
+// -------------------------------------------------------------------------------------------------
 // Sample coordinates (TF's in_y / in_x) and samples: cropcore_axis, cropcore_sample and their
 // functions, from tf_crop_and_resize.h.
 

@@ -41,6 +41,9 @@ struct GradImageArgs {
   const int* box_indices;
   float* box_axes;  // gather: per box (y start, y scale, x start, x scale)
   int* box_spans;   // gather: per box (image, first row, last row, first column, last column)
+  unsigned* row_masks;  // gather: per image row, mask_words words: bit k set if box k's span
+                        // covers the row (any image); null (mask_words 0) to scan every box
+  int mask_words;
   int batch;        // images: a box index outside [0, batch) is bad and adds nothing
   int num_boxes, height, width, depth, crop_height, crop_width;
   i64 grads_stride[4];   // (box, y, x, channel), in elements
@@ -52,8 +55,9 @@ struct GradImageArgs {
 #define CROPCORE_GRAD_IMAGE_PARAMS(T)                                                           \
   const float* __restrict__ grads, const float* __restrict__ boxes,                            \
       const int* __restrict__ box_indices, T* __restrict__ output, float* __restrict__ box_axes, \
-      int* __restrict__ box_spans, int num_boxes, int batch, int height, int width, int depth,  \
-      int crop_height, int crop_width, long long grads_stride_box, long long grads_stride_y,    \
+      int* __restrict__ box_spans, unsigned* __restrict__ row_masks, int num_boxes, int batch,  \
+      int height, int width, int depth, int crop_height, int crop_width, int mask_words,        \
+      long long grads_stride_box, long long grads_stride_y,                                     \
       long long grads_stride_x, long long grads_stride_channel, long long output_stride_batch,  \
       long long output_stride_row, long long output_stride_column,                              \
       long long output_stride_channel, int nchw, int nearest, unsigned rows, unsigned groups,   \
@@ -66,6 +70,8 @@ struct GradImageArgs {
   CROPCORE_CROP_ROW_ARGS(a);                                                                    \
   a.box_axes = box_axes;                                                                        \
   a.box_spans = box_spans;                                                                      \
+  a.row_masks = row_masks;                                                                      \
+  a.mask_words = mask_words;                                                                    \
   CROPCORE_IMAGE_STRIDES(a.output_stride, output_stride);                                       \
   a.by_height = CROPCORE_DIV(by_height)
 
@@ -203,6 +209,52 @@ CC_HD void box_setup(const GradImageArgs& a, int k) {
     span[1 + 2 * j] = cc_min(s0.low, s1.low);
     span[2 + 2 * j] = cc_max(s0.high, s1.high);
   }
+  if (a.mask_words > 0) {  // the rows this box may add to (an empty span sets none)
+    const unsigned bit = 1u << (k & 31);
+    const int first = cc_max(span[1], 0), last = cc_min(span[2], a.height - 1);
+    for (int row = first; row <= last; ++row)
+      set_bits(a.row_masks + (i64)row * a.mask_words + (k >> 5), bit);
+  }
+}
+
+// Box k's additions to image element (b, py, px, channel), in TF's order, onto acc.
+template <typename T>
+CC_HD void gather_box(const GradImageArgs& a, int k, int b, int py, int px, int channel,
+                      typename Acc<T>::type& acc) {
+  const int* span = a.box_spans + 5 * (i64)k;
+  if (span[0] != b || py < span[1] || py > span[2] || px < span[3] || px > span[4]) return;
+  const float* axes = a.box_axes + 4 * (i64)k;
+  Axis y_axis = {axes[0], axes[1], a.crop_height, a.height};
+  Axis x_axis = {axes[2], axes[3], a.crop_width, a.width};
+  // Only samples with |coord - p| < 1 have p as a neighbour.
+  int y0, y1, x0, x1;
+  samples_between(y_axis, (float)(py - 1), (float)(py + 1), y0, y1);
+  if (y0 > y1) return;
+  samples_between(x_axis, (float)(px - 1), (float)(px + 1), x0, x1);
+  if (x0 > x1) return;
+  const float* g = a.grads + a.grads_stride[0] * k + a.grads_stride[3] * channel;
+  for (int y = y0; y <= y1; ++y) {
+    Sample sy = cropcore_sample_at(cropcore_coord(y_axis, y), a.height);
+    bool top = a.nearest ? sy.nearest == py : sy.low == py;
+    bool bottom = !a.nearest && sy.high == py;
+    if (!sy.valid || !(top || bottom)) continue;
+    for (int x = x0; x <= x1; ++x) {
+      Sample sx = cropcore_sample_at(cropcore_coord(x_axis, x), a.width);
+      bool left = a.nearest ? sx.nearest == px : sx.low == px;
+      bool right = !a.nearest && sx.high == px;
+      if (!sx.valid || !(left || right)) continue;
+      float grad = g[a.grads_stride[1] * y + a.grads_stride[2] * x];
+      if (a.nearest) {
+        acc = Acc<T>::add(acc, cropcore_flush(grad));
+        continue;
+      }
+      cropcore_corners c = cropcore_spread(grad, sx.lerp, sy.lerp);
+      if (top && left) acc = Acc<T>::add(acc, c.top_left);
+      if (top && right) acc = Acc<T>::add(acc, c.top_right);
+      if (bottom && left) acc = Acc<T>::add(acc, c.bottom_left);
+      if (bottom && right) acc = Acc<T>::add(acc, c.bottom_right);
+    }
+  }
 }
 
 // The gradient of image element (b, py, px, channel): TF's additions to it, in TF's order (boxes,
@@ -212,42 +264,15 @@ template <typename T>
 CC_HD typename Acc<T>::type gather_sum(const GradImageArgs& a, int b, int py, int px,
                                        int channel) {
   typename Acc<T>::type acc = 0;
-  for (int k = 0; k < a.num_boxes; ++k) {
-    const int* span = a.box_spans + 5 * (i64)k;
-    if (span[0] != b || py < span[1] || py > span[2] || px < span[3] || px > span[4]) continue;
-    const float* axes = a.box_axes + 4 * (i64)k;
-    Axis y_axis = {axes[0], axes[1], a.crop_height, a.height};
-    Axis x_axis = {axes[2], axes[3], a.crop_width, a.width};
-    // Only samples with |coord - p| < 1 have p as a neighbour.
-    int y0, y1, x0, x1;
-    samples_between(y_axis, (float)(py - 1), (float)(py + 1), y0, y1);
-    if (y0 > y1) continue;
-    samples_between(x_axis, (float)(px - 1), (float)(px + 1), x0, x1);
-    if (x0 > x1) continue;
-    const float* g = a.grads + a.grads_stride[0] * k + a.grads_stride[3] * channel;
-    for (int y = y0; y <= y1; ++y) {
-      Sample sy = cropcore_sample_at(cropcore_coord(y_axis, y), a.height);
-      bool top = a.nearest ? sy.nearest == py : sy.low == py;
-      bool bottom = !a.nearest && sy.high == py;
-      if (!sy.valid || !(top || bottom)) continue;
-      for (int x = x0; x <= x1; ++x) {
-        Sample sx = cropcore_sample_at(cropcore_coord(x_axis, x), a.width);
-        bool left = a.nearest ? sx.nearest == px : sx.low == px;
-        bool right = !a.nearest && sx.high == px;
-        if (!sx.valid || !(left || right)) continue;
-        float grad = g[a.grads_stride[1] * y + a.grads_stride[2] * x];
-        if (a.nearest) {
-          acc = Acc<T>::add(acc, cropcore_flush(grad));
-          continue;
-        }
-        cropcore_corners c = cropcore_spread(grad, sx.lerp, sy.lerp);
-        if (top && left) acc = Acc<T>::add(acc, c.top_left);
-        if (top && right) acc = Acc<T>::add(acc, c.top_right);
-        if (bottom && left) acc = Acc<T>::add(acc, c.bottom_left);
-        if (bottom && right) acc = Acc<T>::add(acc, c.bottom_right);
-      }
+  if (a.mask_words > 0) {  // only the boxes whose span covers row py, in increasing order
+    const unsigned* mask = a.row_masks + (i64)py * a.mask_words;
+    for (int w = 0; w < a.mask_words; ++w) {
+      for (unsigned bits = mask[w]; bits != 0; bits &= bits - 1)
+        gather_box<T>(a, w * 32 + lowest_bit(bits), b, py, px, channel, acc);
     }
+    return acc;
   }
+  for (int k = 0; k < a.num_boxes; ++k) gather_box<T>(a, k, b, py, px, channel, acc);
   return acc;
 }
 

@@ -125,15 +125,19 @@ def crop_and_resize_grad_image(call: GradImageCall, deterministic: bool) -> Any:
             output = cupy.empty(shape, dtype)
             box_axes = cupy.empty((num_boxes, 4), cupy.float32)
             box_spans = cupy.empty((num_boxes, 5), cupy.int32)
+            height = call.image_shape.height
+            words = _plan.row_mask_words(num_boxes, height, size * dtype.itemsize)
+            row_masks = cupy.zeros((height, words), cupy.uint32) if words else None
         else:  # float16 atomics update 32-bit words: pad so the last one stays inside
             pad = 1 if dtype == np.float16 else 0
             output = cupy.zeros(size + pad, dtype)[:size].reshape(shape)
-            box_axes = box_spans = None
+            box_axes = box_spans = row_masks = None
         launches = _plan.grad_image(
             **values,
             output=output,
             box_axes=box_axes,
             box_spans=box_spans,
+            row_masks=row_masks,
             dtype=dtype.name,
             method=call.method,
             data_format=call.data_format,
