@@ -23,6 +23,8 @@ from cropcore.api import (
     crop_and_resize_grad_boxes,
     crop_and_resize_grad_image,
     explain,
+    roi_align,
+    roi_align_grad_image,
 )
 from cropcore.dispatch import DEFAULT_PRIORITY, Decision, get_priority, set_priority, use_backend
 from cropcore.errors import (
@@ -59,6 +61,8 @@ __all__ = [
     "explain",
     "get_priority",
     "hookimpl",
+    "roi_align",
+    "roi_align_grad_image",
     "set_priority",
     "use_backend",
 ]

@@ -20,6 +20,8 @@ __all__ = [
     "crop_and_resize_grad_boxes",
     "crop_and_resize_grad_image",
     "explain",
+    "roi_align",
+    "roi_align_grad_image",
 ]
 
 
@@ -154,6 +156,113 @@ def crop2d(
         with ``x``'s dtype, library and device; a view where the library makes one.
     """
     call = spec.crop2d_call(x, cropping, data_format)
+    return dispatch.run(call, backend)
+
+
+def roi_align(
+    image: Any,
+    boxes: Any,
+    output_size: Any,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+    *,
+    box_indices: Any = None,
+    mode: str = "avg",
+    data_format: str = "channels_first",
+    backend: str | None = None,
+) -> Any:
+    """RoIAlign (Mask R-CNN), exactly as ``torchvision.ops.roi_align`` and ONNX ``RoiAlign``.
+
+    Each output bin of each box is the average (``mode="avg"``) of ``sampling_ratio`` x
+    ``sampling_ratio`` bilinear samples on a regular grid inside the bin (ONNX's ``mode="max"``:
+    the largest weighted corner of any sample). docs/semantics.md has the formulas.
+
+    Args:
+        image: ``(batch, depth, height, width)`` (``data_format="channels_first"``, the default, as
+            torchvision and ONNX) or ``(batch, height, width, depth)``; float16, float32 or
+            float64 (float16 is computed in float32 and rounded once).
+        boxes: pixel boxes ``[x1, y1, x2, y2]`` (scaled by ``spatial_scale``), as ``(num_boxes,
+            5)`` rows ``[image index, x1, y1, x2, y2]``, as a list with one ``(L, 4)`` array per
+            image, or as ``(num_boxes, 4)`` with ``box_indices``. Cast to float32 (float64 for a
+            float64 image); every value must then be finite.
+        output_size: ``(pooled_height, pooled_width)`` or one int for both; positive.
+        spatial_scale: multiplies the box coordinates (e.g. 1/16 for a stride-16 feature map).
+        sampling_ratio: samples per bin along each axis; ``<= 0`` means adaptive,
+            ``ceil(roi size / output size)`` (torchvision's -1, ONNX's 0).
+        aligned: ``True`` shifts boxes by -0.5 pixel (pixel centres; ONNX's
+            ``coordinate_transformation_mode="half_pixel"``); ``False`` (torchvision's default,
+            ONNX's ``"output_half_pixel"``) also makes every box at least 1 x 1 pixel.
+        box_indices: ``(num_boxes,)`` integers in ``[0, batch)``, with ``(num_boxes, 4)`` boxes only.
+        mode: ``"avg"`` (torchvision, ONNX's default) or ``"max"`` (ONNX Runtime's).
+        data_format: ``"channels_first"`` (NCHW) or ``"channels_last"`` (NHWC).
+        backend: as for :func:`crop_and_resize`.
+
+    Returns:
+        ``(num_boxes, depth, pooled_height, pooled_width)`` array (channels_first; channels_last:
+        ``(num_boxes, pooled_height, pooled_width, depth)``) of ``image``'s dtype, in its library
+        and on its device.
+
+    Raises:
+        ValueError: a bad shape or value (non-finite box, fractional image index in column 0,
+            non-positive output size, unknown mode).
+        TypeError: a bad type or dtype (an integer image).
+        IndexError: an image index outside ``[0, batch)``.
+    """
+    call = spec.roi_align_call(
+        image,
+        boxes,
+        output_size,
+        spatial_scale,
+        sampling_ratio,
+        aligned,
+        box_indices,
+        mode,
+        data_format,
+    )
+    return dispatch.run(call, backend)
+
+
+def roi_align_grad_image(
+    grads: Any,
+    boxes: Any,
+    image_shape: Any,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+    *,
+    box_indices: Any = None,
+    data_format: str = "channels_first",
+    backend: str | None = None,
+) -> Any:
+    """Gradient of :func:`roi_align` (``mode="avg"``) with respect to the image, as torchvision's.
+
+    Args:
+        grads: ``(num_boxes, depth, pooled_height, pooled_width)`` (channels_first) or
+            ``(num_boxes, pooled_height, pooled_width, depth)``; float16, float32 or float64.
+        boxes: as for :func:`roi_align`.
+        image_shape: the image's shape, 4 integers in ``data_format`` order.
+        spatial_scale: as in the forward call.
+        sampling_ratio: as in the forward call.
+        aligned: as in the forward call.
+        box_indices: as for :func:`roi_align`.
+        data_format: ``"channels_first"`` or ``"channels_last"``.
+        backend: as for :func:`crop_and_resize`.
+
+    Returns:
+        ``grads``' dtype, shape ``image_shape``, in ``grads``' library and on its device. Samples
+        outside the image contribute nothing.
+    """
+    call = spec.roi_align_grad_image_call(
+        grads,
+        boxes,
+        image_shape,
+        spatial_scale,
+        sampling_ratio,
+        aligned,
+        box_indices,
+        data_format,
+    )
     return dispatch.run(call, backend)
 
 

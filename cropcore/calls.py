@@ -19,12 +19,17 @@ __all__ = [
     "GRAD_IMAGE_DTYPES",
     "IMAGE_DTYPES",
     "METHODS",
+    "ROI_ALIGN_DTYPES",
+    "ROI_ALIGN_MODES",
     "Crop2DCall",
     "CropAndResizeCall",
     "GradBoxesCall",
     "GradImageCall",
     "ImageShape",
+    "RoiAlignCall",
+    "RoiAlignGradImageCall",
     "crop_size_of",
+    "roi_compute_dtype",
 ]
 
 #: Sampling methods of the crop_and_resize family (case-sensitive, as in TensorFlow).
@@ -236,3 +241,95 @@ class Crop2DCall(_Call):
 def crop_size_of(shape: tuple[int, ...], data_format: str) -> tuple[int, int]:
     dims = ImageShape.from_format(tuple(shape), data_format)
     return dims.height, dims.width
+
+
+#: roi_align's pooling modes (ONNX RoiAlign's ``mode``; torchvision has avg only).
+ROI_ALIGN_MODES = ("avg", "max")
+#: Image dtypes of roi_align (torchvision's and ONNX's float types).
+ROI_ALIGN_DTYPES = ("float16", "float32", "float64")
+
+
+def roi_compute_dtype(dtype: str) -> str:
+    """The dtype roi_align computes in for an image (or grads) of ``dtype``: float64 for float64,
+    float32 for float32 and float16 (rounded to float16 once, at the end)."""
+    return "float64" if dtype == "float64" else "float32"
+
+
+@dataclass(frozen=True, slots=True)
+class _RoiCall(_Call):
+    """Fields shared by roi_align and its image gradient.
+
+    ``boxes`` are ``(num_boxes, 4)`` rows ``[x1, y1, x2, y2]`` in input pixels (before
+    ``spatial_scale``), in the compute dtype (:func:`roi_compute_dtype`); ``box_indices`` int32.
+    """
+
+    boxes: Any
+    box_indices: Any
+    spatial_scale: float
+    sampling_ratio: int
+    aligned: bool
+    data_format: str
+    image_shape: ImageShape
+    values_checked: bool = dataclasses.field(default=True, kw_only=True)
+
+    @property
+    def num_boxes(self) -> int:
+        return int(self.boxes.shape[0])
+
+    @property
+    def channels_first(self) -> bool:
+        return self.data_format == "channels_first"
+
+
+@dataclass(frozen=True, slots=True)
+class RoiAlignCall(_RoiCall):
+    """A valid ``roi_align`` call (torchvision's ``roi_align``, ONNX's ``RoiAlign``).
+
+    ``image`` has shape ``image_shape.to_format(data_format)`` and a dtype in
+    :data:`ROI_ALIGN_DTYPES`; the result has shape :attr:`output_shape` and the image's dtype.
+    """
+
+    op: ClassVar[str] = "roi_align"
+    arrays: ClassVar[tuple[str, ...]] = ("image", "boxes", "box_indices")
+    anchor_name: ClassVar[str] = "image"
+
+    image: Any
+    output_size: tuple[int, int]
+    mode: str
+
+    @property
+    def output_shape(self) -> tuple[int, int, int, int]:
+        out = ImageShape(self.num_boxes, *self.output_size, self.image_shape.depth)
+        return out.to_format(self.data_format)
+
+    @property
+    def output_dtype(self) -> str:
+        return dtype_name(self.image)
+
+
+@dataclass(frozen=True, slots=True)
+class RoiAlignGradImageCall(_RoiCall):
+    """A valid ``roi_align_grad_image`` call: the gradient of roi_align (``mode="avg"``) with
+    respect to the image.
+
+    ``grads`` (a float dtype of :data:`ROI_ALIGN_DTYPES`) has the shape of roi_align's result; the
+    result has shape ``image_shape.to_format(data_format)`` and ``grads``' dtype.
+    """
+
+    op: ClassVar[str] = "roi_align_grad_image"
+    arrays: ClassVar[tuple[str, ...]] = ("grads", "boxes", "box_indices")
+    anchor_name: ClassVar[str] = "grads"
+
+    grads: Any
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        return crop_size_of(self.grads.shape, self.data_format)
+
+    @property
+    def output_shape(self) -> tuple[int, int, int, int]:
+        return self.image_shape.to_format(self.data_format)
+
+    @property
+    def output_dtype(self) -> str:
+        return dtype_name(self.grads)

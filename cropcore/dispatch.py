@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 
 from cropcore import config, memory
-from cropcore.arguments import boxes_values_arg
 from cropcore.arrays import dtype_name, library_for, library_name
 from cropcore.errors import (
     BackendDeclinedError,
@@ -508,7 +507,8 @@ def _values_checked_for(call: Any, chosen: Backend) -> Any:
                 "and traced boxes have none. Use a backend that declares unchecked_values "
                 "(cropcore backends lists them), or call it eagerly"
             )
-    boxes, box_indices = boxes_values_arg(call.boxes, call.box_indices, call.image_shape.batch)
+    check = OPS[call.op].check_values
+    boxes, box_indices = check(call.boxes, call.box_indices, call.image_shape.batch)
     return call.replace(boxes=boxes, box_indices=box_indices, values_checked=True)
 
 

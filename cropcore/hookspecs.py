@@ -49,6 +49,8 @@ from cropcore.calls import (
     GradBoxesCall,
     GradImageCall,
     ImageShape,
+    RoiAlignCall,
+    RoiAlignGradImageCall,
 )
 
 __all__ = [
@@ -60,6 +62,8 @@ __all__ = [
     "GradBoxesCall",
     "GradImageCall",
     "ImageShape",
+    "RoiAlignCall",
+    "RoiAlignGradImageCall",
     "hookimpl",
     "hookspec",
 ]
@@ -210,6 +214,38 @@ def cropcore_crop2d(call: Crop2DCall) -> Any:
     ``call.x``: 4-D, any dtype. ``call.cropping``: ``((top, bottom), (left, right))``, already
     checked to leave at least one row and one column. Returns an array of ``call.x``'s dtype with
     shape ``call.output_shape`` (a view where the library makes one).
+    """
+
+
+@hookspec
+def cropcore_roi_align(call: RoiAlignCall) -> Any:
+    """torchvision's ``roi_align`` and ONNX's ``RoiAlign``.
+
+    Optional, as every op hook: a backend implements the ops it has kernels for.
+
+    ``call.image``: ``(batch, depth, height, width)`` (NCHW, ``call.data_format ==
+    "channels_first"``) or NHWC; float16, float32 or float64. ``call.boxes``: ``(num_boxes, 4)``
+    rows ``[x1, y1, x2, y2]`` in input pixels, in the compute dtype (float64 for a float64
+    image, else float32). ``call.box_indices``: int32 ``(num_boxes,)``. ``call.output_size``:
+    ``(pooled_height, pooled_width)``; ``call.spatial_scale`` (float), ``call.sampling_ratio``
+    (int, ``<= 0`` adaptive), ``call.aligned`` (bool), ``call.mode`` (``"avg"`` or ``"max"``).
+
+    Returns the image's dtype with shape ``call.output_shape``: ``(num_boxes, depth,
+    pooled_height, pooled_width)`` (NCHW) or ``(num_boxes, pooled_height, pooled_width, depth)``.
+    The reference semantics are those of ``cropcore_numpy``; see docs/semantics.md.
+    """
+
+
+@hookspec
+def cropcore_roi_align_grad_image(call: RoiAlignGradImageCall) -> Any:
+    """The gradient of roi_align (``mode="avg"``) with respect to the image (torchvision's
+    backward).
+
+    ``call.grads``: float16, float32 or float64, the shape of roi_align's result. ``call.boxes``
+    and the other fields as for :func:`cropcore_roi_align`; ``call.image_shape``: the image's
+    :class:`cropcore.spec.ImageShape`.
+
+    Returns ``grads``' dtype with shape ``call.output_shape`` (the image's shape).
     """
 
 

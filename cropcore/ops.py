@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from cropcore import spec
-from cropcore.calls import Crop2DCall, CropAndResizeCall, GradBoxesCall, GradImageCall
+from cropcore.arguments import boxes_values_arg, roi_boxes_values_arg
+from cropcore.calls import (
+    Crop2DCall,
+    CropAndResizeCall,
+    GradBoxesCall,
+    GradImageCall,
+    RoiAlignCall,
+    RoiAlignGradImageCall,
+)
 
 __all__ = ["OPS", "Op", "op_for"]
 
@@ -34,12 +42,16 @@ class Op:
         make_call: the :mod:`cropcore.spec` function that validates the op's arguments into a call.
         in_core: what the core runs itself when the chosen backend has no hook for the op (only
             ops that need no kernel, like crop2d's slice); ``None`` if a backend must implement it.
+        check_values: ``(boxes, box_indices, batch) -> (boxes, box_indices)``, the op's value
+            checks, for the dispatcher to run on a call whose values were not read
+            (``values_checked=False``) before a backend that is not safe on unchecked values.
     """
 
     name: str
     call_type: type
     make_call: Callable[..., Any]
     in_core: Callable[[Any], Any] | None = None
+    check_values: Callable[[Any, Any, int], tuple[Any, Any]] = boxes_values_arg
 
     @property
     def hook(self) -> str:
@@ -55,6 +67,13 @@ OPS: dict[str, Op] = {
         Op("crop_and_resize_grad_image", GradImageCall, spec.grad_image_call),
         Op("crop_and_resize_grad_boxes", GradBoxesCall, spec.grad_boxes_call),
         Op("crop2d", Crop2DCall, spec.crop2d_call, in_core=_slice),
+        Op("roi_align", RoiAlignCall, spec.roi_align_call, check_values=roi_boxes_values_arg),
+        Op(
+            "roi_align_grad_image",
+            RoiAlignGradImageCall,
+            spec.roi_align_grad_image_call,
+            check_values=roi_boxes_values_arg,
+        ),
     )
 }
 

@@ -34,6 +34,7 @@ from typing import Any
 
 from cropcore import calls
 from cropcore.arguments import (
+    aligned_arg,
     as_array,
     boxes_arg,
     boxes_cast_arg,
@@ -49,8 +50,18 @@ from cropcore.arguments import (
     image_arg,
     image_shape_arg,
     method_arg,
+    output_size_arg,
+    roi_boxes_cast_arg,
+    roi_boxes_shape_arg,
+    roi_boxes_values_arg,
+    roi_grads_arg,
+    roi_image_arg,
+    roi_mode_arg,
+    sampling_ratio_arg,
+    spatial_scale_arg,
     values_checked,
 )
+from cropcore.arrays import dtype_name as _dtype
 from cropcore.calls import DATA_FORMATS, GRAD_IMAGE_DTYPES, IMAGE_DTYPES, METHODS, ImageShape
 from cropcore.memory import check_output_size, max_output_bytes
 
@@ -76,6 +87,8 @@ __all__ = [
     "image_shape_arg",
     "max_output_bytes",
     "method_arg",
+    "roi_align_call",
+    "roi_align_grad_image_call",
 ]
 
 
@@ -229,3 +242,111 @@ def crop2d_call(
             f"dimension of the input. Received: input_shape={shape}, cropping={crop}"
         )
     return calls.Crop2DCall(x=x, cropping=crop, data_format=data_format, image_shape=dims)
+
+
+def _roi_fields(
+    boxes: Any,
+    box_indices: Any,
+    dims: ImageShape,
+    compute_dtype: str,
+    spatial_scale: Any,
+    sampling_ratio: Any,
+    aligned: Any,
+    data_format: str,
+    check_values: bool | None,
+) -> dict[str, Any]:
+    """The fields roi_align and its gradient share; box values read as :func:`_boxes_fields`."""
+    spatial_scale = spatial_scale_arg(spatial_scale)
+    sampling_ratio = sampling_ratio_arg(sampling_ratio)
+    aligned = aligned_arg(aligned)
+    boxes, box_indices = roi_boxes_shape_arg(boxes, box_indices, compute_dtype)
+    if check_values is None:
+        check_values = values_checked(boxes, box_indices)
+    check = roi_boxes_values_arg if check_values else roi_boxes_cast_arg
+    boxes, box_indices = check(boxes, box_indices, dims.batch)
+    return {
+        "boxes": boxes,
+        "box_indices": box_indices,
+        "spatial_scale": spatial_scale,
+        "sampling_ratio": sampling_ratio,
+        "aligned": aligned,
+        "data_format": data_format,
+        "image_shape": dims,
+        "values_checked": bool(check_values),
+    }
+
+
+def roi_align_call(
+    image: Any,
+    boxes: Any,
+    output_size: Any,
+    spatial_scale: Any = 1.0,
+    sampling_ratio: Any = -1,
+    aligned: Any = False,
+    box_indices: Any = None,
+    mode: Any = "avg",
+    data_format: Any = "channels_first",
+    *,
+    check_values: bool | None = None,
+) -> calls.RoiAlignCall:
+    """Check a ``roi_align`` call (torchvision's and ONNX's rules) and return it in canonical form.
+
+    The boxes (any of :func:`~cropcore.arguments.roi_boxes_shape_arg`'s forms) become
+    ``(num_boxes, 4)`` in the compute dtype and int32 image indices; values are read where
+    :func:`~cropcore.arguments.values_checked` says. ``check_values=False``: the shape-only mode.
+    """
+    data_format = data_format_arg(data_format)
+    image, dims = roi_image_arg(image, data_format)
+    size = output_size_arg(output_size)
+    mode = roi_mode_arg(mode)
+    fields = _roi_fields(
+        boxes,
+        box_indices,
+        dims,
+        calls.roi_compute_dtype(_dtype(image)),
+        spatial_scale,
+        sampling_ratio,
+        aligned,
+        data_format,
+        check_values,
+    )
+    output = ImageShape(int(fields["boxes"].shape[0]), *size, dims.depth).to_format(data_format)
+    check_output_size(output, _dtype(image), "roi_align's result")
+    return calls.RoiAlignCall(**fields, image=image, output_size=size, mode=mode)
+
+
+def roi_align_grad_image_call(
+    grads: Any,
+    boxes: Any,
+    image_shape: Any,
+    spatial_scale: Any = 1.0,
+    sampling_ratio: Any = -1,
+    aligned: Any = False,
+    box_indices: Any = None,
+    data_format: Any = "channels_first",
+    *,
+    check_values: bool | None = None,
+) -> calls.RoiAlignGradImageCall:
+    """Check a ``roi_align_grad_image`` call and return it in canonical form."""
+    data_format = data_format_arg(data_format)
+    grads, grads_dims = roi_grads_arg(grads, data_format)
+    dims = image_shape_arg(image_shape, data_format)
+    dtype = _dtype(grads)
+    fields = _roi_fields(
+        boxes,
+        box_indices,
+        dims,
+        calls.roi_compute_dtype(dtype),
+        spatial_scale,
+        sampling_ratio,
+        aligned,
+        data_format,
+        check_values,
+    )
+    _crops_match_boxes(grads_dims.batch, fields["boxes"])
+    if grads_dims.depth != dims.depth:
+        raise ValueError(
+            f"grads depth {grads_dims.depth} differs from image_shape depth {dims.depth}"
+        )
+    check_output_size(dims.to_format(data_format), dtype, "roi_align_grad_image's result")
+    return calls.RoiAlignGradImageCall(**fields, grads=grads)

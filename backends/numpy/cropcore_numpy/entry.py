@@ -15,9 +15,23 @@ from typing import Any
 
 import numpy as np
 
-from cropcore.hookspecs import CropAndResizeCall, GradBoxesCall, GradImageCall, hookimpl
+from cropcore.hookspecs import (
+    CropAndResizeCall,
+    GradBoxesCall,
+    GradImageCall,
+    RoiAlignCall,
+    RoiAlignGradImageCall,
+    hookimpl,
+)
 
-__all__ = ["crop_and_resize", "crop_and_resize_grad_boxes", "crop_and_resize_grad_image", "hook"]
+__all__ = [
+    "crop_and_resize",
+    "crop_and_resize_grad_boxes",
+    "crop_and_resize_grad_image",
+    "hook",
+    "roi_align",
+    "roi_align_grad_image",
+]
 
 
 def _nhwc(x: np.ndarray, channels_first: bool) -> np.ndarray:
@@ -54,6 +68,35 @@ def crop_and_resize_grad_image(call: GradImageCall, kernels: ModuleType) -> np.n
 def crop_and_resize_grad_boxes(call: GradBoxesCall, kernels: ModuleType) -> np.ndarray:
     """float32 ``(num_boxes, 4)`` box gradient."""
     return kernels.crop_and_resize_grad_boxes(*_arguments(call, call.grads, call.image))
+
+
+def roi_align(call: RoiAlignCall, kernels: ModuleType) -> np.ndarray:
+    """The image's dtype, ``call.output_shape``."""
+    out = kernels.roi_align(
+        _nhwc(call.image, call.channels_first),
+        call.boxes,
+        call.box_indices,
+        call.output_size,
+        call.spatial_scale,
+        call.sampling_ratio,
+        call.aligned,
+        call.mode,
+    )
+    return _from_nhwc(out, call.channels_first)
+
+
+def roi_align_grad_image(call: RoiAlignGradImageCall, kernels: ModuleType) -> np.ndarray:
+    """``grads``' dtype, ``call.output_shape`` (the image's)."""
+    out = kernels.roi_align_grad_image(
+        _nhwc(call.grads, call.channels_first),
+        call.boxes,
+        call.box_indices,
+        tuple(call.image_shape),
+        call.spatial_scale,
+        call.sampling_ratio,
+        call.aligned,
+    )
+    return _from_nhwc(out, call.channels_first)
 
 
 def hook(op: Callable[[Any, ModuleType], np.ndarray], kernels: str) -> Callable[[Any], np.ndarray]:
