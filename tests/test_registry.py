@@ -77,6 +77,8 @@ def test_builtin_numpy_backend_is_discovered_through_its_entry_point():
         "crop_and_resize_grad_image",
         "crop_and_resize_grad_boxes",
         "crop2d",
+        "roi_align",
+        "roi_align_grad_image",
     }
 
 

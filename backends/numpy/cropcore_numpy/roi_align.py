@@ -222,10 +222,11 @@ def roi_align_grad_image(
             for xa, wx in ((x.low, x.rest), (x.high, x.frac)):
                 w = wy[n][:, :, None, :, None] * wx[n][:, None, :, None, :]
                 row = ya[n][:, :, None, :, None] * width + xa[n][:, None, :, None, :]
-                # (g * w) / count, per channel
-                v = (g[n][:, :, :, None, None, :] * w[..., None]) / count[n][
-                    :, None, None, None, None, None
-                ]
+                # (g * w) / count, per channel (a box with no sample has count 0 and no entry)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    v = (g[n][:, :, :, None, None, :] * w[..., None]) / count[n][
+                        :, None, None, None, None, None
+                    ]
                 rows.append(row)
                 values.append(v)
         base = box_indices[n].astype(np.int64)[:, None, None, None, None] * (height * width)
