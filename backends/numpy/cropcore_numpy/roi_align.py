@@ -24,107 +24,11 @@ NHWC arrays in and out; :mod:`cropcore_numpy.entry` serves NCHW through transpos
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-__all__ = ["MAX_SAMPLES", "roi_align", "roi_align_grad_image", "samples_of"]
+from cropcore.roi_samples import compute_dtype, sample_axes
 
-#: The most samples (bins x samples per bin, over every box) one call may take; beyond it the
-#: adaptive sampling grid of a huge box would run for hours (torchvision's and ONNX Runtime's do).
-MAX_SAMPLES = 2**31
-
-
-@dataclass(frozen=True)
-class _Axis:
-    """One axis of every box's samples: ``(num_boxes, pooled, grid)`` arrays."""
-
-    inside: np.ndarray  # bool: within the box's grid and not beyond -1 or the image's size
-    low: np.ndarray  # int64 pixel of the low corner (after clamping)
-    high: np.ndarray  # int64 pixel of the high corner
-    frac: np.ndarray  # T: l (the weight of the high corner)
-    rest: np.ndarray  # T: h = 1 - l (the weight of the low corner)
-    in_grid: np.ndarray  # bool: iy < grid (a real sample of the box)
-
-
-def _geometry(boxes, spatial_scale, aligned, output_size, sampling_ratio, dtype):
-    """Per box: starts, bin sizes and sampling grids of (y, x), as torchvision computes them."""
-    t = np.dtype(dtype).type
-    b = boxes.astype(dtype, copy=False)
-    scale, offset = t(spatial_scale), t(0.5 if aligned else 0.0)
-    start_w, start_h = b[:, 0] * scale - offset, b[:, 1] * scale - offset
-    end_w, end_h = b[:, 2] * scale - offset, b[:, 3] * scale - offset
-    size_w, size_h = end_w - start_w, end_h - start_h
-    if not aligned:  # malformed boxes are forced to 1 x 1
-        size_w = np.where(size_w < t(1), t(1), size_w)
-        size_h = np.where(size_h < t(1), t(1), size_h)
-    pooled_h, pooled_w = output_size
-    bin_h, bin_w = size_h / t(pooled_h), size_w / t(pooled_w)
-    if sampling_ratio > 0:
-        grid_h = np.full(len(b), sampling_ratio, np.int64)
-        grid_w = grid_h.copy()
-    else:
-        grid_h = _ceil(size_h / t(pooled_h))
-        grid_w = _ceil(size_w / t(pooled_w))
-    return (start_h, bin_h, grid_h), (start_w, bin_w, grid_w)
-
-
-def _ceil(x: np.ndarray) -> np.ndarray:
-    """``(int) ceil(x)``; a non-finite or negative size gives an empty grid."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        c = np.ceil(x)
-        c = np.where(np.isfinite(c) & (c > 0), c, 0)
-        return np.minimum(c, 2.0**40).astype(np.int64)
-
-
-def samples_of(boxes, spatial_scale, aligned, output_size, sampling_ratio, dtype) -> int:
-    """The number of samples a call takes (bins x samples per bin, over every box)."""
-    (_, _, grid_h), (_, _, grid_w) = _geometry(
-        boxes, spatial_scale, aligned, output_size, sampling_ratio, dtype
-    )
-    per_box = grid_h.astype(object) * grid_w.astype(object)
-    return int(sum(per_box.tolist())) * output_size[0] * output_size[1]
-
-
-def _axis(start, bin_size, grid, pooled: int, size: int, dtype) -> _Axis:
-    t = np.dtype(dtype).type
-    most = int(grid.max()) if grid.size else 0
-    p = np.arange(pooled).astype(dtype)[None, :, None]
-    i = (np.arange(most) + np.float32(0.5)).astype(np.float32).astype(dtype)[None, None, :]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        grid_t = np.maximum(grid, 1).astype(dtype)[:, None, None]
-        c = (start[:, None, None] + p * bin_size[:, None, None]) + (
-            i * bin_size[:, None, None]
-        ) / grid_t
-    in_grid = np.broadcast_to(np.arange(most)[None, None, :] < grid[:, None, None], c.shape)
-    wide = c.astype(np.float64)  # C compares a float with -1.0 and an int in double
-    inside = in_grid & ~((wide < -1.0) | (wide > size))
-    c = np.where(c <= 0, t(0), c)
-    low = np.where(inside, c, 0).astype(np.int64)  # (int) of a non-negative coordinate
-    at_edge = low >= size - 1
-    low = np.where(at_edge, size - 1, low)
-    high = np.where(at_edge, size - 1, low + 1)
-    c = np.where(at_edge, low.astype(dtype), c)
-    frac = (c - low.astype(dtype)).astype(dtype)
-    rest = (t(1) - frac).astype(dtype)
-    return _Axis(inside, low, high, frac, rest, in_grid)
-
-
-def _axes(boxes, image_hw, output_size, spatial_scale, sampling_ratio, aligned, dtype):
-    total = samples_of(boxes, spatial_scale, aligned, output_size, sampling_ratio, dtype)
-    if total > MAX_SAMPLES:
-        raise ValueError(
-            f"roi_align would take {total} samples (output bins x samples per bin over every "
-            f"box), more than {MAX_SAMPLES}: the boxes are huge for an adaptive sampling_ratio; "
-            "pass a positive sampling_ratio"
-        )
-    (sh, bh, gh), (sw, bw, gw) = _geometry(
-        boxes, spatial_scale, aligned, output_size, sampling_ratio, dtype
-    )
-    height, width = image_hw
-    y = _axis(sh, bh, gh, output_size[0], height, dtype)
-    x = _axis(sw, bw, gw, output_size[1], width, dtype)
-    return y, x, gh, gw
+__all__ = ["roi_align", "roi_align_grad_image"]
 
 
 def _std_max(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -144,14 +48,14 @@ def roi_align(
 ) -> np.ndarray:
     """NHWC ``image`` (float16/32/64) -> ``(num_boxes, pooled_h, pooled_w, depth)`` of its dtype."""
     batch, height, width, depth = image.shape
-    dtype = np.float64 if image.dtype == np.float64 else np.float32
+    dtype = compute_dtype(image.dtype)
     t = np.dtype(dtype).type
     k = boxes.shape[0]
     ph, pw = output_size
     out = np.zeros((k, ph, pw, depth), dtype)
     if k == 0 or depth == 0:
         return out.astype(image.dtype)
-    y, x, gh, gw = _axes(
+    y, x, gh, gw = sample_axes(
         boxes, (height, width), output_size, spatial_scale, sampling_ratio, aligned, dtype
     )
     pixels = image.reshape(batch * height * width, depth)
@@ -200,12 +104,12 @@ def roi_align_grad_image(
     """NHWC ``grads`` ``(num_boxes, pooled_h, pooled_w, depth)`` -> NHWC image gradient of
     ``grads``' dtype (float16 accumulated in float32 and rounded once)."""
     batch, height, width, depth = image_shape
-    dtype = np.float64 if grads.dtype == np.float64 else np.float32
+    dtype = compute_dtype(grads.dtype)
     k, ph, pw, _ = grads.shape
     acc = np.zeros((batch * height * width, depth), dtype)
     if k == 0 or depth == 0:
         return acc.reshape(image_shape).astype(grads.dtype)
-    y, x, gh, gw = _axes(
+    y, x, gh, gw = sample_axes(
         boxes, (height, width), (ph, pw), spatial_scale, sampling_ratio, aligned, dtype
     )
     count = (gh * gw).astype(dtype)
