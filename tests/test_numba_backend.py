@@ -721,7 +721,8 @@ def test_backend_info_and_check():
     assert numba_backend.info.requires == ("numba",)
     assert numba_backend.install_hint == 'pip install "cropcore[numba]"'
     assert set(numba_backend.ops) == {
-        "crop_and_resize", "crop_and_resize_grad_image", "crop_and_resize_grad_boxes", "crop2d"
+        "crop_and_resize", "crop_and_resize_grad_image", "crop_and_resize_grad_boxes", "crop2d",
+        "roi_align", "roi_align_grad_image",
     }  # fmt: skip
 
 

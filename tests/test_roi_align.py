@@ -400,3 +400,71 @@ def test_a_huge_adaptive_grid_is_refused_instead_of_running_for_hours():
 def test_explain_knows_the_new_ops():
     decision = cropcore.explain("roi_align", IMAGE, [[0, 1, 1, 3, 3]], 2)
     assert decision.backend == "numpy"
+
+
+# -- the other CPU backends
+
+
+def _backend_or_skip(name: str) -> None:
+    found = {b.name: b for b in cropcore.backends(probe=True)}
+    if name not in found or found[name].status != "available":
+        reason = found[name].reason if name in found else "not installed"
+        pytest.skip(f"backend {name!r} is not available: {reason}")
+
+
+@pytest.mark.parametrize("backend", ["numba"])
+@pytest.mark.parametrize("data_format", ["channels_first", "channels_last"])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_backend_is_bit_identical_to_the_reference(backend, data_format, dtype):
+    _backend_or_skip(backend)
+    rng = np.random.default_rng(21)
+    first = data_format == "channels_first"
+    for case in range(40):
+        c = random_call(rng)
+        image = c["image"].astype(dtype)
+        image = image if first else np.ascontiguousarray(image.transpose(0, 2, 3, 1))
+        args = (c["output_size"], c["spatial_scale"], c["sampling_ratio"], c["aligned"])
+        kwargs = {"box_indices": c["box_indices"], "data_format": data_format}
+        results = [
+            cropcore.roi_align(image, c["boxes"], *args, mode=c["mode"], backend=b, **kwargs)
+            for b in (backend, "numpy")
+        ]
+        assert bits_equal(*results), f"forward case {case}: {c}"
+        k, depth = len(c["boxes"]), c["image"].shape[1]
+        grads = rng.standard_normal((k, depth, *c["output_size"])).astype(dtype)
+        grads = grads if first else np.ascontiguousarray(grads.transpose(0, 2, 3, 1))
+        results = [
+            cropcore.roi_align_grad_image(
+                grads, c["boxes"], image.shape, *args[1:], backend=b, **kwargs
+            )
+            for b in (backend, "numpy")
+        ]
+        assert bits_equal(*results), f"gradient case {case}: {c}"
+
+
+@pytest.mark.parametrize("backend", ["numba"])
+@pytest.mark.parametrize("data_format", ["channels_first", "channels_last"])
+def test_backend_parallel_kernels_are_bit_identical_to_the_reference(backend, data_format):
+    """Calls large enough for the parallel kernels, with many boxes on the same pixels (the order
+    of the gradient's sums shows)."""
+    _backend_or_skip(backend)
+    rng = np.random.default_rng(22)
+    image = rng.standard_normal((2, 40, 30, 34)).astype(np.float32)
+    if data_format == "channels_last":
+        image = np.ascontiguousarray(image.transpose(0, 2, 3, 1))
+    xy = rng.uniform(-4, 30, (300, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(1, 12, (300, 2))], 1).astype(np.float32)
+    indices = rng.integers(0, 2, 300)
+    kwargs = {"box_indices": indices, "data_format": data_format}
+    for mode in ("avg", "max"):
+        results = [
+            cropcore.roi_align(image, boxes, 7, 0.5, 2, True, mode=mode, backend=b, **kwargs)
+            for b in (backend, "numpy")
+        ]
+        assert bits_equal(*results), mode
+    grads = rng.standard_normal(results[0].shape).astype(np.float32)
+    results = [
+        cropcore.roi_align_grad_image(grads, boxes, image.shape, 0.5, 2, True, backend=b, **kwargs)
+        for b in (backend, "numpy")
+    ]
+    assert bits_equal(*results)

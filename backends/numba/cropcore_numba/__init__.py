@@ -24,6 +24,8 @@ from cropcore.hookspecs import (
     CropAndResizeCall,
     GradBoxesCall,
     GradImageCall,
+    RoiAlignCall,
+    RoiAlignGradImageCall,
     hookimpl,
 )
 
@@ -34,6 +36,8 @@ __all__ = [
     "cropcore_crop_and_resize",
     "cropcore_crop_and_resize_grad_boxes",
     "cropcore_crop_and_resize_grad_image",
+    "cropcore_roi_align",
+    "cropcore_roi_align_grad_image",
 ]
 
 
@@ -101,7 +105,24 @@ def cropcore_crop_and_resize_grad_boxes(call: GradBoxesCall) -> np.ndarray:
 
 
 @hookimpl
+def cropcore_roi_align(call: RoiAlignCall) -> np.ndarray:
+    return _kernels().roi_align(call)
+
+
+@hookimpl
+def cropcore_roi_align_grad_image(call: RoiAlignGradImageCall) -> np.ndarray:
+    return _kernels().roi_align_grad_image(call)
+
+
+@hookimpl
 def cropcore_backend_peak_bytes(call: Any) -> int:
+    if isinstance(call, (RoiAlignCall, RoiAlignGradImageCall)):
+        # the result in the compute dtype (and its cast), a float32 copy of a float16 input,
+        # and the sample tables: five (boxes, bins, grid) arrays per axis, about 30 bytes each
+        result = memory.nbytes(call.output_shape, "float64")
+        tables = 64 * call.num_boxes * (call.output_size[0] + call.output_size[1]) * 16
+        source = call.image if isinstance(call, RoiAlignCall) else call.grads
+        return 2 * result + 4 * int(source.size) + tables
     # The compiled kernels write the result directly; besides it they keep per-box tables of rows
     # and columns, and the forward op may convert the image to float32 first.
     tables = 32 * call.boxes.shape[0] * (call.crop_size[0] + call.crop_size[1])

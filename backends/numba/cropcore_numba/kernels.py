@@ -62,7 +62,14 @@ import numpy as np
 from numba.np.ufunc import parallel as _numba_parallel
 
 from cropcore import hostmem
-from cropcore.hookspecs import CropAndResizeCall, GradBoxesCall, GradImageCall
+from cropcore.hookspecs import (
+    CropAndResizeCall,
+    GradBoxesCall,
+    GradImageCall,
+    RoiAlignCall,
+    RoiAlignGradImageCall,
+)
+from cropcore.roi_samples import compute_dtype, sample_axes
 from cropcore_numba._arith import FLUSH_MODE_SUPPORTED
 from cropcore_numba.forward import forward_parallel, forward_serial
 from cropcore_numba.grad_boxes import grad_boxes_parallel, grad_boxes_serial
@@ -71,12 +78,20 @@ from cropcore_numba.grad_image import (
     grad_image_parallel,
     grad_image_serial,
 )
+from cropcore_numba.roi_align import (
+    roi_forward_parallel,
+    roi_forward_serial,
+    roi_grad_parallel,
+    roi_grad_serial,
+)
 
 __all__ = [
     "FLUSH_MODE_SUPPORTED",
     "crop_and_resize",
     "crop_and_resize_grad_boxes",
     "crop_and_resize_grad_image",
+    "roi_align",
+    "roi_align_grad_image",
     "threading_layer",
 ]
 
@@ -326,3 +341,80 @@ def crop_and_resize_grad_boxes(call: GradBoxesCall) -> np.ndarray:
     else:
         grad_boxes_serial(*args)
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# roi_align
+
+
+def _roi_tables(call: RoiAlignCall | RoiAlignGradImageCall, dtype: type, size: tuple[int, int]):
+    """The sample tables of :mod:`cropcore.roi_samples`, as the kernels take them."""
+    dims = call.image_shape
+    y, x, grid_h, grid_w = sample_axes(
+        np.ascontiguousarray(call.boxes),
+        (dims.height, dims.width),
+        size,
+        call.spatial_scale,
+        call.sampling_ratio,
+        call.aligned,
+        dtype,
+    )
+
+    def table(axis):
+        return tuple(
+            np.ascontiguousarray(a)
+            for a in (axis.inside, axis.low, axis.high, axis.frac, axis.rest)
+        )
+
+    return table(y), table(x), grid_h, grid_w
+
+
+def roi_align(call: RoiAlignCall) -> np.ndarray:
+    """roi_align of a validated call (torchvision's arithmetic, bit for bit).
+
+    ``call.image``: float16, float32 or float64, NCHW (channels_first) or NHWC, any strides.
+    Returns the image's dtype, ``call.output_shape``.
+    """
+    image = call.image
+    dtype = compute_dtype(image.dtype)
+    out = np.zeros(call.output_shape, dtype)
+    if out.size == 0:
+        return out.astype(image.dtype)
+    pixels = _native(image, np.dtype(dtype))  # float16: converted once (exact)
+    y, x, grid_h, grid_w = _roi_tables(call, dtype, call.output_size)
+    count = np.maximum(grid_h * grid_w, 1).astype(dtype)
+    indices = _native(call.box_indices, _INT32)
+    args = (pixels, indices, y, x, grid_h, grid_w, count, call.mode == "max")
+    args += (call.channels_first, out, dtype(0))
+    if _parallel_ok(out.size):
+        _launch(roi_forward_parallel, *args)
+    else:
+        roi_forward_serial(*args)
+    return out if image.dtype == out.dtype else out.astype(image.dtype)
+
+
+def roi_align_grad_image(call: RoiAlignGradImageCall) -> np.ndarray:
+    """roi_align's image gradient of a validated call, in torchvision's order (deterministic).
+
+    ``call.grads``: float16, float32 or float64, roi_align's output shape. Returns ``grads``'
+    dtype, ``call.output_shape`` (float16: summed in float32, rounded once).
+    """
+    grads = call.grads
+    dtype = compute_dtype(grads.dtype)
+    acc = np.zeros(call.output_shape, dtype)
+    if acc.size == 0 or call.num_boxes == 0:
+        return acc.astype(grads.dtype)
+    y, x, grid_h, grid_w = _roi_tables(call, dtype, call.output_size)
+    count = (grid_h * grid_w).astype(dtype)
+    indices = _native(call.box_indices, _INT32)
+    depth = call.image_shape.depth
+    work = grads.size * 4 * int(max(1, grid_h.max() * grid_w.max()))
+    parallel = _parallel_ok(work)
+    blocks = min(depth, _workers_and_chunks(depth)[1]) if parallel else 1
+    args = (_native(grads, np.dtype(dtype)), indices, y, x, grid_h, grid_w, count)
+    args += (call.channels_first, acc, blocks, dtype(0))
+    if parallel:
+        _launch(roi_grad_parallel, *args)
+    else:
+        roi_grad_serial(*args)
+    return acc if grads.dtype == acc.dtype else acc.astype(grads.dtype)
