@@ -398,8 +398,17 @@ def test_a_huge_adaptive_grid_is_refused_instead_of_running_for_hours():
 
 
 def test_explain_knows_the_new_ops():
-    decision = cropcore.explain("roi_align", IMAGE, [[0, 1, 1, 3, 3]], 2)
-    assert decision.backend == "numpy"
+    """NumPy arrays go to numba where it is available (it implements roi_align), else numpy."""
+    numba = next(b for b in cropcore.backends(probe=True) if b.name == "numba")
+    expected = "numba" if numba.status == "available" else "numpy"
+    for op, args in (
+        ("roi_align", (IMAGE, [[0, 1, 1, 3, 3]], 2)),
+        (
+            "roi_align_grad_image",
+            (np.ones((1, 1, 2, 2), np.float32), [[0, 1, 1, 3, 3]], (2, 1, 6, 6)),
+        ),
+    ):
+        assert cropcore.explain(op, *args).backend == expected
 
 
 # -- the other CPU backends
