@@ -381,10 +381,18 @@ def _automatic(call: Any, device_type: str, needs_grad: bool, decision: Decision
                 continue
             assert backend is not None
             if needs_grad and not attempt:
+                torch_backend = registry.get("torch")
+                hint = (
+                    'pip install "cropcore[torch]" gives autograd'
+                    if torch_backend is None
+                    or torch_backend.status in ("broken", "unavailable")
+                    or call.op in torch_backend.ops
+                    else f"no autograd backend implements {call.op} yet"
+                )
                 warnings.warn(
                     f"no installed backend propagates autograd gradients for {call.op} on "
                     f"{device_type}; backend {backend.name!r} runs it and the result is detached "
-                    f'from the graph (pip install "cropcore[torch]" gives autograd)',
+                    f"from the graph ({hint})",
                     RuntimeWarning,
                     stacklevel=5,
                 )

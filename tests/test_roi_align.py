@@ -477,3 +477,12 @@ def test_backend_parallel_kernels_are_bit_identical_to_the_reference(backend, da
         for b in (backend, "numpy")
     ]
     assert bits_equal(*results)
+
+
+def test_a_tensor_that_requires_grad_gets_a_detached_result_and_says_why():
+    torch = pytest.importorskip("torch")
+    image = torch.rand(1, 2, 8, 8, requires_grad=True)
+    with pytest.warns(RuntimeWarning, match="no autograd backend implements roi_align yet"):
+        out = cropcore.roi_align(image, torch.tensor([[0, 1.0, 1, 5, 5]]), 2)
+    assert isinstance(out, torch.Tensor)
+    assert not out.requires_grad
