@@ -68,6 +68,8 @@ CATEGORIES: dict[str, str] = {
     "round-trips": "results come back in the image's array library and on its device",
     "unchecked-values": "box values cropcore did not read (traced or on a device): non-finite "
     "boxes extrapolate, a bad box index is refused on the host and NaN on a device",
+    "roi-align": "roi_align against vectors recorded from ONNX Runtime's RoiAlign, and its image "
+    "gradient against the reference",
 }
 
 #: Case op names, and the cropcore function each one calls.
@@ -76,6 +78,8 @@ OPS: dict[str, str] = {
     "grad_image": "crop_and_resize_grad_image",
     "grad_boxes": "crop_and_resize_grad_boxes",
     "crop2d": "crop2d",
+    "roi_align": "roi_align",
+    "roi_align_grad": "roi_align_grad_image",
 }
 
 

@@ -209,8 +209,10 @@ def _header(report: Report) -> list[str]:
         lines.append(f"  inputs moved to: {report.device}")
     lines.append(
         "  expected values: tf-vectors from " + report.provenance + "; tf-tests from "
-        "TensorFlow's and Keras's unit tests; other categories from the reference backend "
-        f"{report.reference!r}, itself held bit-exact to TensorFlow by tf-vectors"
+        "TensorFlow's and Keras's unit tests; roi-align from ONNX Runtime's RoiAlign (recorded "
+        "by scripts/record_roi_align.py) and the reference; other categories from the reference "
+        f"backend {report.reference!r}, itself held bit-exact to TensorFlow by tf-vectors and to "
+        "ONNX Runtime by roi-align"
     )
     lines.append(
         f"  hypothesis: seed {report.seed}, {report.max_examples} examples per property case"

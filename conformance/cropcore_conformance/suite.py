@@ -51,6 +51,7 @@ def _cases() -> tuple[Case, ...]:
     from cropcore_conformance.errors import error_cases
     from cropcore_conformance.gradients import gradient_cases
     from cropcore_conformance.properties import property_cases
+    from cropcore_conformance.roi_align_cases import roi_align_cases
     from cropcore_conformance.roundtrips import round_trip_cases
     from cropcore_conformance.tf_unit_tests import tf_test_cases
     from cropcore_conformance.unchecked import unchecked_cases
@@ -65,6 +66,7 @@ def _cases() -> tuple[Case, ...]:
         *error_cases(),
         *round_trip_cases(),
         *unchecked_cases(),
+        *roi_align_cases(),
     ]
     order = {name: i for i, name in enumerate(CATEGORIES)}
     found.sort(key=lambda case: order[case.category])  # stable: keeps each category's own order
