@@ -68,6 +68,9 @@ CATEGORIES: dict[str, str] = {
     "round-trips": "results come back in the image's array library and on its device",
     "unchecked-values": "box values cropcore did not read (traced or on a device): non-finite "
     "boxes extrapolate, a bad box index is refused on the host and NaN on a device",
+    "sizes": "sizes and values where fast kernels change strategy: box counts across 128, 256 "
+    "and 1024, depths off multiples of 4, 8, 16, crops beyond 64 and 256, images beyond 32767 "
+    "and 65535 pixels, int64 beyond 2**53, nearest-rounding traps in every op",
     "roi-align": "roi_align against vectors recorded from ONNX Runtime's RoiAlign, and its image "
     "gradient against the reference",
 }

@@ -53,6 +53,7 @@ def _cases() -> tuple[Case, ...]:
     from cropcore_conformance.properties import property_cases
     from cropcore_conformance.roi_align_cases import roi_align_cases
     from cropcore_conformance.roundtrips import round_trip_cases
+    from cropcore_conformance.sizes import size_cases
     from cropcore_conformance.tf_unit_tests import tf_test_cases
     from cropcore_conformance.unchecked import unchecked_cases
     from cropcore_conformance.vectors import recorded_cases
@@ -66,6 +67,7 @@ def _cases() -> tuple[Case, ...]:
         *error_cases(),
         *round_trip_cases(),
         *unchecked_cases(),
+        *size_cases(),
         *roi_align_cases(),
     ]
     order = {name: i for i, name in enumerate(CATEGORIES)}
