@@ -148,6 +148,26 @@ def test_backends_table_prints_install_hints_verbatim(register_backend, capsys, 
     assert 'pip install "fakeneeds[gpu]"' in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("columns", [80, 100, 160, 50])
+def test_backends_table_fits_the_terminal_and_never_breaks_a_word(
+    register_backend, capsys, monkeypatch, columns
+):
+    # Issue 18: at 80 columns the table broke "unavailabl|e" and '"cropcore[cu|py]"'.
+    monkeypatch.setenv("COLUMNS", str(columns))
+    register_backend(
+        "fakeneeds", requires=("no_such_module_xyz",), install_hint='pip install "fakeneeds[gpu]"'
+    )
+    assert main(["backends"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    hint = 'install fakeneeds: pip install "fakeneeds[gpu]"'
+    assert hint in lines  # whole, on its own line, to be copied
+    assert all(len(line) <= columns for line in lines if line != hint)
+    words = {w.strip("│┃ ,:;") for line in lines for w in line.split()}
+    assert "unavailable" in words
+    assert "no_such_module_xyz" in words
+    assert not any("…" in line for line in lines)
+
+
 def test_backends_json_is_machine_readable():
     result = run_cli("backends", "--json")
     assert result.returncode == 0, result.stderr

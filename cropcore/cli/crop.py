@@ -92,7 +92,7 @@ examples:
     photo.jpg,0.1,0.2,0.6,0.8,dog
     photo.jpg,0,0,1,1,whole
 
-  boxes.json:
+  boxes.json (pixel coordinates: give --coords pixels, as the example above):
     [{"image": "a.png", "y1": 10, "x1": 20, "y2": 110, "x2": 220, "label": "car"},
      {"image": 1, "y1": 0, "x1": 0, "y2": 63, "x2": 63}]
 """
