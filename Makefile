@@ -43,3 +43,11 @@ docs: $(BIN)/python
 
 clean:
 	rm -rf $(VENV) build dist site cropcore-demo *.egg-info .pytest_cache .ruff_cache
+
+# The site read offline (./site over file://) in headless Chromium, from Debian's chromium package:
+# links, search, tables, formula blocks, copy buttons. A missing Chromium fails here (the same
+# tests skip without it in make test).
+.PHONY: docs-check
+docs-check: $(BIN)/python
+	$(INSTALL) -e ".[test]"
+	CROPCORE_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_docs_site.py

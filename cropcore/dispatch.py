@@ -318,13 +318,57 @@ def _native_first(priority: tuple[str, ...], library: str) -> list[tuple[str, Ba
     return sorted(found, key=converts)  # stable: priority order within each group
 
 
-# What automatic selection found about each backend of the priority list for one kind of call,
-# before asking the backends' declines hooks: ((name, backend or None, why not or None), ...).
-# Keyed by the call's op, image dtype, method, device type, the autograd attempt, the priority
-# list and the registry's generation (which changes whenever a backend comes, goes or is probed).
-_Verdicts = tuple[tuple[str, "Backend | None", "str | None"], ...]
-_verdicts_cache: dict[tuple[Any, ...], _Verdicts] = {}
+# What automatic selection finds about each backend of the priority list for one kind of call,
+# before asking the backends' declines hooks: (name, backend or None, why not or None) each.
+# Keyed by the call's op, image dtype, method, array library, device type, the autograd attempt,
+# the priority list and the registry's generation (which changes whenever a backend comes or goes).
+_Verdict = tuple[str, "Backend | None", "str | None"]
+_verdicts_cache: dict[tuple[Any, ...], _LazyVerdicts] = {}
 _VERDICTS_CACHE_SIZE = 256
+
+
+class _LazyVerdicts:
+    """The verdicts on the backends of one priority list, worked out in order, as far as asked.
+
+    A verdict probes its backend (its check may import the backend's framework), so a backend is
+    probed only when every backend before it has been turned down: a NumPy call that numba takes
+    never imports torch (issue 18).
+    """
+
+    __slots__ = ("_done", "_entries", "_key", "_lock")
+
+    def __init__(self, entries: list[tuple[str, Backend | None]], key: tuple[Any, ...]) -> None:
+        self._entries = entries
+        self._key = key
+        self._done: list[_Verdict] = []
+        self._lock = threading.Lock()
+
+    def __iter__(self) -> Iterator[_Verdict]:
+        done = self._done
+        index = 0
+        while True:
+            if index < len(done):
+                yield done[index]
+                index += 1
+                continue
+            with self._lock:
+                if index == len(done):
+                    if index == len(self._entries):
+                        return
+                    done.append(self._verdict(*self._entries[index]))
+
+    def _verdict(self, name: str, backend: Backend | None) -> _Verdict:
+        if backend is None:
+            return (name, None, "not installed")
+        backend.probe()
+        if backend.status not in ("available",):
+            return (backend.name, backend, f"{backend.status} ({backend.reason})")
+        static, _, device_type, attempt, _, _ = self._key
+        return (
+            backend.name,
+            backend,
+            _why_not_static(backend, static, device_type, attempt, strict=True),
+        )
 
 
 def _verdicts(
@@ -333,26 +377,16 @@ def _verdicts(
     device_type: str,
     attempt: bool,
     priority: tuple[str, ...],
-) -> _Verdicts:
+) -> _LazyVerdicts:
     """What automatic selection finds about each backend of ``priority`` for calls whose
-    :func:`_static_key` is ``static``, before their ``declines`` hooks (cached)."""
+    :func:`_static_key` is ``static``, before their ``declines`` hooks: an iterable that probes
+    each backend only when it is reached (cached)."""
     key = (static, library, device_type, attempt, priority, registry.generation)
     found = _verdicts_cache.get(key)
     if found is not None:
         return found
-    verdicts = []
-    for name, backend in _native_first(priority, library):
-        if backend is None:
-            verdicts.append((name, None, "not installed"))
-            continue
-        backend.probe()
-        if backend.status not in ("available",):
-            verdicts.append((backend.name, backend, f"{backend.status} ({backend.reason})"))
-            continue
-        why = _why_not_static(backend, static, device_type, attempt, strict=True)
-        verdicts.append((backend.name, backend, why))
-    found = tuple(verdicts)
-    if key[-1] == registry.generation:  # no backend came, went or changed status meanwhile
+    found = _LazyVerdicts(_native_first(priority, library), key)
+    if key[-1] == registry.generation:  # no backend came or went meanwhile
         if len(_verdicts_cache) >= _VERDICTS_CACHE_SIZE:
             _verdicts_cache.clear()
         _verdicts_cache[key] = found

@@ -148,6 +148,26 @@ def test_backends_table_prints_install_hints_verbatim(register_backend, capsys, 
     assert 'pip install "fakeneeds[gpu]"' in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("columns", [80, 100, 160, 50])
+def test_backends_table_fits_the_terminal_and_never_breaks_a_word(
+    register_backend, capsys, monkeypatch, columns
+):
+    # Issue 18: at 80 columns the table broke "unavailabl|e" and '"cropcore[cu|py]"'.
+    monkeypatch.setenv("COLUMNS", str(columns))
+    register_backend(
+        "fakeneeds", requires=("no_such_module_xyz",), install_hint='pip install "fakeneeds[gpu]"'
+    )
+    assert main(["backends"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    hint = 'install fakeneeds: pip install "fakeneeds[gpu]"'
+    assert hint in lines  # whole, on its own line, to be copied
+    assert all(len(line) <= columns for line in lines if line != hint)
+    words = {w.strip("│┃ ,:;") for line in lines for w in line.split()}
+    assert "unavailable" in words
+    assert "no_such_module_xyz" in words
+    assert not any("…" in line for line in lines)
+
+
 def test_backends_json_is_machine_readable():
     result = run_cli("backends", "--json")
     assert result.returncode == 0, result.stderr
@@ -723,3 +743,143 @@ def test_python_m_cropcore_demo_in_a_subprocess_runs_every_backend(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "cropcore-demo" / "contact_sheet.png").is_file()
     assert str(tmp_path / "cropcore-demo" / "demo.json") in result.stdout
+
+
+# --------------------------------------------------------------------------------------------------
+# cropcore crop: what a new user hits first (issue 18)
+
+
+def test_a_failure_on_a_later_image_leaves_no_crops_behind(tmp_path, photo, capsys):
+    noise = np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    data = save(noise, tmp_path / "full.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    boxes = write_text(tmp_path / "b.csv", "image,y1,x1,y2,x2\n0,0,0,1,1\n1,0,0,1,1\n")
+    out = tmp_path / "o"
+    assert crop(photo, tmp_path / "cut.png", "--boxes", boxes, "--out", out) == 2
+    assert "cut.png: cannot read the image" in one_line_error(capsys)
+    assert not out.exists()  # made by the command, removed again
+
+
+def test_a_failure_leaves_an_existing_output_folder_as_it_was(tmp_path, photo, capsys):
+    noise = np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    data = save(noise, tmp_path / "full.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    boxes = write_text(tmp_path / "b.csv", "image,y1,x1,y2,x2\n0,0,0,1,1\n1,0,0,1,1\n")
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "photo_0.png").write_bytes(b"an older crop")
+    assert crop(photo, tmp_path / "cut.png", "--boxes", boxes, "--out", out) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["photo_0.png"]
+    assert (out / "photo_0.png").read_bytes() == b"an older crop"
+
+
+def test_crops_are_moved_in_and_the_staging_folder_removed(tmp_path, photo):
+    boxes = write_text(tmp_path / "b.csv", "y1,x1,y2,x2\n0,0,1,1\n0,0,0.5,0.5\n")
+    out = tmp_path / "o"
+    assert crop(photo, "--boxes", boxes, "--size", 3, 3, "--out", out) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["photo_0.png", "photo_1.png"]
+
+
+def test_pixel_boxes_given_as_normalized_are_refused_with_a_hint(tmp_path, photo, capsys):
+    # The help's JSON example uses pixel values; read as normalised, every sample of these boxes
+    # lies below and right of the 7 x 9 image, and every crop would be blank.
+    boxes = write_text(tmp_path / "b.csv", "y1,x1,y2,x2\n2,3,5,7\n3,1,6,8\n")
+    out = tmp_path / "o"
+    assert crop(photo, "--boxes", boxes, "--size", 4, 4, "--out", out) == 2
+    err = one_line_error(capsys)
+    assert "no sample of any box falls inside its image" in err
+    assert "--coords pixels" in err
+    assert not out.exists()
+    assert crop(photo, "--boxes", boxes, "--coords", "pixels", "--size", 4, 4, "--out", out) == 0
+
+
+def test_one_box_outside_its_image_is_warned_about_and_cropped(tmp_path, photo, capsys):
+    boxes = write_text(tmp_path / "b.csv", "y1,x1,y2,x2\n0,0,1,1\n1.5,1.5,2.5,2.5\n")
+    out = tmp_path / "o"
+    assert crop(photo, "--boxes", boxes, "--size", 4, 4, "--out", out) == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err
+    assert "line 3: no sample of the box falls inside" in err
+    assert "--coords pixels" in err
+    assert (read(out / "photo_1.png") == 0).all()
+
+
+def test_a_box_reaching_into_the_image_is_not_warned_about(tmp_path, photo, capsys):
+    # Only the first sample (at the box's top-left corner, 0.99 of the way) is inside.
+    boxes = write_text(tmp_path / "b.csv", "y1,x1,y2,x2\n0.99,0.99,3,3\n")
+    assert crop(photo, "--boxes", boxes, "--size", 4, 4, "--out", tmp_path / "o") == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_the_whole_job_is_held_to_the_memory_limit(tmp_path, photo, capsys, cropcore_env):
+    # The float32 result (12 MB) fits the 20 MB limit, and the call's own peak is too small to be
+    # checked by the library; the job (8-bit crops, conversion, encoding) does not fit.
+    cropcore_env.set("CROPCORE_MAX_OUTPUT_BYTES", "20000000")
+    boxes = write_text(tmp_path / "b.csv", "y1,x1,y2,x2\n0,0,1,1\n")
+    out = tmp_path / "o"
+    assert crop(photo, "--boxes", boxes, "--size", 1000, 1000, "--out", out) == 2
+    err = one_line_error(capsys)
+    assert f"{photo}: cropping it to 1000x1000 needs about" in err
+    assert "more than the 20.0 MB of CROPCORE_MAX_OUTPUT_BYTES" in err
+    assert not out.exists()
+
+
+def test_boxes_per_call_shrink_to_fit_the_memory_limit(tmp_path, photo, cropcore_env, monkeypatch):
+    cropcore_env.set("CROPCORE_MAX_OUTPUT_BYTES", "2000000")
+    calls = []
+    real = cropcore.crop_and_resize
+
+    def counting(image, boxes, *args, **kwargs):
+        calls.append(len(boxes))
+        return real(image, boxes, *args, **kwargs)
+
+    monkeypatch.setattr(crop_command.cropcore, "crop_and_resize", counting)
+    boxes = write_text(tmp_path / "b.csv", "y1,x1,y2,x2\n" + "0,0,1,1\n" * 8)
+    assert crop(photo, "--boxes", boxes, "--size", 100, 100, "--out", tmp_path / "o") == 0
+    assert len(calls) > 1
+    assert sum(calls) == 8
+    assert len(list((tmp_path / "o").iterdir())) == 8
+
+
+def test_to_uint8_converts_block_by_block_with_the_same_result(monkeypatch):
+    from cropcore.cli import files
+
+    values = np.random.default_rng(5).uniform(-20, 280, (3, 5, 7, 2)).astype(np.float32)
+    values[0, 0, 0, 0] = np.nan
+    values[1, 1, 1, 1] = 0.49999997
+    monkeypatch.setattr(files, "TO_UINT8_BLOCK", 11)
+    expected = expected_uint8(np.nan_to_num(values, nan=0.0))
+    assert np.array_equal(files.to_uint8(values), expected)
+
+
+@pytest.mark.parametrize("value", ["300", "-1", "nan", "inf"])
+def test_extrapolation_value_outside_0_to_255_is_a_usage_error(tmp_path, photo, capsys, value):
+    boxes = write_text(tmp_path / "b.csv", "y1,x1,y2,x2\n0,0,1,1\n")
+    out = tmp_path / "o"
+    assert crop(photo, "--boxes", boxes, "--extrapolation-value", value, "--out", out) == 2
+    err = one_line_error(capsys)
+    assert f"must be a number from 0 to 255 (an 8-bit pixel value), got '{value}'" in err
+
+
+def test_jpeg_output_of_an_rgba_image_notes_the_dropped_alpha(tmp_path, capsys):
+    pixels = np.random.default_rng(4).integers(0, 256, (6, 6, 4), dtype=np.uint8)
+    rgba = save(pixels, tmp_path / "rgba.png")
+    boxes = write_text(tmp_path / "b.csv", "y1,x1,y2,x2\n0,0,1,1\n")
+    out = tmp_path / "o"
+    assert crop(rgba, "--boxes", boxes, "--format", "jpg", "--size", 3, 3, "--out", out) == 0
+    assert f"note: {rgba} has an alpha channel, which JPEG cannot hold" in capsys.readouterr().err
+    assert crop(rgba, "--boxes", boxes, "--format", "png", "--size", 3, 3, "--out", out) == 0
+    assert "alpha" not in capsys.readouterr().err
+
+
+def test_progress_bar_counts_crops_and_shows_the_time_left(
+    tmp_path, photo, tiny, capsys, monkeypatch
+):
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    monkeypatch.setenv("TTY_INTERACTIVE", "1")
+    boxes = write_text(tmp_path / "b.csv", "image,y1,x1,y2,x2\n0,0,0,1,1\n0,0,0,1,1\n1,0,0,1,1\n")
+    assert crop(photo, tiny, "--boxes", boxes, "--size", 2, 2, "--out", tmp_path / "o") == 0
+    err = capsys.readouterr().err
+    assert "3/3" in err
+    assert "crops" in err
+    assert "ETA" in err

@@ -471,3 +471,92 @@ def test_crop2d_is_sliced_by_the_core_for_a_backend_without_the_hook(register_ba
     assert fake.calls == []
     assert np.shares_memory(out, x)
     np.testing.assert_array_equal(out, x[:, 1:3, 0:3, :])
+
+
+def _run_in_fresh_interpreter(code: str) -> str:
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        timeout=120,
+        check=True,
+    )
+    return done.stdout
+
+
+def test_a_numpy_call_imports_no_framework_its_arrays_do_not_belong_to():
+    # Issue 18: automatic selection probed every backend of the priority list, and the torch
+    # backend's check imported torch (3 s) for a call that numba or numpy runs.
+    out = _run_in_fresh_interpreter(
+        """
+        import sys
+        import numpy as np
+        import cropcore
+        image = np.zeros((1, 8, 8, 3), np.float32)
+        boxes = np.array([[0.0, 0.0, 1.0, 1.0]], np.float32)
+        cropcore.crop_and_resize(image, boxes, [0], (4, 4))
+        cropcore.explain("crop_and_resize", image, boxes, [0], (4, 4))
+        print(sorted(m for m in ("torch", "cupy", "jax") if m in sys.modules))
+        """
+    )
+    assert out.strip() == "[]"
+
+
+def test_a_backend_that_converts_is_not_probed_when_a_native_one_takes_the_call(
+    register_backend, image
+):
+    probed = []
+    register_backend("converter", array_library="torch", check=lambda: probed.append(1))
+    register_backend("native", check=lambda: None)
+    cropcore.set_priority(["converter", "native"])
+    assert cropcore.explain("crop_and_resize", image, BOXES, [0], (2, 3)).backend == "native"
+    crop(image)
+    assert probed == []
+
+
+def test_a_backend_that_converts_is_probed_when_no_native_one_takes_the_call(
+    register_backend, image
+):
+    # The lazy probing keeps the fallback: when every NumPy backend of the priority list is
+    # turned down, the next one (which converts) is probed and chosen.
+    probed = []
+    register_backend("converter", array_library="torch", check=lambda: probed.append(1))
+    register_backend("native", declines=lambda call: "planted refusal")
+    cropcore.set_priority(["converter", "native"])
+    decision = cropcore.explain("crop_and_resize", image, BOXES, [0], (2, 3))
+    assert decision.backend == "converter"
+    assert decision.reasons == ["skipped native: planted refusal"]
+    assert probed == [1]
+
+
+def test_the_debug_log_in_docs_dispatch_md_is_what_a_numpy_call_logs():
+    # Issue 18: the page's example showed what a call logs, but every backend of the priority
+    # list was probed (and logged) before the choice.
+    import importlib.util
+    import pathlib
+    import re
+
+    if importlib.util.find_spec("numba") is None or importlib.util.find_spec("torch") is None:
+        pytest.skip("the example is written for the numba and torch extras")
+    page = (pathlib.Path(__file__).parents[1] / "docs" / "dispatch.md").read_text()
+    section = page[page.index("## Logging") :]
+    documented = re.search(r"```text\n(.*?)```", section, re.S).group(1).splitlines()
+    logged = _run_in_fresh_interpreter(
+        """
+        import logging, sys
+        import numpy as np
+        import cropcore
+        logging.basicConfig(
+            level=logging.DEBUG, format="%(name)s %(levelname)s %(message)s", stream=sys.stdout
+        )
+        cropcore.crop_and_resize(np.zeros((1, 5, 5, 3), np.float32), [[0, 0, 1, 1]], [0], (3, 3))
+        """
+    )
+    ours = [line.rstrip() for line in logged.splitlines() if line.startswith("cropcore.")]
+    assert ours == documented

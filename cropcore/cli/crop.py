@@ -8,8 +8,12 @@ cropcore, crops image by image and writes the files.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +23,9 @@ from cropcore.cli.files import (
     BOX_COLUMNS,
     BOXES_PER_CALL,
     FORMATS,
+    TO_UINT8_BLOCK,
     BoxRow,
+    ImageFile,
     label_slug,
     load_pixels,
     open_image,
@@ -42,7 +48,18 @@ the pixels as stored (as with tf.io.decode_image).
 The uint8 image goes in and crop_and_resize returns float32; each crop is then
 clipped to [0, 255] and rounded to the nearest integer (halves up) to be
 written as an 8-bit file. Samples outside the image take --extrapolation-value
-(NaN is written as 0). JPEG output drops the alpha channel.
+(0 to 255). JPEG output drops the alpha channel (a note says so).
+
+All or nothing: the crops are written to a temporary folder inside --out and
+moved in only when every image has been cropped, so a failure (a truncated
+image, a full disk, Ctrl-C) leaves --out as it was. A box none of whose
+samples falls inside its image gives a crop of --extrapolation-value only:
+each is warned about, and if every box is like that the command refuses
+(exit 2); usually these are pixel coordinates given without --coords pixels.
+Before any image is decoded, the whole job's memory (the decoded image, the
+float32 crops of one call and the backend's temporaries, the 8-bit crops,
+encoding) is held to the memory available; a job that cannot fit is refused
+(exit 2).
 """
 
 EPILOG = """box file (--boxes), CSV or JSON:
@@ -75,7 +92,7 @@ examples:
     photo.jpg,0.1,0.2,0.6,0.8,dog
     photo.jpg,0,0,1,1,whole
 
-  boxes.json:
+  boxes.json (pixel coordinates: give --coords pixels, as the example above):
     [{"image": "a.png", "y1": 10, "x1": 20, "y2": 110, "x2": 220, "label": "car"},
      {"image": 1, "y1": 0, "x1": 0, "y2": 63, "x2": 63}]
 """
@@ -93,11 +110,21 @@ def positive_int(text: str) -> int:
 
 
 def number(text: str) -> float:
-    """``--extrapolation-value``: any float, or argparse's one-line error."""
+    """Any float, or argparse's one-line error."""
     try:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+
+
+def pixel_value(text: str) -> float:
+    """``--extrapolation-value``: a number from 0 to 255 (what an 8-bit file can hold)."""
+    value = number(text)
+    if not 0.0 <= value <= 255.0:  # NaN too
+        raise argparse.ArgumentTypeError(
+            f"must be a number from 0 to 255 (an 8-bit pixel value), got {text!r}"
+        )
+    return value
 
 
 NAME = "crop"
@@ -134,7 +161,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--extrapolation-value",
-        type=number,
+        type=pixel_value,
         default=0.0,
         metavar="V",
         help="value of samples outside the image, 0-255 (default: 0)",
@@ -158,7 +185,6 @@ def run(args: argparse.Namespace) -> int:
     require("PIL.Image")
     require("rich")
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     images = [open_image(p) for p in args.images]
     rows = read_boxes(args.boxes, [image.path for image in images])
@@ -190,40 +216,90 @@ def run(args: argparse.Namespace) -> int:
         )
     except REFUSALS as exc:
         raise CliError(str(exc)) from None
-    out = output_directory(args.out)
-    digits = len(str(len(rows) - 1))
+    console = Console(stderr=True)
+    warnings = _boxes_outside(args, rows, boxes, images)
     rows_by_image: dict[int, list[BoxRow]] = {}
     for row in rows:
         rows_by_image.setdefault(row.image, []).append(row)
-    console = Console(stderr=True)
-    written = 0
+    per_call = _boxes_per_call(args, images, rows_by_image, decision.backend)
+    for line in warnings:
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
+    existed = Path(args.out).is_dir()
+    out = output_directory(args.out)
+    # All or nothing: the crops go to a folder inside --out (the same file system, so moving them
+    # in is a rename) and are moved in once every image has been cropped.
+    staging = Path(tempfile.mkdtemp(prefix=".cropcore-crop-", dir=out))
+    try:
+        names = _crop_into(args, images, rows_by_image, boxes, per_call, staging, console)
+        for name in names:
+            os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not existed:
+            with contextlib.suppress(OSError):  # it stays if the crops were moved in
+                out.rmdir()
+    if not args.quiet:
+        height, width = args.size
+        print(
+            f"wrote {len(names)} crop(s) of {height}x{width} from {len(images)} image(s) to "
+            f"{out.resolve()} (backend {decision.backend})"
+        )
+    return EXIT_OK
+
+
+def _crop_into(
+    args: argparse.Namespace,
+    images: list[ImageFile],
+    rows_by_image: dict[int, list[BoxRow]],
+    boxes: np.ndarray,
+    per_call: dict[int, int],
+    folder: Path,
+    console: Any,
+) -> list[str]:
+    """Crop every image's boxes into ``folder``; the names of the files written."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    digits = len(str(sum(map(len, rows_by_image.values())) - 1))
+    names: list[str] = []
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        TextColumn("crops"),
         TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
         console=console,
         disable=args.quiet or not console.is_terminal,
     )
+    jpeg = FORMATS[args.format] == "JPEG"
     with progress:
-        task = progress.add_task("cropping", total=len(images))
+        task = progress.add_task("cropping", total=sum(map(len, rows_by_image.values())))
         for index, image in enumerate(images):
             progress.update(task, description=f"cropping {os.path.basename(image.path)}")
             mine = rows_by_image.get(index, [])
             if not mine:
-                if not args.quiet:
-                    console.print(
-                        f"note: no boxes for {image.path}",
-                        highlight=False,
-                        soft_wrap=True,
-                        markup=False,
-                    )
-                progress.advance(task)
+                _note(args, console, f"note: no boxes for {image.path}")
                 continue
+            if jpeg and image.channels == 4:
+                _note(
+                    args,
+                    console,
+                    f"note: {image.path} has an alpha channel, which JPEG cannot hold: its crops "
+                    "are written without it (--format png keeps it)",
+                )
             pixels = load_pixels(image.path)[None]
             stem = Path(image.path).stem
-            for start in range(0, len(mine), BOXES_PER_CALL):
-                chunk = mine[start : start + BOXES_PER_CALL]
+            step = per_call[index]
+            for start in range(0, len(mine), step):
+                chunk = mine[start : start + step]
                 try:
                     crops = cropcore.crop_and_resize(
                         pixels,
@@ -236,18 +312,147 @@ def run(args: argparse.Namespace) -> int:
                     )
                 except REFUSALS as exc:
                     raise CliError(f"{image.path}: {exc}") from None
-                for row, crop in zip(chunk, to_uint8(crops), strict=True):
+                as_uint8 = to_uint8(crops)
+                del crops
+                for row, crop in zip(chunk, as_uint8, strict=True):
                     label = label_slug(row.label)
                     suffix = f"_{label}" if label else ""
                     name = f"{stem}_{row.number:0{digits}d}{suffix}.{args.format}"
-                    save_image(crop, out / name, args.format)
-                    written += 1
-            progress.advance(task)
+                    save_image(crop, folder / name, args.format)
+                    names.append(name)
+                    progress.advance(task)
+                del as_uint8
         progress.update(task, description=f"cropped {len(images)} image(s)")
+    return names
+
+
+def _note(args: argparse.Namespace, console: Any, text: str) -> None:
     if not args.quiet:
-        height, width = args.size
-        print(
-            f"wrote {written} crop(s) of {height}x{width} from {len(images)} image(s) to "
-            f"{out.resolve()} (backend {decision.backend})"
+        console.print(text, highlight=False, soft_wrap=True, markup=False)
+
+
+#: Boxes outside their image warned about one by one, at most; the rest are counted.
+MAX_WARNINGS = 10
+
+
+def _boxes_outside(
+    args: argparse.Namespace, rows: list[BoxRow], boxes: np.ndarray, images: list[ImageFile]
+) -> list[str]:
+    """Warnings for the boxes none of whose samples falls inside their image (their crops are all
+    ``--extrapolation-value``); a :class:`CliError` if every box is like that."""
+    height, width = args.size
+    outside = [
+        row
+        for row, box in zip(rows, boxes.astype(np.float32), strict=True)
+        if not (
+            _samples_inside(box[0], box[2], images[row.image].height, height)
+            and _samples_inside(box[1], box[3], images[row.image].width, width)
         )
-    return EXIT_OK
+    ]
+    if not outside:
+        return []
+    hint = ""
+    if args.coords == "normalized" and any(abs(c) > 1 for row in outside for c in row.coords):
+        hint = "; are these pixel coordinates? then add --coords pixels"
+    if len(outside) == len(rows):
+        raise CliError(
+            f"{args.boxes}: no sample of any box falls inside its image, so every crop would be "
+            f"--extrapolation-value only{hint}"
+        )
+    lines = [
+        f"warning: {args.boxes}: {row.where}: no sample of the box falls inside "
+        f"{images[row.image].path} ({images[row.image].height}x{images[row.image].width}); its "
+        f"crop is --extrapolation-value only{hint}"
+        for row in outside[:MAX_WARNINGS]
+    ]
+    if len(outside) > MAX_WARNINGS:
+        lines.append(f"warning: {len(outside) - MAX_WARNINGS} more boxes like that")
+    return lines
+
+
+def _samples_inside(start: float, end: float, size: int, samples: int) -> bool:
+    """Whether a sample of TensorFlow's (``samples`` along an axis of ``size`` pixels, the box
+    from ``start`` to ``end`` normalised) falls inside the image, from 0 to ``size - 1``."""
+    last = size - 1
+    if samples > 1:
+        step = (float(end) - float(start)) * last / (samples - 1)
+        where = float(start) * last + np.arange(samples) * step
+    else:
+        where = np.array([0.5 * (float(start) + float(end)) * last])
+    return bool(((where >= 0) & (where <= last)).any())
+
+
+def _boxes_per_call(
+    args: argparse.Namespace,
+    images: list[ImageFile],
+    rows_by_image: dict[int, list[BoxRow]],
+    backend: str,
+) -> dict[int, int]:
+    """How many boxes of each image one call crops, so that the whole job fits in memory.
+
+    The job's peak, for one image: the decoded image, the float32 crops of one call and the
+    backend's temporaries (its ``peak_bytes``), the same crops as uint8, :func:`to_uint8`'s block
+    and Pillow's copies of one crop while it is encoded; or, while an image is decoded, Pillow's
+    image and the array made from it. Raises :class:`CliError` if even one box per call does not
+    fit, before any image is decoded.
+    """
+    from cropcore import memory
+    from cropcore.registry import registry
+
+    configured = cropcore.config.get("CROPCORE_MAX_OUTPUT_BYTES")
+    if configured is None:
+        limit, source = memory.available_memory(), "the memory available now"
+    else:
+        limit, source = configured, "CROPCORE_MAX_OUTPUT_BYTES"
+    chosen = registry.get(backend)
+    height, width = args.size
+    per_call = {}
+    for index, mine in rows_by_image.items():
+        image = images[index]
+        count = min(BOXES_PER_CALL, len(mine))
+        try:
+            while count > 1 and _job_peak(args, image, count, chosen) > limit:
+                count //= 2
+            needed = _job_peak(args, image, count, chosen)
+        except REFUSALS as exc:
+            raise CliError(f"{image.path}: {exc}") from None
+        if needed > limit:
+            raise CliError(
+                f"{image.path}: cropping it to {height}x{width} needs about {_size(needed)} of "
+                f"memory at its peak (the decoded image, one crop as float32 and as 8-bit, the "
+                f"backend's temporaries, encoding), more than the {_size(limit)} of {source}; "
+                "use a smaller --size"
+            )
+        per_call[index] = count
+    return per_call
+
+
+def _job_peak(args: argparse.Namespace, image: ImageFile, count: int, backend: Any) -> int:
+    """Bytes of memory ``cropcore crop`` needs at its peak to crop ``count`` boxes of ``image``
+    in one call (see :func:`_boxes_per_call`)."""
+    from cropcore import spec
+
+    height, width = args.size
+    decoded = image.height * image.width * image.channels
+    crop = height * width * image.channels
+    call = spec.crop_and_resize_call(
+        np.zeros((1, image.height, image.width, image.channels), np.uint8),  # never touched
+        np.zeros((count, 4), np.float32),
+        np.zeros(count, np.int32),
+        (height, width),
+        args.method,
+        args.extrapolation_value,
+    )
+    result = count * crop * 4
+    backend_peak = max(backend.peak_bytes(call, result), result) if backend else result
+    block = min(count * crop, TO_UINT8_BLOCK) * 9  # to_uint8's float64 block and its uint8
+    encoding = 2 * height * width * 4  # Pillow's copy of one crop (4 bytes a pixel) and a convert
+    return max(2 * decoded, decoded + backend_peak + count * crop + block + encoding)
+
+
+def _size(nbytes: int) -> str:
+    """``nbytes`` for people: ``"4.8 GB"``."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes} bytes"

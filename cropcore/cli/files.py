@@ -61,6 +61,8 @@ FORMATS = {
 }
 
 BOX_COLUMNS = ("y1", "x1", "y2", "x2")
+#: Elements :func:`to_uint8` converts at a time (its float64 temporary: 32 MiB).
+TO_UINT8_BLOCK = 1 << 22
 #: Boxes of one image cropped per call, at most, to bound the memory of a call.
 BOXES_PER_CALL = 64
 
@@ -349,13 +351,19 @@ def to_uint8(crops: np.ndarray) -> np.ndarray:
     NaN (a NaN ``extrapolation_value``) becomes 0. The rounding is done in float64, where
     ``floor(x + 0.5)`` is exact for every float32 ``x``.
     """
-    # One float64 buffer, worked on in place: crop_files converts hundreds of MB at a time.
-    values = np.array(crops, dtype=np.float64)
-    np.nan_to_num(values, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
-    np.clip(values, 0.0, 255.0, out=values)
-    values += 0.5
-    np.floor(values, out=values)
-    return values.astype(np.uint8)
+    crops = np.asarray(crops)
+    flat = crops.reshape(-1)
+    out = np.empty(flat.shape, np.uint8)
+    # A float64 block at a time, worked on in place: the temporaries stay at TO_UINT8_BLOCK
+    # elements however large the crops (a 20000 x 20000 crop would need 9.6 GB in one piece).
+    for start in range(0, flat.size, TO_UINT8_BLOCK):
+        values = flat[start : start + TO_UINT8_BLOCK].astype(np.float64)
+        np.nan_to_num(values, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
+        np.clip(values, 0.0, 255.0, out=values)
+        values += 0.5
+        np.floor(values, out=values)
+        out[start : start + TO_UINT8_BLOCK] = values
+    return out.reshape(crops.shape)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -364,11 +372,13 @@ def to_uint8(crops: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ImageFile:
-    """An image file Pillow can read, and its size in pixels."""
+    """An image file Pillow can read, its size in pixels, and the channels :func:`load_pixels`
+    gives it (1, 3 or 4)."""
 
     path: str
     height: int
     width: int
+    channels: int = 3
 
 
 def open_image(path: str) -> ImageFile:
@@ -377,6 +387,7 @@ def open_image(path: str) -> ImageFile:
     try:
         with Image.open(path) as im:
             width, height = im.size
+            channels = _channels(im)
     except FileNotFoundError:
         raise InputFileError(f"{path}: image file not found") from None
     except IsADirectoryError:
@@ -385,7 +396,17 @@ def open_image(path: str) -> ImageFile:
         raise InputFileError(f"{path}: not an image file Pillow can read") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise InputFileError(f"{path}: cannot read the image: {exc}") from None
-    return ImageFile(path, height, width)
+    return ImageFile(path, height, width, channels)
+
+
+def _channels(im: Any) -> int:
+    """The channels :func:`as_uint8_array` gives a Pillow image (from its mode, without decoding)."""
+    mode = im.mode
+    if mode in ("1", "L", "I", "F") or mode.startswith("I;16"):
+        return 1
+    if mode in ("LA", "La", "PA", "RGBA", "RGBa") or (mode == "P" and "transparency" in im.info):
+        return 4
+    return 3
 
 
 def load_pixels(path: str) -> np.ndarray:

@@ -172,7 +172,7 @@ def crop_files(
             after it); ``None`` waits for ever.
 
     Returns:
-        A :class:`CropFilesReport`.
+        The report, a :class:`CropFilesReport`.
 
     What runs where:
         The table is read and checked on the client (the image files are not opened there, except

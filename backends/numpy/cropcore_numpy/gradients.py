@@ -207,9 +207,9 @@ def crop_and_resize_grad_boxes(
         boxes, box_indices: as for :func:`crop_and_resize`.
 
     Returns:
-        float32 (N, 4): d/d ``[y1, x1, y2, x2]``, summed over each box's samples in TF's order
-        (rows, columns, channels). Samples outside the image contribute nothing; at an exact
-        pixel coordinate both neighbours coincide, so the derivative along that axis is 0.
+        A float32 (N, 4) array, d/d ``[y1, x1, y2, x2]``, summed over each box's samples in
+        TF's order (rows, columns, channels). Samples outside the image contribute nothing; at an
+        exact pixel coordinate both neighbours coincide, so the derivative along that axis is 0.
     """
     _, image_height, image_width, _ = image.shape
     num_boxes, crop_height, crop_width, _ = grads.shape
