@@ -200,6 +200,51 @@ def sample_points(photo: np.ndarray) -> np.ndarray:
     )
 
 
+def roi_align_bins(photo: np.ndarray) -> np.ndarray:
+    """roi_align of one pixel box, 2 x 2 bins of 2 x 2 samples, without and with ``aligned``."""
+    top, left, n, scale = 96, 163, 12, 16  # the patch of sample_points: rows 96-107, cols 163-174
+    x1, y1, x2, y2 = 165.0, 98.0, 173.0, 106.0  # pixel coordinates: pixel p's centre is at p
+    pooled, ratio = 2, 2
+    image = photo.astype(np.float32)
+
+    def on_patch(y: float, x: float) -> tuple[float, float]:
+        return ((y - top) + 0.5) * scale, ((x - left) + 0.5) * scale
+
+    panels = []
+    for aligned in (False, True):
+        offset = 0.5 if aligned else 0.0
+        start_y, start_x = y1 - offset, x1 - offset
+        bin_y, bin_x = (y2 - y1) / pooled, (x2 - x1) / pooled
+        patch = enlarge(photo[0, top : top + n, left : left + n], scale)
+        for ph in range(pooled):  # each bin's outline
+            for pw in range(pooled):
+                r1, c1 = on_patch(start_y + ph * bin_y, start_x + pw * bin_x)
+                r2, c2 = on_patch(start_y + (ph + 1) * bin_y, start_x + (pw + 1) * bin_x)
+                patch = draw_box(patch, [round(c1), round(r1), round(c2), round(r2)])
+        samples = [
+            on_patch(
+                start_y + ph * bin_y + (iy + 0.5) * bin_y / ratio,
+                start_x + pw * bin_x + (ix + 0.5) * bin_x / ratio,
+            )
+            for ph in range(pooled)
+            for pw in range(pooled)
+            for iy in range(ratio)
+            for ix in range(ratio)
+        ]
+        patch = draw_marks(patch, samples, SAMPLE)
+        result = cropcore.roi_align(
+            image,
+            [[0, x1, y1, x2, y2]],
+            pooled,
+            sampling_ratio=ratio,
+            aligned=aligned,
+            data_format="channels_last",
+            backend=BACKEND,
+        )
+        panels += [patch, enlarge(to_uint8(result[0]), 48)]
+    return row(panels)
+
+
 def crop2d(photo: np.ndarray) -> np.ndarray:
     """``crop2d(thumbnail, ((15, 25), (40, 20)))``: the margins that go, shaded, and the result."""
     thumb = thumbnail(photo)
@@ -217,6 +262,7 @@ FIGURES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "extrapolation.png": extrapolation,
     "sample-points.png": sample_points,
     "crop2d.png": crop2d,
+    "roi-align-bins.png": roi_align_bins,
 }
 
 
