@@ -46,8 +46,10 @@ def crop_and_resize(
         boxes: ``(num_boxes, 4)`` rows ``[y1, x1, y2, x2]`` in normalised coordinates: ``y`` maps to
             pixel row ``y * (height - 1)``. Flipped boxes (``y1 > y2``) give flipped crops;
             coordinates outside ``[0, 1]`` sample ``extrapolation_value``. Cast to float32; every
-            element must then be finite.
-        box_indices: ``(num_boxes,)`` integers in ``[0, batch)``: the image each box is cut from.
+            element must then be finite. Or a list with one ``(L, 4)`` array per image (image
+            ``i``'s boxes at position ``i``, as torchvision takes them), with ``box_indices=None``.
+        box_indices: ``(num_boxes,)`` integers in ``[0, batch)``: the image each box is cut from;
+            ``None`` when ``boxes`` is a list of per-image arrays.
         crop_size: ``(crop_height, crop_width)``, both positive. A size of 1 samples the box centre.
         method: ``"bilinear"`` or ``"nearest"`` (nearest rounds halves away from zero).
         extrapolation_value: the value (as float32) of samples outside the image.
@@ -89,8 +91,8 @@ def crop_and_resize_grad_image(
     Args:
         grads: float ``(num_boxes, crop_height, crop_width, depth)`` (channels_last) or
             ``(num_boxes, depth, crop_height, crop_width)``: the gradient of the crops (cast to float32).
-        boxes: ``(num_boxes, 4)``, as for :func:`crop_and_resize`.
-        box_indices: ``(num_boxes,)`` integers in ``[0, batch)``.
+        boxes: ``(num_boxes, 4)`` (or a list of per-image arrays), as for :func:`crop_and_resize`.
+        box_indices: ``(num_boxes,)`` integers in ``[0, batch)`` (``None`` with a list of boxes).
         image_shape: the image's shape, 4 integers in ``data_format`` order.
         method: ``"bilinear"`` or ``"nearest"``, as in the forward call.
         data_format: ``"channels_last"`` or ``"channels_first"``.
@@ -121,7 +123,8 @@ def crop_and_resize_grad_boxes(
         grads: float ``(num_boxes, crop_height, crop_width, depth)`` (or channels_first): the
             gradient of the crops (cast to float32).
         image: the forward call's image (any dtype :func:`crop_and_resize` takes).
-        boxes: ``(num_boxes, 4)``; box_indices: ``(num_boxes,)``, as for :func:`crop_and_resize`.
+        boxes: ``(num_boxes, 4)`` (or a list of per-image arrays); box_indices: ``(num_boxes,)``
+            (or ``None`` with a list), as for :func:`crop_and_resize`.
         method: only ``"bilinear"``, as in TensorFlow (the box gradient of a nearest crop is the
             bilinear one).
         data_format: ``"channels_last"`` or ``"channels_first"``.

@@ -46,6 +46,7 @@ __all__ = [
     "image_shape_arg",
     "method_arg",
     "output_size_arg",
+    "per_image_boxes",
     "roi_boxes_cast_arg",
     "roi_boxes_shape_arg",
     "roi_boxes_values_arg",
@@ -236,8 +237,20 @@ def boxes_shape_arg(boxes: Any, box_indices: Any) -> tuple[Any, Any]:
         and box_indices.shape == boxes.shape[:1]
     ):
         return boxes, box_indices
+    if _is_box_list(boxes):
+        if box_indices is not None:
+            raise ValueError(
+                "box_indices must be None when boxes is a list of per-image arrays (the image "
+                "index of each box is its array's position in the list)"
+            )
+        return per_image_boxes(boxes, "float32")
     given_indices = box_indices
     boxes = as_array(boxes, "boxes")
+    if box_indices is None:
+        raise TypeError(
+            "box_indices must be an array of image indices, got None (None is allowed only with "
+            "boxes given as a list of per-image (L, 4) arrays)"
+        )
     box_indices = as_array(box_indices, "box_indices")
     boxes_shape, indices_shape = _shape(boxes), _shape(box_indices)
     if len(boxes_shape) != 2 or boxes_shape[1] != 4:
@@ -571,19 +584,7 @@ def roi_boxes_shape_arg(boxes: Any, box_indices: Any, dtype: str) -> tuple[Any, 
     if _is_box_list(boxes):
         if box_indices is not None:
             raise ValueError("box_indices must be None when boxes is a list of per-image arrays")
-        parts = []
-        for i, part in enumerate(boxes):
-            shape = _shape(part)
-            if len(shape) != 2 or shape[1] != 4:
-                raise ValueError(f"boxes[{i}] must have shape (L, 4), got shape {shape}")
-            _real_boxes(part, f"boxes[{i}]")
-            parts.append(library_for(part).astype(part, dtype))
-        lib = library_for(parts[0])
-        if any(library_name(p) != lib.name for p in parts):
-            raise TypeError("the per-image arrays of boxes must all be of one array library")
-        counts = [int(_shape(p)[0]) for p in parts]
-        indices = np.repeat(np.arange(len(parts), dtype=np.int32), counts)
-        return _concatenate(parts), indices
+        return per_image_boxes(boxes, dtype)
     boxes = as_array(boxes, "boxes")
     shape = _shape(boxes)
     if len(shape) != 2 or shape[1] not in (4, 5):
@@ -617,6 +618,24 @@ def roi_boxes_shape_arg(boxes: Any, box_indices: Any, dtype: str) -> tuple[Any, 
         else:
             raise TypeError(f"box_indices must be an integer array, got {dtype_name(box_indices)}")
     return library_for(boxes).astype(boxes, dtype), box_indices
+
+
+def per_image_boxes(boxes: list[Any], dtype: str) -> tuple[Any, Any]:
+    """A list of per-image ``(L, 4)`` arrays (torchvision's form) as one ``(K, 4)`` array of
+    ``dtype`` and the int32 image index of each box (its array's position); no value is read."""
+    parts = []
+    for i, part in enumerate(boxes):
+        shape = _shape(part)
+        if len(shape) != 2 or shape[1] != 4:
+            raise ValueError(f"boxes[{i}] must have shape (L, 4), got shape {shape}")
+        _real_boxes(part, f"boxes[{i}]")
+        parts.append(library_for(part).astype(part, dtype))
+    lib = library_for(parts[0])
+    if any(library_name(p) != lib.name for p in parts):
+        raise TypeError("the per-image arrays of boxes must all be of one array library")
+    counts = [int(_shape(p)[0]) for p in parts]
+    indices = np.repeat(np.arange(len(parts), dtype=np.int32), counts)
+    return _concatenate(parts), indices
 
 
 def _real_boxes(boxes: Any, name: str) -> None:
