@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from cropcore import dispatch, spec
+from cropcore.casting import output_dtype_arg, saturate_cast
 from cropcore.ops import op_for
 from cropcore.registry import Backend, registry
 
@@ -34,6 +35,7 @@ def crop_and_resize(
     extrapolation_value: float = 0.0,
     *,
     data_format: str = "channels_last",
+    output_dtype: Any = None,
     backend: str | None = None,
 ) -> Any:
     """Crop boxes out of a batch of images and resize each crop, exactly as ``tf.image.crop_and_resize``.
@@ -54,13 +56,16 @@ def crop_and_resize(
         method: ``"bilinear"`` or ``"nearest"`` (nearest rounds halves away from zero).
         extrapolation_value: the value (as float32) of samples outside the image.
         data_format: ``"channels_last"`` (NHWC, TensorFlow's) or ``"channels_first"`` (NCHW).
+        output_dtype: ``None`` (float32, TensorFlow's result), or one of the nine image dtypes
+            (a name, a NumPy or torch dtype; ``image.dtype`` keeps the input's): the float32
+            crops are then cast, integers rounded half to even and saturated, NaN to 0.
         backend: a backend name or alias (``"numpy"``, ``"numba"``, ``"torch"``, ``"cupy"`` /
             ``"cuda"``, or a plugin's); ``None`` chooses one (see :func:`explain`).
 
     Returns:
-        float32 ``(num_boxes, crop_height, crop_width, depth)`` (or
-        ``(num_boxes, depth, crop_height, crop_width)`` for channels_first), in ``image``'s array
-        library and on its device.
+        ``(num_boxes, crop_height, crop_width, depth)`` (or ``(num_boxes, depth, crop_height,
+        crop_width)`` for channels_first) of dtype float32 or ``output_dtype``, in ``image``'s
+        array library and on its device.
 
     Raises:
         ValueError: a bad shape or value (non-finite box, non-positive crop size, unknown method).
@@ -69,10 +74,12 @@ def crop_and_resize(
         cropcore.errors.OutputTooLargeError: the result would not fit in memory.
         cropcore.errors.BackendError: the named backend is unknown, unavailable or cannot run the call.
     """
+    dtype = output_dtype_arg(output_dtype)
     call = spec.crop_and_resize_call(
         image, boxes, box_indices, crop_size, method, extrapolation_value, data_format
     )
-    return dispatch.run(call, backend)
+    crops = dispatch.run(call, backend)
+    return crops if dtype == "float32" else saturate_cast(crops, dtype)
 
 
 def crop_and_resize_grad_image(
