@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -375,6 +376,20 @@ def main(argv: Sequence[str] | None = None, prog: str = "cropcore conformance") 
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     out, err = sys.stdout, sys.stderr
+    try:
+        return _main(parser, args, out, err, prog)
+    except BrokenPipeError:  # `cropcore conformance --list | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
+
+
+def _main(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    out: IO[str],
+    err: IO[str],
+    prog: str,
+) -> int:
     if args.list:
         return _list(args, out)
     if not args.backend:

@@ -145,6 +145,15 @@ def declarations(backend: Backend) -> tuple[dict[str, str], dict[str, str]]:
             raise DeclarationError(
                 f"backend {backend.name!r} declares an expected failure {pattern!r} without a reason"
             )
+    # A typo in a pattern would otherwise show only as "stale", and only on a full --strict run.
+    ids = [case.id for case in all_cases()]
+    for kind, patterns in (("an expected failure", expected), ("a tolerance", tolerances)):
+        for pattern in patterns:
+            if not any(fnmatch.fnmatchcase(case_id, pattern) for case_id in ids):
+                raise DeclarationError(
+                    f"backend {backend.name!r} declares {kind} for {pattern!r}, which matches no "
+                    "case id of the suite (a typo? `cropcore conformance --list` prints the ids)"
+                )
     return expected, tolerances
 
 
