@@ -28,6 +28,7 @@ from cropcore.spec import IMAGE_DTYPES
 from cropcore_conformance.cases import (
     Case,
     Context,
+    Declined,
     FailCase,
     FunctionCase,
     Outcome,
@@ -316,7 +317,7 @@ def _property(key: str) -> FunctionCase:
             raise SkipCase('hypothesis is not installed (pip install "cropcore[conformance]")')
         tolerance = ctx.tolerance_for(case_id)
         outcome = Outcome.passed(tolerance.name)
-        examples = [0, 0]  # run, declined
+        examples = [0]  # drawn
 
         def one(kwargs: dict[str, Any]) -> None:
             examples[0] += 1
@@ -329,8 +330,9 @@ def _property(key: str) -> FunctionCase:
             inputs = ctx.prepare(inputs)
             try:
                 result = ctx.run_backend(op, inputs)
-            except SkipCase:
-                examples[1] += 1
+            except Declined as exc:
+                outcome.declined += 1
+                outcome.claimed += int(exc.claimed)
                 return
             except Exception as exc:
                 if isinstance(expected, Exception) and type(exc) is type(expected):
@@ -366,17 +368,12 @@ def _property(key: str) -> FunctionCase:
             )
             message = f"{exc} (hypothesis seed {ctx.seed}"
             message += f"; {notes.strip()[:1500]})" if notes else ")"
-            return Outcome(
-                "failed",
-                message,
-                outcome.elements,
-                outcome.identical,
-                outcome.max_abs,
-                outcome.max_ulp,
-                tolerance.name,
-            )
-        if examples[0] and examples[1] == examples[0]:
-            raise SkipCase("the backend declined every example")
+            outcome.status, outcome.message = "failed", message
+            return outcome
+        if examples[0] and outcome.declined == examples[0]:
+            outcome.status, outcome.message = "skipped", "the backend declined every example"
+        elif outcome.declined:
+            outcome.message = f"the backend declined {outcome.declined} of {examples[0]} examples"
         return outcome
 
     return FunctionCase(
