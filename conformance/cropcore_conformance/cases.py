@@ -70,6 +70,8 @@ CATEGORIES: dict[str, str] = {
     "round-trips": "results come back in the image's array library and on its device",
     "unchecked-values": "box values cropcore did not read (traced or on a device): non-finite "
     "boxes extrapolate, a bad box index is refused on the host and NaN on a device",
+    "behaviour": "across calls: concurrent calls give the single-thread results, results are "
+    "not recycled or aliased, inputs (read-only too) are untouched, repeated calls repeat",
 }
 
 #: Case op names, and the cropcore function each one calls.

@@ -47,6 +47,7 @@ class DeclarationError(ValueError):
 
 @functools.lru_cache(maxsize=1)
 def _cases() -> tuple[Case, ...]:
+    from cropcore_conformance.behaviour import behaviour_cases
     from cropcore_conformance.edge_cases import edge_cases
     from cropcore_conformance.errors import error_cases
     from cropcore_conformance.gradients import gradient_cases
@@ -65,6 +66,7 @@ def _cases() -> tuple[Case, ...]:
         *error_cases(),
         *round_trip_cases(),
         *unchecked_cases(),
+        *behaviour_cases(),
     ]
     order = {name: i for i, name in enumerate(CATEGORIES)}
     found.sort(key=lambda case: order[case.category])  # stable: keeps each category's own order
