@@ -3,6 +3,7 @@ a backend declined (issue 20)."""
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import os
@@ -23,6 +24,28 @@ from cropcore_conformance.isolation import IsolationError
 from cropcore_conformance.runner import main, render_text
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _module_with_literals(directory: Path) -> None:
+    literals = [
+        0.49999997,
+        12345,
+        3e38,
+        -7,
+        0.3333,
+        1e-40,
+        65535,
+        2**53 + 1,
+        255,
+        4.5,
+        0.125,
+        3,
+        5,
+        6,
+    ]
+    (directory / "module_with_literals.py").write_text(
+        "".join(f"VALUE_{i} = {value!r}\n" for i, value in enumerate(literals * 3))
+    )
 
 
 def _digests(tmp_path: Path, extra_import: str | None) -> str:
@@ -50,10 +73,7 @@ def test_the_same_seed_draws_the_same_property_examples_in_processes_with_differ
     pytest.importorskip("hypothesis")
     # hypothesis harvests numeric literals from the local modules a process imported; a module
     # full of them must not change what a seed draws.
-    literals = [0.49999997, 12345, 3e38, -7, 0.3333, 1e-40, 65535, 2**53 + 1, 255, 4.5, 0.125]
-    (tmp_path / "module_with_literals.py").write_text(
-        "".join(f"VALUE_{i} = {value!r}\n" for i, value in enumerate(literals * 3))
-    )
+    _module_with_literals(tmp_path)
     plain = _digests(tmp_path, None)
     with_literals = _digests(tmp_path, "module_with_literals")
     assert len(plain.split()) == 6
@@ -342,7 +362,7 @@ def test_a_property_case_counts_the_examples_its_backend_declined(backend_module
     assert result.status == "passed"
     assert 0 < result.declined < 40
     assert result.claimed == result.declined
-    assert f"declined {result.declined} of" in result.message
+    assert f"the backend declined {result.declined} of them" in result.message
 
 
 def _no_nearest_for_batch_of_two(call):
@@ -372,3 +392,27 @@ def test_progress_is_shown_on_a_terminal_and_the_slowest_cases_at_the_end(monkey
     assert main(["numpy", "-c", "tf-tests", "--plain", "--no-progress", "--slowest", "0"]) == 0
     assert terminal.getvalue() == ""
     assert "slowest cases:" not in capsys.readouterr().out
+
+
+def test_property_cases_compare_the_same_examples_in_a_worker_process(tmp_path, monkeypatch):
+    # The issue's symptom: with one seed, a property case compared 253 elements in one process
+    # and 1,093 in another. This process imports a module full of literals; the worker of
+    # --isolate does not.
+    pytest.importorskip("hypothesis")
+    _module_with_literals(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.import_module("module_with_literals")
+    try:
+        here = cropcore_conformance.run("numpy", categories=["properties"], max_examples=20)
+    finally:
+        del sys.modules["module_with_literals"]
+    there = cropcore_conformance.run(
+        "numpy", categories=["properties"], max_examples=20, isolate=True
+    )
+    # The message names how many examples were drawn and a digest of them.
+    assert [(r.id, r.elements, r.message) for r in here.results] == [
+        (r.id, r.elements, r.message) for r in there.results
+    ]
+    assert all(r.elements > 0 for r in here.results)
+    digest = re.compile(r"20 examples \(sha256 [0-9a-f]{16}\)")
+    assert all(digest.fullmatch(r.message) for r in here.results)

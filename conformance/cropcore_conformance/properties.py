@@ -294,18 +294,19 @@ def examples_digest(key: str, seed: int, max_examples: int) -> str:
     """A SHA-256 of the inputs property ``key`` (``"forward/bilinear"``, ...) draws for ``seed``:
     equal in every process, whatever it imported (cropcore's tests compare two processes)."""
     digest = hashlib.sha256()
-
-    def record(kwargs: dict[str, Any]) -> None:
-        for name, value in sorted(kwargs.items()):
-            digest.update(name.encode())
-            if isinstance(value, np.ndarray):
-                digest.update(f"{value.dtype.str}{value.shape}".encode())
-                digest.update(np.ascontiguousarray(value).tobytes())
-            else:
-                digest.update(repr(value).encode())
-
-    _examples(key, record, seed, max_examples, shrink=False)
+    _examples(key, lambda kwargs: _digest(digest, kwargs), seed, max_examples, shrink=False)
     return digest.hexdigest()
+
+
+def _digest(digest: Any, kwargs: dict[str, Any]) -> None:
+    """Fold one example's inputs into ``digest``."""
+    for name, value in sorted(kwargs.items()):
+        digest.update(name.encode())
+        if isinstance(value, np.ndarray):
+            digest.update(f"{value.dtype.str}{value.shape}".encode())
+            digest.update(np.ascontiguousarray(value).tobytes())
+        else:
+            digest.update(repr(value).encode())
 
 
 def _property(key: str) -> FunctionCase:
@@ -318,9 +319,11 @@ def _property(key: str) -> FunctionCase:
         tolerance = ctx.tolerance_for(case_id)
         outcome = Outcome.passed(tolerance.name)
         examples = [0]  # drawn
+        drawn = hashlib.sha256()  # what was drawn: the same for a seed in every process
 
         def one(kwargs: dict[str, Any]) -> None:
             examples[0] += 1
+            _digest(drawn, kwargs)
             try:
                 expected: Any = ctx.reference_result(op, kwargs)
             except Exception as exc:
@@ -372,8 +375,10 @@ def _property(key: str) -> FunctionCase:
             return outcome
         if examples[0] and outcome.declined == examples[0]:
             outcome.status, outcome.message = "skipped", "the backend declined every example"
-        elif outcome.declined:
-            outcome.message = f"the backend declined {outcome.declined} of {examples[0]} examples"
+        else:
+            outcome.message = f"{examples[0]} examples (sha256 {drawn.hexdigest()[:16]})"
+            if outcome.declined:
+                outcome.message += f"; the backend declined {outcome.declined} of them"
         return outcome
 
     return FunctionCase(
