@@ -46,6 +46,11 @@ S, G = "samples.py", "gradients.py"  # the kernels' sample coordinates; the grad
 NEAREST = "nearest = np.minimum(low + (lerp >= 0.5), last)"
 GATHER = "return image[batch, y, x].astype(_F32, copy=False)"
 FORWARD_RESULT = "return _from_nhwc(crops, call.channels_first)"
+INFO_HOOK = "@hookimpl\ndef cropcore_backend_info"
+DECLINES_HOOK = "@hookimpl\ndef cropcore_backend_declines(call):\n    "
+NEAREST_CALL = 'getattr(call, "method", None) == "nearest"'
+RANDOM = '__import__("random").random'
+END = "\n\n\n" + INFO_HOOK
 GRAD_BOXES_RESULT = (
     "return kernels.crop_and_resize_grad_boxes(*_arguments(call, call.grads, call.image))"
 )
@@ -288,6 +293,26 @@ MUTATIONS = [
             "        else:\n            order = np.random.permutation(targets.size)\n"
             "            _scatter_add(grads_image, targets[order], contributions[:, order])",
         ),
+    ),
+    # The plugin contract: a declines hook that lies, raises or wavers.
+    mutation(
+        "declines-nearest-though-its-info-claims-it",  # certified before: declines were skips
+        "behaviour",
+        (INIT, INFO_HOOK, DECLINES_HOOK + f'return "no nearest" if {NEAREST_CALL} else None' + END),
+    ),
+    mutation(
+        "declines-hook-reads-the-method-of-crop2d-calls",  # crop2d calls have no method
+        "behaviour tf-vectors",
+        (
+            INIT,
+            INFO_HOOK,
+            DECLINES_HOOK + 'return None if call.method in ("bilinear", "nearest") else "?"' + END,
+        ),
+    ),
+    mutation(
+        "declines-hook-answers-at-random",
+        "behaviour",
+        (INIT, INFO_HOOK, DECLINES_HOOK + f'return "busy" if {RANDOM}() < 0.5 else None' + END),
     ),
     mutation(
         "crop2d-shifted-by-one-row",

@@ -18,6 +18,9 @@ Requirements:
 - **Determinism**: repeated calls give the same bits, the image gradient included, unless the
   backend declares a tolerance class for the case (``reordered-sums``: a GPU's atomics), which
   then bounds the differences between calls.
+- **The plugin contract**: the ``declines`` hook answers a valid call of every op (crop2d's
+  call has no ``image`` and no ``method``) without raising, the same way every time, in well
+  under 10 ms; every image dtype and method the ``BackendInfo`` claims is run, not declined.
 
 The inputs are drawn from a NumPy generator seeded with the run's ``--seed`` and kept small, so
 the category takes a fraction of a second on the reference backend. The results are compared
@@ -35,9 +38,12 @@ from typing import Any
 
 import numpy as np
 
+from cropcore.spec import IMAGE_DTYPES, METHODS
 from cropcore_conformance.cases import (
+    OPS,
     Case,
     Context,
+    Declined,
     FailCase,
     FunctionCase,
     Outcome,
@@ -59,6 +65,8 @@ IMAGE_SHAPE = (2, 9, 11, 3)  # batch, height, width, depth (NHWC)
 NUM_BOXES = 6
 CROP_SIZE = (5, 7)
 OPS_ORDER = ("forward", "grad_image", "grad_boxes", "crop2d")
+DECLINES_CALLS = 8
+DECLINES_SECONDS = 0.01  # generous: the hook runs before every call
 
 
 def _inputs(op: str, seed: int, variant: int, special: bool = False) -> dict[str, Any]:
@@ -284,6 +292,96 @@ def _repeatable(op: str) -> Callable[[Context], Outcome]:
     return check
 
 
+def _declines_consistently(op: str) -> Callable[[Context], Outcome]:
+    def check(ctx: Context) -> Outcome:
+        from cropcore.ops import op_for
+
+        calls = [op_for(OPS[op]).make_call(**ctx.prepare(_inputs(op, ctx.seed, v))) for v in (0, 1)]
+        for call in calls:
+            answers = []
+            started = time.perf_counter()
+            for _ in range(DECLINES_CALLS):
+                try:
+                    answers.append(ctx.backend.declines(call))
+                except Exception as exc:
+                    raise FailCase(
+                        f"the backend's cropcore_backend_declines hook raised "
+                        f"{_describe_exception(exc)} on a valid {call.op} call"
+                    ) from None
+            seconds = (time.perf_counter() - started) / DECLINES_CALLS
+            if any(not (a is None or isinstance(a, str)) for a in answers):
+                raise FailCase(
+                    f"cropcore_backend_declines returned {answers[0]!r}, not None or str"
+                )
+            if len(set(answers)) > 1:
+                raise FailCase(
+                    f"cropcore_backend_declines answered the same call differently: "
+                    f"{sorted(set(map(repr, answers)))}"
+                )
+            if seconds > DECLINES_SECONDS:
+                raise FailCase(
+                    f"cropcore_backend_declines took {1e3 * seconds:.1f} ms per call; it runs "
+                    f"before every call and must be fast (under {1e3 * DECLINES_SECONDS:g} ms)"
+                )
+        return Outcome.passed()
+
+    return check
+
+
+def _info_honest(op: str) -> Callable[[Context], Outcome]:
+    def check(ctx: Context) -> Outcome:
+        info = ctx.backend.info
+        if info is None:
+            raise SkipCase("the backend has no BackendInfo")
+        device = ctx.device.partition(":")[0] if ctx.device else "cpu"
+        if device not in info.devices:
+            raise SkipCase(f"the backend does not claim the {device} device")
+        dtypes = (
+            [d for d in info.dtypes if d in IMAGE_DTYPES]
+            if op in ("forward", "grad_boxes")
+            else [None]
+        )
+        methods = [m for m in info.methods if m in METHODS] if op != "crop2d" else [None]
+        if op == "grad_boxes":
+            methods = ["bilinear"]  # the box gradient has only the bilinear method
+        for dtype in dtypes:
+            for method in methods:
+                kwargs = _inputs(op, ctx.seed, 0)
+                if dtype is not None:
+                    kwargs["image"] = _as_dtype(kwargs["image"], dtype)
+                if method is not None and op != "grad_boxes":
+                    kwargs["method"] = method
+                what = ", ".join(
+                    f"{k} {v}" for k, v in (("image dtype", dtype), ("method", method)) if v
+                )
+                try:
+                    _call(ctx, op, kwargs)
+                except Declined as exc:
+                    raise FailCase(
+                        f"its BackendInfo claims {what or op}, but it declines it ({exc})"
+                    ) from None
+                except (SkipCase, FailCase):
+                    raise
+                except Exception as exc:
+                    raise FailCase(
+                        f"its BackendInfo claims {what or op}, but it raised "
+                        f"{_describe_exception(exc)}"
+                    ) from None
+        return Outcome.passed()
+
+    return check
+
+
+def _as_dtype(image: np.ndarray, dtype: str) -> np.ndarray:
+    """``image``'s values in ``dtype`` (integers: rounded and clipped to the dtype's range)."""
+    target = np.dtype(dtype)
+    finite = np.nan_to_num(image, nan=0.0, posinf=0.0, neginf=0.0)
+    if target.kind in "iu":
+        bounds = np.iinfo(target)
+        return np.clip(np.rint(finite), bounds.min, bounds.max).astype(target)
+    return finite.astype(target)
+
+
 CHECKS: dict[str, tuple[Callable[[str], Callable[[Context], Outcome]], str]] = {
     "threads-same-calls": (
         lambda op: _threads(op, different=False),
@@ -306,6 +404,14 @@ CHECKS: dict[str, tuple[Callable[[str], Callable[[Context], Outcome]], str]] = {
         "read-only inputs are accepted and give the same result",
     ),
     "repeatable": (_repeatable, "repeated calls give the same bits"),
+    "declines-consistently": (
+        _declines_consistently,
+        "the declines hook answers a valid call quickly, the same way every time, and never raises",
+    ),
+    "info-honest": (
+        _info_honest,
+        "every image dtype and method the BackendInfo claims is run, not declined",
+    ),
 }
 
 
