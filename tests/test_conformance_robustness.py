@@ -416,3 +416,56 @@ def test_property_cases_compare_the_same_examples_in_a_worker_process(tmp_path, 
     assert all(r.elements > 0 for r in here.results)
     digest = re.compile(r"20 examples \(sha256 [0-9a-f]{16}\)")
     assert all(digest.fullmatch(r.message) for r in here.results)
+
+
+def test_the_pytest_plugin_fails_claimed_declines_with_cropcore_strict(tmp_path):
+    (tmp_path / "conftest.py").write_text(
+        textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_conformance import reference_like
+        from cropcore import hookimpl
+        from cropcore.registry import registry
+
+        pytest_plugins = ["cropcore_conformance.pytest_plugin"]
+        module = reference_like("strict-backend")
+        def cropcore_backend_declines(call):
+            return "no nearest" if getattr(call, "method", None) == "nearest" else None
+        module.cropcore_backend_declines = hookimpl(cropcore_backend_declines)
+        registry.register(module, name="strict-backend")
+    """)
+    )
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-p",
+                "no:cacheprovider",
+                "-p",
+                "no:randomly",
+                "-q",
+                "-rfs",
+                "--cropcore-backend",
+                "strict-backend",
+                "--cropcore-category",
+                "edge-cases",
+                "-k",
+                "identity",
+                *args,
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    lenient = run()
+    assert lenient.returncode == 0, lenient.stdout[-2000:]
+    assert "2 passed, 2 skipped" in lenient.stdout
+    strict = run("--cropcore-strict")
+    assert strict.returncode == 1, strict.stdout[-2000:]
+    assert "2 failed, 2 passed" in strict.stdout
+    assert "declined a call its BackendInfo claims to support" in strict.stdout
