@@ -13,7 +13,7 @@ Requirements:
   with the parent's ``sys.path``; it finds backends through their entry points, and imports and
   registers the plugin modules it is given (``--plugin MODULE``; a backend the parent registered
   at run time from an importable module is passed on by itself).
-- **The fast path stays.** Without isolation nothing here is imported; with it, a case costs one
+- **The fast path stays.** Without isolation no worker starts; with it, a case costs one
   round trip through a pipe (a full run on the reference backend: see docs/conformance.md).
 
 POSIX only (the result pipe is passed as a file descriptor).
