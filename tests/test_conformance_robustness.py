@@ -469,3 +469,12 @@ def test_the_pytest_plugin_fails_claimed_declines_with_cropcore_strict(tmp_path)
     assert strict.returncode == 1, strict.stdout[-2000:]
     assert "2 failed, 2 passed" in strict.stdout
     assert "declined a call its BackendInfo claims to support" in strict.stdout
+
+
+def test_cli_usage_errors_of_the_isolation_options(capsys):
+    assert main(["numpy", "-c", "errors", "--timeout", "5"]) == 2  # --timeout needs --isolate
+    assert "--timeout takes a positive number of seconds, with --isolate" in capsys.readouterr().err
+    assert main(["numpy", "-c", "errors", "--isolate", "--timeout", "0"]) == 2
+    capsys.readouterr()
+    assert main(["numpy", "-c", "errors", "--plugin", "no_such_plugin_module"]) == 2
+    assert "No module named 'no_such_plugin_module'" in capsys.readouterr().err
