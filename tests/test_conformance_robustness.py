@@ -478,3 +478,44 @@ def test_cli_usage_errors_of_the_isolation_options(capsys):
     capsys.readouterr()
     assert main(["numpy", "-c", "errors", "--plugin", "no_such_plugin_module"]) == 2
     assert "No module named 'no_such_plugin_module'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# Behaviour across calls: a declared tolerance class bounds the differences between calls
+
+
+def test_a_declared_reordered_sums_tolerance_admits_an_unordered_image_gradient(tmp_path):
+    from test_conformance_catches_bugs import INFO_HOOK, MUTATIONS, Mutation, make_mutant
+
+    (random_order,) = [m for m in MUTATIONS if m.name == "image-gradient-summed-in-a-random-order"]
+    declared = Mutation(
+        "declared-random-order",
+        (
+            *random_order.edits,
+            (
+                "__init__.py",
+                INFO_HOOK,
+                "@hookimpl\ndef cropcore_conformance_tolerances():\n"
+                '    return {"*/grad_image/*": "reordered-sums"}\n\n\n' + INFO_HOOK,
+            ),
+        ),
+        frozenset(),
+    )
+    names = []
+    try:
+        for mutation, name in ((random_order, "undeclared-order"), (declared, "declared-order")):
+            registry.register(make_mutant(tmp_path, mutation, name), name=f"mutant-{name}")
+            names.append(f"mutant-{name}")
+        patterns = ["behaviour/grad_image/*"]
+        undeclared = cropcore_conformance.run("mutant-undeclared-order", patterns=patterns)
+        assert "behaviour/grad_image/repeatable" in {r.id for r in undeclared.failures}
+        report = cropcore_conformance.run("mutant-declared-order", patterns=patterns)
+        assert report.exit_code == 0, [(r.id, r.message) for r in report.failures]
+        repeatable = next(r for r in report.results if r.id.endswith("/repeatable"))
+        assert repeatable.tolerance == "reordered-sums"
+        assert repeatable.identical < repeatable.elements  # the sums did differ, within bounds
+    finally:
+        for name in names:
+            registry.unregister(name)
+        for key in [k for k in sys.modules if k.startswith("cropcore_mutant_")]:
+            del sys.modules[key]
