@@ -539,3 +539,37 @@ def test_crop2d_cases_run_on_a_backend_that_leaves_crop2d_to_the_core(name):
     assert total.failed == 0
     skipped = [r for r in report.results if r.status == "skipped"]
     assert all("no CUDA device" in r.message or "not installed" in r.message for r in skipped)
+
+
+# --------------------------------------------------------------------------------------------------
+# Declarations are checked against the suite's ids; the CLI's output survives a closed pipe
+
+
+@pytest.mark.parametrize(
+    "declared",
+    [
+        {"declarations": {"edge-cases/forward/identiy-*": "a typo"}},
+        {"tolerances": {"*/grad_imgae/*": "fma"}},
+    ],
+    ids=["expected-failure", "tolerance"],
+)
+def test_a_declared_pattern_that_matches_no_case_is_an_error_in_any_run(backend, declared, capsys):
+    name = backend(f"conformance-typo-{next(iter(declared))}", **declared)
+    with pytest.raises(DeclarationError, match="matches no case id of the suite"):
+        cropcore_conformance.run(name, categories=["errors"])  # a partial run, not --strict
+    assert main([name, "-c", "errors", "--plain"]) == 2
+    assert "matches no case id of the suite (a typo?" in capsys.readouterr().err
+
+
+def test_cli_list_into_a_closed_pipe_stops_quietly():
+    with subprocess.Popen(
+        [sys.executable, "-m", "cropcore_conformance", "--list"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:
+        process.stdout.readline()  # as `| head -1` does: read a line, then close the pipe
+        process.stdout.close()
+        stderr = process.stderr.read().decode()
+        process.wait(timeout=120)
+    assert "Traceback" not in stderr, stderr
+    assert "BrokenPipeError" not in stderr

@@ -46,6 +46,14 @@ S, G = "samples.py", "gradients.py"  # the kernels' sample coordinates; the grad
 NEAREST = "nearest = np.minimum(low + (lerp >= 0.5), last)"
 GATHER = "return image[batch, y, x].astype(_F32, copy=False)"
 FORWARD_RESULT = "return _from_nhwc(crops, call.channels_first)"
+INFO_HOOK = "@hookimpl\ndef cropcore_backend_info"
+DECLINES_HOOK = "@hookimpl\ndef cropcore_backend_declines(call):\n    "
+NEAREST_CALL = 'getattr(call, "method", None) == "nearest"'
+RANDOM = '__import__("random").random'
+END = "\n\n\n" + INFO_HOOK
+GRAD_BOXES_RESULT = (
+    "return kernels.crop_and_resize_grad_boxes(*_arguments(call, call.grads, call.image))"
+)
 EXTRAPOLATE = "crops[~_valid_samples(rows, cols)] = _F32(extrapolation_value)\n    return crops"
 RANGE_TEST = "valid = (coord >= 0) & (coord <= _F32(size - 1))"
 
@@ -228,7 +236,7 @@ MUTATIONS = [
     ),
     mutation(
         "reuses-an-output-buffer",
-        "round-trips",
+        "round-trips behaviour",
         (
             E,
             FORWARD_RESULT,
@@ -240,6 +248,71 @@ MUTATIONS = [
             "def crop_and_resize(call",
             "_BUFFERS = {}\n\n\ndef crop_and_resize(call",
         ),
+    ),
+    # Behaviour across calls: category behaviour must catch each (the staging race, it alone).
+    mutation(
+        "stages-crops-in-a-module-level-buffer",  # a data race between threads
+        "behaviour",
+        (
+            E,
+            FORWARD_RESULT,
+            "stage = _STAGE.setdefault(crops.shape, np.empty_like(crops))\n"
+            "    for box in range(len(crops)):  # row by row, as a kernel's staging would\n"
+            "        stage[box] = crops[box]\n    crops = stage.copy()\n    " + FORWARD_RESULT,
+        ),
+        (E, "def crop_and_resize(call", "_STAGE = {}\n\n\ndef crop_and_resize(call"),
+    ),
+    mutation(
+        "box-gradient-recycles-its-result",  # hands out memory a later call overwrites
+        "behaviour",
+        (
+            E,
+            GRAD_BOXES_RESULT,
+            "result = kernels.crop_and_resize_grad_boxes(*_arguments(call, call.grads, "
+            "call.image))\n    buffer = _RESULTS.setdefault(result.shape, result)\n"
+            "    buffer[...] = result\n    return buffer",
+        ),
+        (E, "def crop_and_resize(call", "_RESULTS = {}\n\n\ndef crop_and_resize(call"),
+    ),
+    mutation(
+        "image-gradient-cleans-nan-grads-in-place",  # writes into the caller's grads
+        "behaviour",
+        (
+            E,
+            "    grads_image = kernels.crop_and_resize_grad_image(",
+            "    np.nan_to_num(call.grads, copy=False)\n"
+            "    grads_image = kernels.crop_and_resize_grad_image(",
+        ),
+    ),
+    mutation(
+        "image-gradient-summed-in-a-random-order",  # as unordered atomics would
+        "behaviour",
+        (
+            G,
+            "        else:\n            _scatter_add(grads_image, targets, contributions)",
+            "        else:\n            order = np.random.permutation(targets.size)\n"
+            "            _scatter_add(grads_image, targets[order], contributions[:, order])",
+        ),
+    ),
+    # The plugin contract: a declines hook that lies, raises or wavers.
+    mutation(
+        "declines-nearest-though-its-info-claims-it",  # certified before: declines were skips
+        "behaviour",
+        (INIT, INFO_HOOK, DECLINES_HOOK + f'return "no nearest" if {NEAREST_CALL} else None' + END),
+    ),
+    mutation(
+        "declines-hook-reads-the-method-of-crop2d-calls",  # crop2d calls have no method
+        "behaviour tf-vectors",
+        (
+            INIT,
+            INFO_HOOK,
+            DECLINES_HOOK + 'return None if call.method in ("bilinear", "nearest") else "?"' + END,
+        ),
+    ),
+    mutation(
+        "declines-hook-answers-at-random",
+        "behaviour",
+        (INIT, INFO_HOOK, DECLINES_HOOK + f'return "busy" if {RANDOM}() < 0.5 else None' + END),
     ),
     mutation(
         "crop2d-shifted-by-one-row",

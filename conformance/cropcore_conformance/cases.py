@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 import cropcore
+from cropcore.arrays import dtype_name
 from cropcore.errors import BackendDeclinedError
 from cropcore.ops import op_for
 from cropcore.registry import Backend
@@ -48,6 +49,7 @@ __all__ = [
     "OPS",
     "Case",
     "Context",
+    "Declined",
     "ErrorCase",
     "FunctionCase",
     "Outcome",
@@ -68,6 +70,8 @@ CATEGORIES: dict[str, str] = {
     "round-trips": "results come back in the image's array library and on its device",
     "unchecked-values": "box values cropcore did not read (traced or on a device): non-finite "
     "boxes extrapolate, a bad box index is refused on the host and NaN on a device",
+    "behaviour": "across calls: concurrent calls give the single-thread results, results are "
+    "not recycled or aliased, inputs (read-only too) are untouched, repeated calls repeat",
     "sizes": "sizes and values where fast kernels change strategy: box counts across 128, 256 "
     "and 1024, depths off multiples of 4, 8, 16, crops beyond 64 and 256, images beyond 32767 "
     "and 65535 pixels, int64 beyond 2**53, nearest-rounding traps in every op",
@@ -111,6 +115,8 @@ class Outcome:
     max_abs: float = 0.0
     max_ulp: int = 0
     tolerance: str = "exact"
+    declined: int = 0  # calls the backend declined (a property case makes many)
+    claimed: int = 0  # of those, calls within what its BackendInfo claims to support
 
     @classmethod
     def passed(cls, tolerance: str = "exact") -> Outcome:
@@ -141,6 +147,22 @@ class SkipCase(Exception):
 
 class FailCase(Exception):
     """Raised inside a case to fail it (the message says why)."""
+
+
+class Declined(SkipCase):
+    """The backend declined the call (``BackendDeclinedError``); ``claimed``: the call is within
+    the ops, image dtypes, methods and devices its ``BackendInfo`` claims to support."""
+
+    def __init__(self, message: str, claimed: bool) -> None:
+        super().__init__(message)
+        self.claimed = claimed
+
+
+def _skipped(exc: SkipCase) -> Outcome:
+    outcome = Outcome.skipped(str(exc))
+    if isinstance(exc, Declined):
+        outcome.declined, outcome.claimed = 1, int(exc.claimed)
+    return outcome
 
 
 @dataclass
@@ -188,11 +210,27 @@ class Context:
         return {k: to_library(v, library, self.device) for k, v in kwargs.items()}
 
     def run_backend(self, op: str, kwargs: dict[str, Any]) -> Any:
-        """The backend's result; raises :class:`SkipCase` if it declines the call."""
+        """The backend's result; raises :class:`Declined` if it declines the call."""
         try:
             return call_op(op, kwargs, self.name)
         except BackendDeclinedError as exc:
-            raise SkipCase(f"declined: {exc}") from None
+            raise Declined(f"declined: {exc}", self.claims(op, kwargs)) from None
+
+    def claims(self, op: str, kwargs: dict[str, Any]) -> bool:
+        """Whether the backend's ``BackendInfo`` claims to support this call: the op, the image's
+        dtype, the method and the inputs' device type (what its ``declines`` hook must not
+        refuse; ``--strict`` fails a backend that does)."""
+        info = self.backend.info
+        if info is None or not self.implements(op):
+            return False
+        image = kwargs.get("image")
+        if image is not None and dtype_name(image) not in info.dtypes:
+            return False
+        if op != "crop2d" and kwargs.get("method", "bilinear") not in info.methods:
+            return False
+        anchor = kwargs.get(anchor_name(op))
+        device = device_of(anchor).partition(":")[0] if anchor is not None else "cpu"
+        return device in info.devices
 
     def reference_result(self, op: str, kwargs: dict[str, Any]) -> np.ndarray:
         """The reference backend's result, as a NumPy array (raises what the reference raises)."""
@@ -236,7 +274,7 @@ class Case:
         try:
             return self._run(ctx)
         except SkipCase as exc:
-            return Outcome.skipped(str(exc))
+            return _skipped(exc)
         except FailCase as exc:
             return Outcome.failed(str(exc))
         except Exception as exc:  # whatever a misbehaving backend makes happen, the run goes on
@@ -506,7 +544,7 @@ class FunctionCase(Case):
             assert self.check is not None
             return self.check(ctx)
         except SkipCase as exc:
-            return Outcome.skipped(str(exc))
+            return _skipped(exc)
         except FailCase as exc:
             return Outcome.failed(str(exc))
         except Exception as exc:

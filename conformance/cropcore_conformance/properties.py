@@ -5,15 +5,21 @@ to on the pixel grid and on exact rounding ties, crop sizes from 1, empty box li
 NaN and infinite extrapolation values and pixels) and requires the backend's result to equal the
 reference's under the case's tolerance, or the backend to raise what the reference raises.
 
-Reproducible: hypothesis runs with a fixed seed (``--seed``, reported), no example database and
-no deadline; ``max_examples`` bounds the work. A failure reports hypothesis's (shrunk) falsifying
+Reproducible: hypothesis runs with a fixed seed (``--seed``, reported), no example database, no
+deadline, and without the numeric literals it otherwise harvests from the local modules a process
+has imported, so the same seed and ``max_examples`` give the same examples in every process
+(:func:`examples_digest`); ``max_examples`` bounds the work. A failure reports hypothesis's (shrunk) falsifying
 example. hypothesis is imported only when a property case runs; without it the cases are skipped.
 Ids: ``properties/<op>/<method or any>``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.util
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -22,6 +28,7 @@ from cropcore.spec import IMAGE_DTYPES
 from cropcore_conformance.cases import (
     Case,
     Context,
+    Declined,
     FailCase,
     FunctionCase,
     Outcome,
@@ -33,7 +40,7 @@ from cropcore_conformance.cases import (
 from cropcore_conformance.compare import compare_arrays
 from cropcore_conformance.inputs import changed_inputs, materialize, snapshot
 
-__all__ = ["property_cases"]
+__all__ = ["PROPERTIES", "examples_digest", "property_cases"]
 
 C = "properties"
 F32 = np.float32
@@ -221,6 +228,87 @@ def _summary(kwargs: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+_constants_lock = threading.Lock()
+_constants_users = 0  # property runs in progress (threads), and hypothesis's harvester they hid
+_harvester: Any = None
+
+
+@contextlib.contextmanager
+def _without_local_constants() -> Iterator[None]:
+    """Hypothesis (6.x) mixes numeric literals harvested from the *local* modules imported so far
+    into its draws, so the examples of a seed would depend on what the process imported (a small
+    module changed 253 compared elements to 1,093). Inside this block it draws from its global
+    constants only: the examples are a function of the seed, the strategy and ``max_examples``.
+    """
+    global _constants_users, _harvester
+    try:
+        from hypothesis.internal.conjecture import providers
+        from hypothesis.internal.constants_ast import Constants
+    except ImportError:  # another hypothesis layout: nothing harvested that we know how to stop
+        yield
+        return
+    if not hasattr(providers, "_get_local_constants") or not hasattr(providers, "CONSTANTS_CACHE"):
+        yield
+        return
+    with _constants_lock:
+        _constants_users += 1
+        if _constants_users == 1:
+            _harvester = providers._get_local_constants
+            providers._get_local_constants = Constants
+            providers.CONSTANTS_CACHE.cache.clear()  # it caches the harvested ones by choice type
+    try:
+        yield
+    finally:
+        with _constants_lock:
+            _constants_users -= 1
+            if _constants_users == 0:
+                providers._get_local_constants = _harvester
+                providers.CONSTANTS_CACHE.cache.clear()
+
+
+def _examples(
+    key: str, test: Callable[[dict[str, Any]], None], seed: int, max_examples: int, shrink: bool
+) -> None:
+    """Run ``test`` on the examples of property ``key`` for ``seed``: always the same ones."""
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import seed as hypothesis_seed
+
+    phases = [Phase.explicit, Phase.generate] + ([Phase.shrink] if shrink else [])
+    run = hypothesis_seed(seed)(
+        settings(
+            max_examples=max_examples,
+            database=None,
+            deadline=None,
+            phases=phases,
+            suppress_health_check=list(HealthCheck),
+            report_multiple_bugs=False,
+            print_blob=False,
+            derandomize=False,
+        )(given(_strategies()[key])(test))
+    )
+    with _without_local_constants():
+        run()
+
+
+def examples_digest(key: str, seed: int, max_examples: int) -> str:
+    """A SHA-256 of the inputs property ``key`` (``"forward/bilinear"``, ...) draws for ``seed``:
+    equal in every process, whatever it imported (cropcore's tests compare two processes)."""
+    digest = hashlib.sha256()
+    _examples(key, lambda kwargs: _digest(digest, kwargs), seed, max_examples, shrink=False)
+    return digest.hexdigest()
+
+
+def _digest(digest: Any, kwargs: dict[str, Any]) -> None:
+    """Fold one example's inputs into ``digest``."""
+    for name, value in sorted(kwargs.items()):
+        digest.update(name.encode())
+        if isinstance(value, np.ndarray):
+            digest.update(f"{value.dtype.str}{value.shape}".encode())
+            digest.update(np.ascontiguousarray(value).tobytes())
+        else:
+            digest.update(repr(value).encode())
+
+
 def _property(key: str) -> FunctionCase:
     op, _, _variant = key.partition("/")
     case_id = f"{C}/{key}"
@@ -228,15 +316,14 @@ def _property(key: str) -> FunctionCase:
     def check(ctx: Context) -> Outcome:
         if importlib.util.find_spec("hypothesis") is None:
             raise SkipCase('hypothesis is not installed (pip install "cropcore[conformance]")')
-        from hypothesis import HealthCheck, Phase, given, seed, settings
-
-        strategy = _strategies()[key]
         tolerance = ctx.tolerance_for(case_id)
         outcome = Outcome.passed(tolerance.name)
-        examples = [0, 0]  # run, declined
+        examples = [0]  # drawn
+        drawn = hashlib.sha256()  # what was drawn: the same for a seed in every process
 
         def one(kwargs: dict[str, Any]) -> None:
             examples[0] += 1
+            _digest(drawn, kwargs)
             try:
                 expected: Any = ctx.reference_result(op, kwargs)
             except Exception as exc:
@@ -246,8 +333,9 @@ def _property(key: str) -> FunctionCase:
             inputs = ctx.prepare(inputs)
             try:
                 result = ctx.run_backend(op, inputs)
-            except SkipCase:
-                examples[1] += 1
+            except Declined as exc:
+                outcome.declined += 1
+                outcome.claimed += int(exc.claimed)
                 return
             except Exception as exc:
                 if isinstance(expected, Exception) and type(exc) is type(expected):
@@ -275,38 +363,22 @@ def _property(key: str) -> FunctionCase:
             if not comparison.passed:
                 raise _Mismatch(f"{comparison.message}, on {_summary(kwargs)}")
 
-        phases = [Phase.explicit, Phase.generate] + ([Phase.shrink] if ctx.shrink else [])
-        test = seed(ctx.seed)(
-            settings(
-                max_examples=ctx.max_examples,
-                database=None,
-                deadline=None,
-                phases=phases,
-                suppress_health_check=list(HealthCheck),
-                report_multiple_bugs=False,
-                print_blob=False,
-                derandomize=False,
-            )(given(strategy)(one))
-        )
         try:
-            test()
+            _examples(key, one, ctx.seed, ctx.max_examples, ctx.shrink)
         except _Mismatch as exc:
             notes = "\n".join(
                 n for n in getattr(exc, "__notes__", []) if n.startswith(("Falsifying", "Failing"))
             )
             message = f"{exc} (hypothesis seed {ctx.seed}"
             message += f"; {notes.strip()[:1500]})" if notes else ")"
-            return Outcome(
-                "failed",
-                message,
-                outcome.elements,
-                outcome.identical,
-                outcome.max_abs,
-                outcome.max_ulp,
-                tolerance.name,
-            )
-        if examples[0] and examples[1] == examples[0]:
-            raise SkipCase("the backend declined every example")
+            outcome.status, outcome.message = "failed", message
+            return outcome
+        if examples[0] and outcome.declined == examples[0]:
+            outcome.status, outcome.message = "skipped", "the backend declined every example"
+        else:
+            outcome.message = f"{examples[0]} examples (sha256 {drawn.hexdigest()[:16]})"
+            if outcome.declined:
+                outcome.message += f"; the backend declined {outcome.declined} of them"
         return outcome
 
     return FunctionCase(
@@ -317,16 +389,17 @@ def _property(key: str) -> FunctionCase:
     )
 
 
+#: The property keys: ``properties/<key>`` is the case id.
+PROPERTIES = (
+    "forward/bilinear",
+    "forward/nearest",
+    "grad_image/bilinear",
+    "grad_image/nearest",
+    "grad_boxes/bilinear",
+    "crop2d/any",
+)
+
+
 def property_cases() -> list[Case]:
     """Every case of the ``properties`` category."""
-    return [
-        _property(key)
-        for key in (
-            "forward/bilinear",
-            "forward/nearest",
-            "grad_image/bilinear",
-            "grad_image/nearest",
-            "grad_boxes/bilinear",
-            "crop2d/any",
-        )
-    ]
+    return [_property(key) for key in PROPERTIES]

@@ -16,6 +16,12 @@ is marked ``xfail`` with the backend's reason (strict or not as the project's ``
 says); a case it cannot run (an op it lacks, a call it declines, a library missing here) is
 skipped. At the end the plugin prints the same per-category summary as ``cropcore conformance``,
 and lists stale declarations.
+
+``--cropcore-isolate`` (ini ``cropcore_isolate = true``) runs each case in a worker process, so
+that a backend that crashes, aborts or hangs (``--cropcore-timeout``) fails those cases and the
+session goes on; ``--cropcore-plugin MODULE`` (ini ``cropcore_plugins``) registers a plugin module
+without an entry point, here and in the worker. ``--cropcore-strict`` fails a case whose calls
+the backend declined although its ``BackendInfo`` claims to support them.
 """
 
 from __future__ import annotations
@@ -76,6 +82,36 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="DEVICE",
         help="move every input to the backend's array library on this device",
     )
+    group.addoption(
+        "--cropcore-isolate",
+        action="store_true",
+        default=None,
+        help="run each case in a worker process: a crash, abort or hang fails that case only",
+    )
+    group.addoption(
+        "--cropcore-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="with --cropcore-isolate: a case with no result in this time fails as hung",
+    )
+    group.addoption(
+        "--cropcore-plugin",
+        action="append",
+        metavar="MODULE",
+        help="import MODULE and register it as a backend plugin first (repeatable)",
+    )
+    group.addoption(
+        "--cropcore-strict",
+        action="store_true",
+        default=None,
+        help="a declined call that the backend's BackendInfo claims to support fails its case",
+    )
+    parser.addini("cropcore_isolate", "run each case in a worker process", type="bool")
+    parser.addini("cropcore_timeout", "seconds an isolated case may take", default="")
+    parser.addini("cropcore_plugins", "plugin modules to register first", type="args", default=[])
+    parser.addini(
+        "cropcore_strict", "fail a declined call the backend claims to support", type="bool"
+    )
     parser.addini("cropcore_backend", "backend the conformance suite certifies", default="")
     parser.addini(
         "cropcore_categories",
@@ -119,18 +155,58 @@ class _Session:
         self.seed = int(seed) if seed is not None else DEFAULT_SEED
         self.max_examples = int(examples) if examples is not None else DEFAULT_MAX_EXAMPLES
         self.device = config.getoption("cropcore_device")
+        self.isolate = bool(_setting(config, "cropcore_isolate", "cropcore_isolate"))
+        self.strict = bool(_setting(config, "cropcore_strict", "cropcore_strict"))
+        timeout = _setting(config, "cropcore_timeout", "cropcore_timeout")
+        self.timeout = float(timeout) if timeout is not None else None
+        self.plugins = list(_setting(config, "cropcore_plugin", "cropcore_plugins") or ())
+        self._isolated: Any = None
 
     def context(self) -> Context:
         if self._ctx is None:
             try:
+                if self.plugins:
+                    from cropcore_conformance.isolation import register
+
+                    for module in self.plugins:
+                        register(module)
                 backend = resolve_backend(self.name)
                 self.expected, tolerances = declarations(backend)
-            except (ValueError, RuntimeError) as exc:  # unknown, unavailable, malformed
+            except (ValueError, RuntimeError, ImportError) as exc:  # unknown, malformed, ...
                 raise pytest.UsageError(f"cropcore conformance: {exc}") from None
             self._ctx = Context(
                 backend, "numpy", tolerances, self.seed, self.max_examples, self.device
             )
         return self._ctx
+
+    def run_case(self, case: Case) -> Outcome:
+        """Run ``case`` here, or in the worker process with ``--cropcore-isolate``."""
+        ctx = self.context()
+        if not self.isolate:
+            return case.run(ctx)
+        if self._isolated is None:
+            from cropcore_conformance.isolation import (
+                DEFAULT_TIMEOUT,
+                IsolatedRunner,
+                plugin_modules,
+            )
+
+            self._isolated = IsolatedRunner(
+                ctx.name,
+                reference=ctx.reference,
+                tolerances=ctx.tolerances,
+                seed=ctx.seed,
+                max_examples=ctx.max_examples,
+                device=ctx.device,
+                plugins=[*self.plugins, *plugin_modules(ctx.backend)],
+                timeout=DEFAULT_TIMEOUT if self.timeout is None else self.timeout,
+            )
+        return self._isolated.run_case(case)
+
+    def pytest_sessionfinish(self) -> None:
+        if self._isolated is not None:
+            self._isolated.close()
+            self._isolated = None
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_collection_modifyitems(
@@ -177,10 +253,13 @@ class _Session:
             sum(r.seconds for r in self.results),
             bool(categories) or len(self.results) < len(all_cases()),
             provenance(),
+            strict=self.strict,
+            isolation="each case in a worker process" if self.isolate else "",
         )
         terminalreporter.write_sep("=", f"cropcore conformance: {ctx.name}")
         # The failures themselves are in pytest's own report above: count them only.
-        for line in render_text(report, max_failures=0, exit_status=False).splitlines():
+        text = render_text(report, max_failures=0, exit_status=False, slowest=0)  # see --durations
+        for line in text.splitlines():
             terminalreporter.write_line(line)
 
 
@@ -219,14 +298,17 @@ class ConformanceItem(pytest.Item):
 
     def runtest(self) -> None:
         session: _Session = self.parent.conformance  # type: ignore[attr-defined]
-        ctx = session.context()
         started = time.perf_counter()
-        outcome: Outcome = self.case.run(ctx)
+        outcome: Outcome = session.run_case(self.case)
         declared = next(
             (r for p, r in session.expected.items() if fnmatch.fnmatchcase(self.case.id, p)), ""
         )
         result = Result.of(self.case, outcome, declared, time.perf_counter() - started)
         self.user_properties.append((_PROPERTY, json.dumps(result.__dict__)))
+        if outcome.claimed and session.strict:
+            raise ConformanceFailure(
+                f"declined a call its BackendInfo claims to support ({outcome.message})"
+            )
         if outcome.status == "skipped":
             pytest.skip(outcome.message)
         if outcome.status == "failed":

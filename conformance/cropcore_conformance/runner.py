@@ -14,7 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import shutil
 import sys
+import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import IO, Any
@@ -22,12 +25,14 @@ from typing import IO, Any
 from cropcore.errors import BackendError
 from cropcore_conformance.cases import CATEGORIES
 from cropcore_conformance.compare import TOLERANCES
+from cropcore_conformance.isolation import IsolationError
 from cropcore_conformance.suite import (
     DEFAULT_MAX_EXAMPLES,
     DEFAULT_SEED,
     CategorySummary,
     DeclarationError,
     Report,
+    Result,
     all_cases,
     run,
     select,
@@ -56,6 +61,8 @@ examples:
   cropcore conformance mybackend -k '*nearest*' -v
   cropcore conformance torch --device cuda
   cropcore conformance mybackend --json > report.json
+  cropcore conformance mybackend --isolate --timeout 60     # survive crashes and hangs
+  cropcore conformance mybackend --plugin mybackend_plugin   # a plugin without an entry point
 """
 )
 
@@ -117,7 +124,48 @@ def build_parser(prog: str = "cropcore conformance") -> argparse.ArgumentParser:
         help="report hypothesis's first failing example without shrinking it",
     )
     parser.add_argument(
-        "--strict", action="store_true", help="a stale expected-failure declaration fails the run"
+        "--strict",
+        action="store_true",
+        help="a stale expected-failure declaration, or a declined call that the backend's "
+        "BackendInfo claims to support, fails the run",
+    )
+    parser.add_argument(
+        "--min-coverage",
+        type=float,
+        metavar="PERCENT",
+        help="fail unless the backend ran at least this share of the cases (declined cases "
+        "count as not run)",
+    )
+    parser.add_argument(
+        "--isolate",
+        action="store_true",
+        help="run the cases in a worker process: a case on which the backend crashes, aborts or "
+        "hangs fails by name and the run goes on",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="with --isolate: a case that gives no result in this time fails as hung (default 120)",
+    )
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        metavar="MODULE",
+        help="import MODULE and register it as a backend plugin (repeatable); the worker "
+        "processes of --isolate import it too",
+    )
+    parser.add_argument(
+        "--slowest",
+        type=int,
+        default=5,
+        metavar="N",
+        help="list the N slowest cases at the end (default 5; 0: none)",
+    )
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (shown on stderr when it is a terminal)",
     )
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -225,9 +273,37 @@ def _header(report: Report) -> list[str]:
             "  declared by the backend: "
             + ", ".join(f"{p} -> {t}" for p, t in report.tolerances.items())
         )
+    if report.isolation:
+        lines.append(f"  isolation: {report.isolation}")
     if report.selected:
         lines.append("  partial run: only the selected categories and cases")
     return lines
+
+
+def _coverage(report: Report) -> list[str]:
+    """Cases run and declined, per category (declined calls are skips, not passes)."""
+    summaries = [*report.by_category(), report.total()]
+    width = max(len(s.name) for s in summaries)
+    lines = ["ran on the backend / declined by it (a declined case is not a pass):"]
+    for s in summaries:
+        line = f"  {s.name:{width}}  {s.run:5} run  {s.declined:5} declined"
+        if s.claimed:
+            line += f"  ({s.claimed} of what its BackendInfo claims to support)"
+        lines.append(line)
+    coverage = report.total().coverage
+    if report.min_coverage is not None and coverage is not None:
+        lines.append(
+            f"  coverage {100 * coverage:.1f}% of the cases not skipped for other reasons "
+            f"(--min-coverage {100 * report.min_coverage:g}%)"
+        )
+    return lines
+
+
+def _slowest(report: Report, n: int) -> list[str]:
+    if n <= 0 or not report.results:
+        return []
+    slowest = sorted(report.results, key=lambda r: r.seconds, reverse=True)[:n]
+    return ["slowest cases:"] + [f"  {r.seconds:8.2f} s  {r.id}" for r in slowest]
 
 
 def _details(report: Report, verbose: bool, max_failures: int) -> list[str]:
@@ -273,6 +349,19 @@ def _details(report: Report, verbose: bool, max_failures: int) -> list[str]:
                 + ", ".join(r.id for r in passes[:10])
                 + (" ..." if len(passes) > 10 else "")
             )
+    claimed = report.claimed_declines
+    if claimed:
+        fails = "fail the run" if report.strict else "would fail the run with --strict"
+        lines.append(
+            f"declined although its BackendInfo claims to support them ({len(claimed)}; these "
+            f"{fails}):"
+        )
+        shown = claimed if verbose else claimed[: max(max_failures, 0)]
+        lines += [f"  DECLINED {r.id}: {r.message}" for r in shown]
+        if len(shown) < len(claimed):
+            lines.append(f"  ... and {len(claimed) - len(shown)} more")
+    if report.coverage_shortfall:
+        lines.append(f"COVERAGE: {report.coverage_shortfall}")
     skipped = [r for r in report.results if r.status == "skipped"]
     if skipped:
         lines.append(f"skipped ({len(skipped)}):")
@@ -300,9 +389,14 @@ def _footer(report: Report, exit_status: bool = True) -> str:
 
 
 def render_text(
-    report: Report, verbose: bool = False, max_failures: int = 25, exit_status: bool = True
+    report: Report,
+    verbose: bool = False,
+    max_failures: int = 25,
+    exit_status: bool = True,
+    slowest: int = 5,
 ) -> str:
-    """The report as plain text (``exit_status``: end with the command's exit status)."""
+    """The report as plain text (``exit_status``: end with the command's exit status;
+    ``slowest``: list that many of the slowest cases)."""
     rows = [_COLUMNS, *_rows(report)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
     numeric = {1, 2, 3, 4, 5}
@@ -317,16 +411,20 @@ def render_text(
     table = [line(rows[0]), "  ".join("-" * w for w in widths)]
     table += [line(r) for r in rows[1:-1]]
     table += ["  ".join("-" * w for w in widths), line(rows[-1])]
-    parts = [*_header(report), "", *table, ""]
-    details = _details(report, verbose, max_failures)
-    if details:
-        parts += [*details, ""]
+    parts = [*_header(report), "", *table, "", *_coverage(report), ""]
+    for block in (_details(report, verbose, max_failures), _slowest(report, slowest)):
+        if block:
+            parts += [*block, ""]
     parts.append(_footer(report, exit_status))
     return "\n".join(parts) + "\n"
 
 
 def render_rich(
-    report: Report, file: IO[str], verbose: bool = False, max_failures: int = 25
+    report: Report,
+    file: IO[str],
+    verbose: bool = False,
+    max_failures: int = 25,
+    slowest: int = 5,
 ) -> None:
     """The report as a rich table (for terminals)."""
     from rich.console import Console
@@ -351,7 +449,11 @@ def render_rich(
     table.add_section()
     table.add_row(*rows[-1], style="bold")
     console.print(table)
-    for text in _details(report, verbose, max_failures):
+    for text in [
+        *_coverage(report),
+        *_details(report, verbose, max_failures),
+        *_slowest(report, slowest),
+    ]:
         console.print(text, markup=False)
     colour = "green" if report.exit_code == 0 else "red"
     console.print(_footer(report), style=f"bold {colour}", markup=False)
@@ -377,6 +479,20 @@ def main(argv: Sequence[str] | None = None, prog: str = "cropcore conformance") 
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     out, err = sys.stdout, sys.stderr
+    try:
+        return _main(parser, args, out, err, prog)
+    except BrokenPipeError:  # `cropcore conformance --list | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
+
+
+def _main(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    out: IO[str],
+    err: IO[str],
+    prog: str,
+) -> int:
     if args.list:
         return _list(args, out)
     if not args.backend:
@@ -386,6 +502,15 @@ def main(argv: Sequence[str] | None = None, prog: str = "cropcore conformance") 
     if args.max_examples < 1:
         err.write(f"{prog}: error: --max-examples must be at least 1\n")
         return EXIT_USAGE
+    if args.min_coverage is not None and not 0 <= args.min_coverage <= 100:
+        err.write(f"{prog}: error: --min-coverage must be a percentage from 0 to 100\n")
+        return EXIT_USAGE
+    if args.timeout is not None and (not args.isolate or args.timeout <= 0):
+        err.write(f"{prog}: error: --timeout takes a positive number of seconds, with --isolate\n")
+        return EXIT_USAGE
+    progress = (
+        _Progress(err) if not args.no_progress and hasattr(err, "isatty") and err.isatty() else None
+    )
     try:
         report = run(
             args.backend,
@@ -398,21 +523,65 @@ def main(argv: Sequence[str] | None = None, prog: str = "cropcore conformance") 
             shrink=not args.no_shrink,
             reference=args.reference,
             strict=args.strict,
+            min_coverage=None if args.min_coverage is None else args.min_coverage / 100,
+            isolate=args.isolate,
+            timeout=args.timeout,
+            plugins=args.plugin or (),
+            on_start=progress.start if progress else None,
+            on_result=progress.update if progress else None,
         )
-    except (BackendError, DeclarationError, ValueError) as exc:
+    except (BackendError, DeclarationError, IsolationError, ValueError, ImportError) as exc:
         from cropcore.registry import registry
 
         backend = registry.get(args.backend)
         err.write(f"{prog}: error: {' '.join(str(exc).split())}\n")
         return EXIT_FAILURE if backend is not None and backend.status == "broken" else EXIT_USAGE
+    finally:
+        if progress is not None:
+            progress.close()
     if args.json:
         json.dump(_finite(report.to_dict()), out, indent=2, default=str)
         out.write("\n")
     elif not args.plain and _rich_terminal(out):
-        render_rich(report, out, args.verbose, args.max_failures)
+        render_rich(report, out, args.verbose, args.max_failures, args.slowest)
     else:
-        out.write(render_text(report, args.verbose, args.max_failures))
+        out.write(render_text(report, args.verbose, args.max_failures, slowest=args.slowest))
     return report.exit_code
+
+
+class _Progress:
+    """A one-line progress bar on a terminal: cases done, failures so far, the current case."""
+
+    def __init__(self, stream: IO[str], interval: float = 0.1) -> None:
+        self.stream, self.interval = stream, interval
+        self.total = self.done = self.failed = 0
+        self.shown = -math.inf
+        self.width = 0
+
+    def start(self, cases: Sequence[Any]) -> None:
+        self.total = len(cases)
+
+    def update(self, result: Result) -> None:
+        self.done += 1
+        self.failed += result.status == "failed"
+        now = time.monotonic()
+        if now - self.shown < self.interval and self.done < self.total:
+            return
+        self.shown = now
+        columns = shutil.get_terminal_size((80, 24)).columns
+        filled = 20 * self.done // max(self.total, 1)
+        text = (
+            f"[{'#' * filled}{'.' * (20 - filled)}] {self.done}/{self.total}"
+            f"{f', {self.failed} failed' if self.failed else ''}  {result.id}"
+        )[: columns - 1]
+        self.stream.write("\r" + text.ljust(self.width))
+        self.stream.flush()
+        self.width = len(text)
+
+    def close(self) -> None:
+        if self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.stream.flush()
 
 
 def _finite(value: Any) -> Any:

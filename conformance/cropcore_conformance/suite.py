@@ -17,7 +17,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +47,7 @@ class DeclarationError(ValueError):
 
 @functools.lru_cache(maxsize=1)
 def _cases() -> tuple[Case, ...]:
+    from cropcore_conformance.behaviour import behaviour_cases
     from cropcore_conformance.edge_cases import edge_cases
     from cropcore_conformance.errors import error_cases
     from cropcore_conformance.gradients import gradient_cases
@@ -67,6 +68,7 @@ def _cases() -> tuple[Case, ...]:
         *error_cases(),
         *round_trip_cases(),
         *unchecked_cases(),
+        *behaviour_cases(),
         *size_cases(),
         *roi_align_cases(),
     ]
@@ -149,6 +151,15 @@ def declarations(backend: Backend) -> tuple[dict[str, str], dict[str, str]]:
             raise DeclarationError(
                 f"backend {backend.name!r} declares an expected failure {pattern!r} without a reason"
             )
+    # A typo in a pattern would otherwise show only as "stale", and only on a full --strict run.
+    ids = [case.id for case in all_cases()]
+    for kind, patterns in (("an expected failure", expected), ("a tolerance", tolerances)):
+        for pattern in patterns:
+            if not any(fnmatch.fnmatchcase(case_id, pattern) for case_id in ids):
+                raise DeclarationError(
+                    f"backend {backend.name!r} declares {kind} for {pattern!r}, which matches no "
+                    "case id of the suite (a typo? `cropcore conformance --list` prints the ids)"
+                )
     return expected, tolerances
 
 
@@ -169,6 +180,13 @@ class Result:
     tolerance: str = "exact"
     declared: str = ""  # the expected-failure reason, when a declaration matches
     seconds: float = 0.0
+    declined: int = 0  # calls the backend declined
+    claimed: int = 0  # of those, calls its BackendInfo claims to support
+
+    @property
+    def ran(self) -> bool:
+        """Whether the backend ran the case (it may still have declined some of its calls)."""
+        return self.status in ("passed", "failed", "xfailed")
 
     @classmethod
     def of(cls, case: Case, outcome: Outcome, declared: str = "", seconds: float = 0.0) -> Result:
@@ -189,6 +207,8 @@ class Result:
             outcome.tolerance,
             declared,
             seconds,
+            outcome.declined,
+            outcome.claimed,
         )
 
 
@@ -205,6 +225,16 @@ class CategorySummary:
     max_abs: float = 0.0
     max_ulp: int = 0
     tolerances: dict[str, int] = field(default_factory=dict)
+    run: int = 0  # cases the backend ran
+    declined: int = 0  # cases with calls the backend declined
+    claimed: int = 0  # cases with declined calls its BackendInfo claims to support
+    declined_skips: int = 0  # cases skipped because the backend declined every call
+
+    @property
+    def coverage(self) -> float | None:
+        """Cases run over cases run or declined (``None`` when there are neither)."""
+        declined_only = self.declined_skips
+        return self.run / (self.run + declined_only) if self.run + declined_only else None
 
     @property
     def bit_identical(self) -> float | None:
@@ -229,6 +259,8 @@ class Report:
     selected: bool  # only part of the suite was run
     provenance: str
     strict: bool = False
+    isolation: str = ""  # how cases were isolated from the run ("" for in-process)
+    min_coverage: float | None = None  # the share of cases run that the run must reach
 
     def by_category(self) -> list[CategorySummary]:
         summaries = {name: CategorySummary(name) for name in CATEGORIES}
@@ -242,6 +274,10 @@ class Report:
             s.max_ulp = max(s.max_ulp, r.max_ulp)
             if r.status != "skipped":
                 s.tolerances[r.tolerance] = s.tolerances.get(r.tolerance, 0) + 1
+            s.run += r.ran
+            s.declined += bool(r.declined)
+            s.declined_skips += bool(r.declined) and not r.ran
+            s.claimed += bool(r.claimed)
         return [s for s in summaries.values() if s.cases]
 
     def total(self) -> CategorySummary:
@@ -255,6 +291,10 @@ class Report:
                 "skipped",
                 "elements",
                 "identical",
+                "run",
+                "declined",
+                "declined_skips",
+                "claimed",
             ):
                 setattr(total, attr, getattr(total, attr) + getattr(s, attr))
             total.max_abs = max(total.max_abs, s.max_abs)
@@ -290,12 +330,29 @@ class Report:
         return [p for p, s in self.declaration_status().items() if s == "stale"]
 
     @property
+    def claimed_declines(self) -> list[Result]:
+        """Cases with calls the backend declined although its ``BackendInfo`` claims them."""
+        return [r for r in self.results if r.claimed]
+
+    @property
+    def coverage_shortfall(self) -> str:
+        """Why the run misses ``min_coverage`` (``""`` if it does not, or none was asked)."""
+        coverage = self.total().coverage
+        if self.min_coverage is None or coverage is None or coverage >= self.min_coverage:
+            return ""
+        return (
+            f"the backend ran {100 * coverage:.1f}% of the cases it did not decline or skip "
+            f"for another reason; --min-coverage asks for {100 * self.min_coverage:g}%"
+        )
+
+    @property
     def exit_code(self) -> int:
-        """0: conforms; 1: an unexpected failure (or, with ``strict``, a stale declaration), or
+        """0: conforms; 1: an unexpected failure (or, with ``strict``, a stale declaration or a
+        declined call the backend claims to support; or coverage below ``min_coverage``), or
         nothing ran at all."""
-        if self.failures:
+        if self.failures or self.coverage_shortfall:
             return 1
-        if self.strict and self.stale:
+        if self.strict and (self.stale or self.claimed_declines):
             return 1
         return 0 if any(r.status in ("passed", "xfailed") for r in self.results) else 1
 
@@ -303,7 +360,8 @@ class Report:
     def verdict(self) -> str:
         if self.exit_code == 0:
             return "PASSED"
-        return "FAILED" if self.failures or self.stale else "NOTHING RAN"
+        problems = self.failures or self.stale or self.claimed_declines or self.coverage_shortfall
+        return "FAILED" if problems else "NOTHING RAN"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable form (``cropcore conformance --json``)."""
@@ -320,6 +378,10 @@ class Report:
                 "bit_identical": s.bit_identical,
                 "elements": s.elements,
                 "tolerances": s.tolerances,
+                "run": s.run,
+                "declined": s.declined,
+                "declined_claimed": s.claimed,
+                "coverage": s.coverage,
             }
 
         return {
@@ -334,6 +396,7 @@ class Report:
             "device": self.device,
             "seconds": round(self.seconds, 3),
             "partial": self.selected,
+            "isolation": self.isolation or None,
             "recorded_vectors": self.provenance,
             "tolerance_classes": {k: v.description for k, v in TOLERANCES.items()},
             "declared_tolerances": self.tolerances,
@@ -369,30 +432,75 @@ def run(
     shrink: bool = True,
     reference: str = "numpy",
     strict: bool = False,
+    min_coverage: float | None = None,
     on_result: Callable[[Result], None] | None = None,
+    isolate: bool = False,
+    timeout: float | None = None,
+    plugins: Sequence[str] = (),
+    on_start: Callable[[list[Case]], None] | None = None,
 ) -> Report:
     """Run the suite (or the selected part of it) against ``backend`` and return the report.
 
+    ``strict``: a stale declaration, or a declined call that the backend's ``BackendInfo``
+    claims to support, fails the run. ``min_coverage`` (0 to 1): the run fails if the backend ran
+    a smaller share of the cases than this, the cases it declined counting as not run.
+    ``isolate``: run the cases in a worker process (:mod:`.isolation`), so that a case on which
+    the backend crashes, aborts or hangs (no result within ``timeout`` seconds) fails by name and
+    the run goes on. ``plugins``: modules to import and register as backend plugins first (the
+    worker imports them too). ``on_start`` receives the selected cases before the first runs,
+    ``on_result`` each result as it comes.
+
     Raises ``cropcore.errors.UnknownBackendError`` / ``BackendUnavailableError`` when the backend
-    (or the reference) cannot be used, and :class:`DeclarationError` for malformed declarations.
+    (or the reference) cannot be used, :class:`DeclarationError` for malformed declarations, and
+    ``isolation.IsolationError`` when a worker process cannot start.
     """
+    if min_coverage is not None and not 0 <= min_coverage <= 1:
+        raise ValueError(f"min_coverage must be between 0 and 1, got {min_coverage!r}")
+    if timeout is not None and not isolate:
+        raise ValueError("timeout applies to isolated runs only: pass isolate=True")
+    if plugins:
+        from cropcore_conformance.isolation import register
+
+        for module in plugins:
+            register(module)
     chosen = resolve_backend(backend)
     resolve_backend(reference)
     expected, tolerances = declarations(chosen)
     ctx = Context(chosen, reference, tolerances, seed, max_examples, device, shrink)
     cases = select(all_cases(), categories, patterns, exclude)
+    isolated = None
+    if isolate:
+        from cropcore_conformance.isolation import DEFAULT_TIMEOUT, IsolatedRunner, plugin_modules
+
+        isolated = IsolatedRunner(
+            chosen.name,
+            reference=reference,
+            tolerances=tolerances,
+            seed=seed,
+            max_examples=max_examples,
+            device=device,
+            shrink=shrink,
+            plugins=[*plugins, *plugin_modules(chosen)],
+            timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
+        )
+    if on_start is not None:
+        on_start(cases)
     results = []
     started = time.perf_counter()
-    for case in cases:
-        declared = next(
-            (reason for p, reason in expected.items() if fnmatch.fnmatchcase(case.id, p)), ""
-        )
-        t0 = time.perf_counter()
-        outcome = case.run(ctx)
-        result = Result.of(case, outcome, declared, time.perf_counter() - t0)
-        results.append(result)
-        if on_result is not None:
-            on_result(result)
+    try:
+        for case in cases:
+            declared = next(
+                (reason for p, reason in expected.items() if fnmatch.fnmatchcase(case.id, p)), ""
+            )
+            t0 = time.perf_counter()
+            outcome = isolated.run_case(case) if isolated is not None else case.run(ctx)
+            result = Result.of(case, outcome, declared, time.perf_counter() - t0)
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+    finally:
+        if isolated is not None:
+            isolated.close()
     from cropcore_conformance.vectors import provenance
 
     return Report(
@@ -410,4 +518,10 @@ def run(
         selected=bool(categories or patterns or exclude),
         provenance=provenance(),
         strict=strict,
+        min_coverage=min_coverage,
+        isolation=(
+            f"each case in a worker process, {isolated.timeout:g} s per case"
+            if isolated is not None
+            else ""
+        ),
     )

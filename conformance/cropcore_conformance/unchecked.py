@@ -31,6 +31,7 @@ from cropcore_conformance.cases import (
     OPS,
     Case,
     Context,
+    Declined,
     FailCase,
     Outcome,
     SkipCase,
@@ -75,7 +76,7 @@ class UncheckedCase(Case):
         try:
             result = dispatch.run(call, ctx.name)
         except BackendDeclinedError as exc:
-            raise SkipCase(f"declined: {exc}") from None
+            raise Declined(f"declined: {exc}", ctx.claims(self.op, inputs)) from None
         except IndexError:
             if self.expect == "bad-index" and on_host:
                 return Outcome.passed()
