@@ -317,6 +317,7 @@ MUTATIONS = [
     mutation(
         "crop2d-shifted-by-one-row",
         "tf-vectors tf-tests edge-cases properties round-trips",
+        (INIT, "from cropcore import memory", "import numpy as np\nfrom cropcore import memory"),
         (  # the reference has no crop2d hook (the core slices): the mutant brings a wrong one
             INIT,
             "@hookimpl\ndef cropcore_backend_info",

@@ -20,7 +20,10 @@ Requirements:
   then bounds the differences between calls.
 - **The plugin contract**: the ``declines`` hook answers a valid call of every op (crop2d's
   call has no ``image`` and no ``method``) without raising, the same way every time, in well
-  under 10 ms; every image dtype and method the ``BackendInfo`` claims is run, not declined.
+  under 10 ms; every image dtype and method the ``BackendInfo`` claims is run, not declined;
+  importing the plugin and listing backends in a fresh process imports no framework
+  (``forward/imports-no-framework``); crop2d of a NumPy array is a view
+  (``crop2d/result-is-a-view``).
 
 The inputs are drawn from a NumPy generator seeded with the run's ``--seed`` and kept small, so
 the category takes a fraction of a second on the reference backend. The results are compared
@@ -30,10 +33,13 @@ check the values. Ids: ``behaviour/<op>/<check>``.
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -435,9 +441,76 @@ CHECKS: dict[str, tuple[Callable[[str], Callable[[Context], Outcome]], str]] = {
 }
 
 
+#: Frameworks a plugin module must not import when it is imported or listed (besides those its
+#: ``BackendInfo.requires`` names): a framework loads only when its backend first runs.
+FRAMEWORKS = ("torch", "numba", "cupy", "jax", "tensorflow", "dask", "tvm", "mlx", "paddle")
+
+
+def _imports_no_framework(ctx: Context) -> Outcome:
+    """Importing the plugin's module and listing backends, in a fresh process, loads none of the
+    frameworks it requires (docs/plugins.md: "Importing it must be cheap")."""
+    backend = ctx.backend
+    module = backend.module
+    if module is None or getattr(module, "__file__", None) is None:
+        raise SkipCase("the backend's module has no file a fresh process could import")
+    requires = backend.info.requires if backend.info else ()
+    watched = sorted({*FRAMEWORKS, *(r.partition(".")[0] for r in requires)} - {"numpy"})
+    depth = module.__name__.count(".") + (1 if hasattr(module, "__path__") else 0)
+    root = str(Path(module.__file__).parents[depth])
+    code = (
+        "import importlib, json, sys\n"
+        f"sys.path.insert(0, {root!r})\n"
+        "import cropcore\n"
+        "before = {m.partition('.')[0] for m in sys.modules}\n"
+        f"importlib.import_module({module.__name__!r})\n"
+        "cropcore.backends()\n"
+        "after = {m.partition('.')[0] for m in sys.modules}\n"
+        f"print(json.dumps(sorted((after - before) & set({watched!r}))))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    if done.returncode != 0:
+        tail = " ".join(done.stderr.split()[-40:])
+        raise FailCase(f"importing {module.__name__} in a fresh process failed: {tail}")
+    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    if loaded:
+        raise FailCase(
+            f"importing {module.__name__} and listing backends imported {', '.join(loaded)}: a "
+            "plugin must import its framework lazily, when its backend first runs"
+        )
+    return Outcome.passed()
+
+
+def _crop2d_is_a_view(ctx: Context) -> Outcome:
+    """crop2d of a NumPy array is a view of it, as NumPy's slicing is (docs/decisions.md,
+    "Copy or view?"); a backend that cannot make one declares the case an expected failure."""
+    rng = np.random.default_rng([ctx.seed, 7])
+    x = rng.standard_normal(IMAGE_SHAPE).astype(F32)
+    result = ctx.run_backend("crop2d", {"x": x, "cropping": ((1, 2), (3, 1))})
+    actual = check_result("crop2d", result, {"x": x})
+    if not np.shares_memory(actual, x):
+        raise FailCase("crop2d's result is a copy; NumPy's slicing (and the core's) makes a view")
+    return Outcome.passed()
+
+
 def behaviour_cases() -> list[Case]:
     """Every case of the ``behaviour`` category."""
-    cases: list[Case] = []
+    cases: list[Case] = [
+        FunctionCase(
+            f"{C}/forward/imports-no-framework",
+            "forward",
+            check=_imports_no_framework,
+            description="importing the plugin and listing backends in a fresh process loads "
+            "none of its frameworks",
+        ),
+        FunctionCase(
+            f"{C}/crop2d/result-is-a-view",
+            "crop2d",
+            check=_crop2d_is_a_view,
+            description="crop2d of a NumPy array shares its memory, as NumPy's slicing does",
+        ),
+    ]
     for op in OPS_ORDER:
         for name, (make, description) in CHECKS.items():
             cases.append(
