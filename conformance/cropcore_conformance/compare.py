@@ -144,11 +144,15 @@ def compare_arrays(
     tolerance: Tolerance | None = None,
     scale: Any = None,
 ) -> Comparison:
-    """Compare two NumPy arrays (same shape and dtype required) under ``tolerance``."""
+    """Compare two NumPy arrays (same shape and dtype required) under ``tolerance``.
+
+    The dtype is compared up to byte order: a result equal in value to the expected one but in
+    the other byte order passes (docs/conformance.md, "Byte order").
+    """
     tolerance = tolerance or TOLERANCES["exact"]
     if actual.shape != expected.shape:
         return Comparison(False, message=f"shape {actual.shape}, expected {expected.shape}")
-    if actual.dtype != expected.dtype:
+    if actual.dtype.newbyteorder("=") != expected.dtype.newbyteorder("="):
         return Comparison(False, message=f"dtype {actual.dtype}, expected {expected.dtype}")
     actual = np.asarray(actual, dtype=actual.dtype.newbyteorder("="))
     expected = np.asarray(expected, dtype=expected.dtype.newbyteorder("="))
