@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cropcore import dispatch, spec
+from cropcore import arguments, dispatch, spec
 from cropcore.ops import op_for
 from cropcore.registry import Backend, registry
 
@@ -31,7 +31,7 @@ def crop_and_resize(
     method: str = "bilinear",
     extrapolation_value: float = 0.0,
     *,
-    data_format: str = "channels_last",
+    data_format: str | None = None,
     backend: str | None = None,
 ) -> Any:
     """Crop boxes out of a batch of images and resize each crop, exactly as ``tf.image.crop_and_resize``.
@@ -50,6 +50,9 @@ def crop_and_resize(
         method: ``"bilinear"`` or ``"nearest"`` (nearest rounds halves away from zero).
         extrapolation_value: the value (as float32) of samples outside the image.
         data_format: ``"channels_last"`` (NHWC, TensorFlow's) or ``"channels_first"`` (NCHW).
+            Left out (``None``), it is channels_last, and an image whose shape is evidently NCHW
+            (as NHWC: at most 4 rows, a width over 4 times its height, more than 4 channels, as
+            ``(N, 3, 224, 224)``) gets a ``UserWarning``.
         backend: a backend name or alias (``"numpy"``, ``"numba"``, ``"torch"``, ``"cupy"`` /
             ``"cuda"``, or a plugin's); ``None`` chooses one (see :func:`explain`).
 
@@ -65,6 +68,8 @@ def crop_and_resize(
         cropcore.errors.OutputTooLargeError: the result would not fit in memory.
         cropcore.errors.BackendError: the named backend is unknown, unavailable or cannot run the call.
     """
+    if data_format is None:
+        data_format = arguments.default_layout_arg(image)
     call = spec.crop_and_resize_call(
         image, boxes, box_indices, crop_size, method, extrapolation_value, data_format
     )
@@ -110,7 +115,7 @@ def crop_and_resize_grad_boxes(
     box_indices: Any,
     method: str = "bilinear",
     *,
-    data_format: str = "channels_last",
+    data_format: str | None = None,
     backend: str | None = None,
 ) -> Any:
     """Gradient of :func:`crop_and_resize` with respect to the boxes (``tf.raw_ops.CropAndResizeGradBoxes``).
@@ -122,12 +127,15 @@ def crop_and_resize_grad_boxes(
         boxes: ``(num_boxes, 4)``; box_indices: ``(num_boxes,)``, as for :func:`crop_and_resize`.
         method: only ``"bilinear"``, as in TensorFlow (the box gradient of a nearest crop is the
             bilinear one).
-        data_format: ``"channels_last"`` or ``"channels_first"``.
+        data_format: ``"channels_last"`` or ``"channels_first"``; left out, channels_last, with a
+            warning for an evidently NCHW image as for :func:`crop_and_resize`.
         backend: as for :func:`crop_and_resize`.
 
     Returns:
         float32 ``(num_boxes, 4)``: d loss / d ``[y1, x1, y2, x2]``, in ``image``'s library and device.
     """
+    if data_format is None:
+        data_format = arguments.default_layout_arg(image)
     call = spec.grad_boxes_call(grads, image, boxes, box_indices, method, data_format)
     return dispatch.run(call, backend)
 

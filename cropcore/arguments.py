@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ __all__ = [
     "crop_size_arg",
     "cropping_arg",
     "data_format_arg",
+    "default_layout_arg",
     "extrapolation_value_arg",
     "grad_dtype_arg",
     "grads_arg",
@@ -121,6 +123,30 @@ def data_format_arg(data_format: Any) -> str:
     return value
 
 
+def default_layout_arg(image: Any, name: str = "image", stacklevel: int = 3) -> str:
+    """``"channels_last"`` (the default ``data_format``), warning where ``image``'s shape says it is
+    evidently NCHW: read as NHWC it has at most 4 rows, a width over 4 times its height and more
+    than 4 channels, which is how an NCHW image of 1 to 4 channels (``(N, 3, 224, 224)``) reads.
+
+    Only for a ``data_format`` left to its default; the check reads the shape only. An NHWC image
+    that looks so (a strip of 1 to 4 rows with many channels) gets the warning too, which passing
+    ``data_format="channels_last"`` silences.
+    """
+    shape = getattr(image, "shape", None)
+    if shape is not None and len(shape) == 4:
+        _, height, width, depth = shape
+        if height <= 4 and width > 4 * height and depth > 4:
+            warnings.warn(
+                f"{name} of shape {tuple(int(d) for d in shape)} was read as channels_last "
+                f"(NHWC, the default): {int(height)} rows of {int(depth)} channels. If it is "
+                "NCHW (batch, channels, height, width), pass data_format='channels_first'; pass "
+                "data_format='channels_last' to say it is NHWC and silence this warning",
+                UserWarning,
+                stacklevel=stacklevel,
+            )
+    return "channels_last"
+
+
 def method_arg(method: Any, allowed: tuple[str, ...] = METHODS) -> str:
     if not isinstance(method, str):
         raise TypeError(f"method must be a string, one of {allowed}, got {_short(method)}")
@@ -173,8 +199,11 @@ def image_arg(image: Any, data_format: str, name: str = "image") -> tuple[Any, I
             return image, dims
     image, _, dims = _four_d(image, name, data_format)
     dtype = dtype_name(image)
-    if dtype not in IMAGE_DTYPES:
-        raise TypeError(f"{name} dtype must be one of {', '.join(IMAGE_DTYPES)}; got {dtype}")
+    if dtype not in IMAGE_DTYPES and dtype != "bfloat16":
+        raise TypeError(
+            f"{name} dtype must be one of {', '.join(IMAGE_DTYPES)} (or bfloat16, on backends "
+            f"that declare it: torch); got {dtype}"
+        )
     if isinstance(image, np.ndarray) and not image.dtype.isnative:
         image = image.astype(image.dtype.newbyteorder("="))
     return image, dims
