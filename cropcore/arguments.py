@@ -312,6 +312,8 @@ def boxes_values_arg(boxes: Any, box_indices: Any, batch: int) -> tuple[Any, Any
         if checked is not None:
             return checked
     boxes = library_for(boxes).astype(boxes, "float32")
+    if _few_valid_boxes(boxes, box_indices, batch):
+        return boxes, library_for(box_indices).astype(box_indices, "int32")
     host_boxes = library_for(boxes).to_numpy(boxes)
     # min and max propagate NaN and reach any infinity: two reductions, no temporary array
     if host_boxes.size and not (np.isfinite(host_boxes.min()) and np.isfinite(host_boxes.max())):
@@ -331,6 +333,25 @@ def boxes_values_arg(boxes: Any, box_indices: Any, batch: int) -> tuple[Any, Any
             )
     box_indices = library_for(box_indices).astype(box_indices, "int32")
     return boxes, box_indices
+
+
+def _few_valid_boxes(boxes: Any, box_indices: Any, batch: int) -> bool:
+    """Whether a few float32 ``boxes`` (an array with ``tolist``: a torch CPU tensor) are finite and
+    their indices in ``[0, batch)``, read as Python lists: for a few boxes quicker than DLPack and
+    NumPy reductions (about 40 us of a small torch call). ``False`` also means "not checked here"."""
+    shape = getattr(boxes, "shape", ())
+    if not (len(shape) == 2 and 0 < shape[0] <= _FEW_BOXES) or not hasattr(box_indices, "tolist"):
+        return False
+    values = boxes.tolist()
+    indices = box_indices.tolist()
+    if type(values) is not list or type(indices) is not list:
+        return False
+    # float64 sums of float32 values cannot overflow: finite exactly when every value is
+    return (
+        math.isfinite(sum(sum(row) for row in values))
+        and min(indices) >= 0
+        and max(indices) < batch
+    )
 
 
 def _numpy_boxes(

@@ -178,7 +178,7 @@ def test_sizes_beyond_the_shared_arithmetic_run_the_torch_ops(monkeypatch):
     assert not _native._in_range((1 << 24) + 1, 1, (1, 1))
     monkeypatch.setattr(_native, "_MAX_IMAGE_SIDE", 4)  # this image is then "too large"
     calls = []
-    monkeypatch.setattr(_native, "_box_samples", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(_native, "_sample_tables", lambda *a, **k: calls.append(a))
     image, boxes, box_indices = make_case(21)
     got = cropcore.crop_and_resize(
         torch.from_numpy(image), boxes, box_indices, (3, 3), backend="torch"

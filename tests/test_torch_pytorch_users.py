@@ -287,3 +287,27 @@ def test_nhwc_images_and_explicit_formats_do_not_warn(shape):
         for data_format in FORMATS:
             cropcore.crop_and_resize(nchw, [[0, 0, 1, 1]], [0], (7, 7), data_format=data_format)
         CropAndResize(7)(nchw, torch.tensor([[0.0, 0, 1, 1]]), torch.tensor([0]))
+
+
+# -- the quick check of a few boxes (torch CPU tensors read as lists) ------------------------------
+
+
+@pytest.mark.parametrize("num_boxes", [1, 8, 9])  # up to 8 boxes: read with tolist()
+def test_few_torch_boxes_are_still_checked(num_boxes):
+    image = torch.rand(2, 5, 5, 1)
+    boxes = torch.rand(num_boxes, 4)
+    indices = torch.zeros(num_boxes, dtype=torch.int64)
+    assert cropcore.crop_and_resize(image, boxes, indices, (2, 2)).shape == (num_boxes, 2, 2, 1)
+    nan_boxes = boxes.clone()
+    nan_boxes[-1, 2] = float("nan")
+    with pytest.raises(ValueError, match=rf"boxes\[{num_boxes - 1}, 2\] = nan"):
+        cropcore.crop_and_resize(image, nan_boxes, indices, (2, 2))
+    for bad in (2, -1):
+        bad_indices = indices.clone()
+        bad_indices[-1] = bad
+        with pytest.raises(IndexError, match=rf"box_indices\[{num_boxes - 1}\] = {bad}"):
+            cropcore.crop_and_resize(image, boxes, bad_indices, (2, 2))
+    huge = boxes.double()
+    huge[0, 0] = 1e40  # finite in float64, inf in float32
+    with pytest.raises(ValueError, match="finite"):
+        cropcore.crop_and_resize(image, huge, indices, (2, 2))
