@@ -311,3 +311,32 @@ def test_few_torch_boxes_are_still_checked(num_boxes):
     huge[0, 0] = 1e40  # finite in float64, inf in float32
     with pytest.raises(ValueError, match="finite"):
         cropcore.crop_and_resize(image, huge, indices, (2, 2))
+
+
+# -- NCHW with many channels (the compiled transposes) ---------------------------------------------
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_nchw_with_many_channels_equals_nhwc_bit_for_bit(native, cropcore_env):
+    cropcore_env.set("CROPCORE_TORCH_NATIVE", native)
+    generator = torch.Generator().manual_seed(5)
+    nhwc = torch.randn(2, 9, 11, 40, generator=generator)
+    nchw = nhwc.permute(0, 3, 1, 2).contiguous()  # how torch holds features
+    boxes = torch.rand(30, 4, generator=generator) * 1.2 - 0.1  # some samples outside
+    indices = torch.randint(0, 2, (30,), generator=generator)
+    upstream = torch.randn(30, 5, 6, 40, generator=generator)
+
+    def run(image, data_format, grads):
+        image = image.clone().requires_grad_()
+        b = boxes.clone().requires_grad_()
+        out = cropcore_torch.crop_and_resize(image, b, indices, (5, 6), data_format=data_format)
+        out.backward(grads)
+        return out.detach(), image.grad, b.grad
+
+    out, image_grad, boxes_grad = run(nhwc, "channels_last", upstream)
+    out_cf, image_grad_cf, boxes_grad_cf = run(nchw, "channels_first", upstream.permute(0, 3, 1, 2))
+    assert out_cf.is_contiguous()
+    assert image_grad_cf.is_contiguous()
+    assert torch.equal(out_cf, out.permute(0, 3, 1, 2))
+    assert torch.equal(image_grad_cf, image_grad.permute(0, 3, 1, 2))
+    assert torch.equal(boxes_grad_cf, boxes_grad)

@@ -281,20 +281,22 @@ i64 grad_image_##SUF(const float* grads, i64 gs_n, i64 gs_y, i64 gs_x, i64 gs_d,
     FP_RETURN(-1);                                                                            \
 }
 
-/* Channel planes to channels innermost, box by box: dst (N, P, D) from src (N, D, P) whose boxes
-   are src_n apart (an NCHW gradient of crops: P = crop pixels). Tiled, so that each box's block
-   (a few tens of KB) is read and written through the cache once; torch's strided copy of the same
-   permutation is an order of magnitude slower. Boxes [n0, n1). */
+/* A batch of transposes: dst (N, P, D) from src (N, D, P), whose matrices are src_n apart (an NCHW
+   tensor to channels innermost: D channels, P pixels; or back, with D and P swapped). Blocks of 16
+   source rows, so that reads and writes each stay within a few cache lines; torch's strided copy of
+   the same permutation was 3 to 10 times slower here. Matrices [n0, n1). */
 i64 planes_to_channels_f32(const float* src, i64 src_n, i64 D, i64 P, float* dst, i64 n0,
                            i64 n1) {
     for (i64 n = n0; n < n1; ++n) {
         const float* s = src + n * src_n;
         float* t = dst + n * P * D;
-        for (i64 d0 = 0; d0 < D; d0 += 16)
-            for (i64 i0 = 0; i0 < P; i0 += 16)
-                for (i64 d = d0; d < d0 + 16 && d < D; ++d)
-                    for (i64 i = i0; i < i0 + 16 && i < P; ++i)
-                        t[i * D + d] = s[d * P + i];
+        for (i64 d0 = 0; d0 < D; d0 += 16) { /* 16 source rows at a time, read down */
+            const i64 d1 = d0 + 16 < D ? d0 + 16 : D;
+            for (i64 i = 0; i < P; ++i) {
+                float* row = t + i * D;
+                for (i64 d = d0; d < d1; ++d) row[d] = s[d * P + i];
+            }
+        }
     }
     return -1;
 }

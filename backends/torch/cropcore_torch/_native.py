@@ -45,11 +45,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cropcore import hostmem
 from cropcore_torch import kernels
 from cropcore_torch._build import _SUFFIX, available, library, status
 
 __all__ = [
     "available",
+    "channels_first",
     "fill_crops",
     "fill_grad_boxes",
     "fill_grad_image",
@@ -246,24 +248,38 @@ def _strided(x: Tensor) -> tuple[int, ...]:
     return (x.data_ptr(), *x.stride())
 
 
+def _transposed(x: Tensor, rows: int, cols: int) -> Tensor:
+    """A new contiguous float32 tensor holding each of the ``x.shape[0]`` matrices ``(rows, cols)``
+    of the contiguous float32 ``x``, transposed, by the compiled tiled loop (torch's strided copy of
+    this permutation is several times slower). Memory from cropcore's host pool, as results'."""
+    n = x.shape[0]
+    out = torch.from_numpy(hostmem.pool().empty((n, cols, rows), np.float32))
+    lib = library()
+    assert lib is not None
+    fixed = (x.data_ptr(), rows * cols, rows, cols, out.data_ptr())
+    _run_split(lib.planes_to_channels_f32, fixed, n, x.numel())
+    return out
+
+
 def _channels_innermost(x: Tensor) -> Tensor:
     """An NHWC view ``x``, copied so that channels are innermost unless they are or are few."""
     if x.stride(3) == 1 or x.shape[3] <= _FEW_CHANNELS:
         return x
     n, height, width, depth = x.shape
     planes = height * width
-    if x.dtype == torch.float32 and x.stride()[1:] == (width, 1, planes) and n and planes:
-        # An NCHW float32 tensor (the gradient of NCHW crops): the compiled tiled transpose.
-        out = torch.empty((n, height, width, depth), dtype=torch.float32)
-        lib = library()
-        assert lib is not None
-        fixed = (
-            lib.planes_to_channels_f32,
-            (x.data_ptr(), x.stride(0), depth, planes, out.data_ptr()),
-        )
-        _run_split(fixed[0], fixed[1], n, x.numel())
-        return out
+    if x.dtype == torch.float32 and x.stride() == (depth * planes, width, 1, planes) and planes:
+        # A contiguous NCHW float32 tensor (features, the gradient of NCHW crops).
+        return _transposed(x.permute(0, 3, 1, 2), depth, planes).view(n, height, width, depth)
     return x.contiguous()
+
+
+def channels_first(x: Tensor) -> Tensor:
+    """The contiguous NCHW copy of a contiguous NHWC float32 tensor ``x`` (a result computed
+    channels innermost), by the compiled tiled transpose."""
+    n, height, width, depth = x.shape
+    if not (n and height * width and depth):
+        return x.permute(0, 3, 1, 2).contiguous()
+    return _transposed(x, height * width, depth).view(n, depth, height, width)
 
 
 def _in_range(image_height: int, image_width: int, crop_size: tuple[int, int]) -> bool:
@@ -347,7 +363,7 @@ def fill_crops(
         # Channels innermost, as the loops read fastest: an NCHW image with many channels is
         # transposed once when that costs less than the result (otherwise, and with a few
         # channels, it is read channel by channel).
-        image = image.contiguous()
+        image = _channels_innermost(image)
     fixed = (
         *_strided(image),
         batch,

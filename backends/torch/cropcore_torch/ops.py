@@ -194,18 +194,20 @@ def _grad_image(
         raise TypeError(f"dtype must be float16, float32 or float64, got {dtype}")
     # The compiled loops accumulate in float32 or float64; float16 sums go through torch.
     native = _native_for(grads) and dtype != torch.float16
-    return _own(
-        kernels.crop_and_resize_grad_image(
-            grads.to(torch.float32),
-            boxes.to(torch.float32),
-            box_indices,
-            (batch, height, width, depth),
-            method,
-            dtype,
-            channels_first,
-            fill=_native.fill_grad_image if native else None,
-        )
+    # An NCHW float32 gradient: accumulated NHWC, then transposed by the compiled tiled loop
+    # (torch's strided copy of that permutation costs about as much as the gradient itself).
+    transpose = native and channels_first and dtype == torch.float32
+    result = kernels.crop_and_resize_grad_image(
+        grads.to(torch.float32).permute(0, 2, 3, 1) if transpose else grads.to(torch.float32),
+        boxes.to(torch.float32),
+        box_indices,
+        (batch, height, width, depth),
+        method,
+        dtype,
+        channels_first and not transpose,
+        fill=_native.fill_grad_image if native else None,
     )
+    return _own(_native.channels_first(result) if transpose else result)
 
 
 @_grad_image.register_fake
