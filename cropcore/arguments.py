@@ -135,7 +135,13 @@ def default_layout_arg(image: Any, name: str = "image", stacklevel: int = 3) -> 
     shape = getattr(image, "shape", None)
     if shape is not None and len(shape) == 4:
         _, height, width, depth = shape
-        if height <= 4 and width > 4 * height and depth > 4:
+        # (not while traced: torch.compile(fullgraph=True) cannot trace a warning; eager warns)
+        if (
+            height <= 4
+            and width > 4 * height
+            and depth > 4
+            and library_for(image).residence(image) != "traced"
+        ):
             warnings.warn(
                 f"{name} of shape {tuple(int(d) for d in shape)} was read as channels_last "
                 f"(NHWC, the default): {int(height)} rows of {int(depth)} channels. If it is "

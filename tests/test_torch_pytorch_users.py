@@ -168,6 +168,20 @@ def test_a_layer_without_fixed_boxes_has_no_buffer():
     assert "boxes" in dict(CropAndResize(3, boxes=[[0, 0, 1, 1]]).named_buffers())
 
 
+def test_checkpoints_with_the_old_empty_buffer_still_load():
+    model = torch.nn.Sequential(CropAndResize(3))
+    assert (
+        str(model.load_state_dict({"0.boxes": torch.zeros(0, 4)}))
+        == "<All keys matched successfully>"
+    )
+    with pytest.raises(RuntimeError, match=r'Unexpected key\(s\) in state_dict: "0.boxes"'):
+        model.load_state_dict({"0.boxes": torch.zeros(2, 4)})  # real boxes are not dropped
+    fixed = torch.nn.Sequential(CropAndResize(3, boxes=[[0, 0, 1, 1]]))
+    fixed.load_state_dict({"0.boxes": torch.tensor([[0.1, 0.2, 0.9, 0.8]])})
+    assert fixed[0].boxes.dtype == torch.float32
+    assert torch.equal(fixed[0].boxes, torch.tensor([[0.1, 0.2, 0.9, 0.8]]))
+
+
 # -- double backward -------------------------------------------------------------------------------
 
 
@@ -340,3 +354,23 @@ def test_nchw_with_many_channels_equals_nhwc_bit_for_bit(native, cropcore_env):
     assert torch.equal(out_cf, out.permute(0, 3, 1, 2))
     assert torch.equal(image_grad_cf, image_grad.permute(0, 3, 1, 2))
     assert torch.equal(boxes_grad_cf, boxes_grad)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("function", ["cropcore", "cropcore_torch", "unchecked"])
+def test_the_channels_warning_does_not_break_a_fullgraph_compile(function):
+    image = torch.rand(1, 3, 32, 32)  # evidently NCHW, data_format left out
+
+    def crop(x):
+        boxes, indices = torch.tensor([[0.0, 0.0, 1.0, 1.0]]), torch.tensor([0])
+        if function == "cropcore":
+            return cropcore.crop_and_resize(x, boxes, indices, (7, 7))
+        validate = function == "cropcore_torch"
+        return cropcore_torch.crop_and_resize(x, boxes, indices, (7, 7), validate=validate)
+
+    compiled = torch.compile(crop, fullgraph=True, backend="aot_eager")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the eager call warns; the graph cannot
+        expected = crop(image)
+        got = compiled(image)
+    assert torch.equal(got, expected)

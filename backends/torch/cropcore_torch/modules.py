@@ -105,6 +105,15 @@ class CropAndResize(nn.Module):
             self._buffers["boxes"] = boxes.to(device=moved.device)
         return self
 
+    @torch.jit.unused
+    def _load_from_state_dict(self, state_dict, prefix, *args: Any, **kwargs: Any) -> None:
+        # Checkpoints saved before issue 16 hold an empty (0, 4) "boxes" for a layer without
+        # fixed boxes, which now has no buffer: such an entry is dropped, not reported unexpected.
+        key = prefix + "boxes"
+        if self.boxes is None and key in state_dict and state_dict[key].numel() == 0:
+            state_dict = {k: v for k, v in state_dict.items() if k != key}
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(
         self,
         image: Tensor,

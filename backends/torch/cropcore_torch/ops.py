@@ -194,7 +194,7 @@ def _grad_image(
         raise TypeError(f"dtype must be float16, float32 or float64, got {dtype}")
     # The compiled loops accumulate in float32 or float64; float16 sums go through torch.
     native = _native_for(grads) and dtype != torch.float16
-    # An NCHW float32 gradient: accumulated NHWC, then transposed by the compiled tiled loop
+    # An NCHW float32 gradient: accumulated NHWC, then transposed by the compiled blocked loop
     # (torch's strided copy of that permutation costs about as much as the gradient itself).
     transpose = native and channels_first and dtype == torch.float32
     result = kernels.crop_and_resize_grad_image(
@@ -376,6 +376,12 @@ def _tensor(x: Any, name: str) -> Tensor:
     return x
 
 
+def _default_layout(image: Tensor) -> str:
+    """``"channels_last"``, with cropcore's warning (at the caller's line) for an evidently NCHW
+    image (:func:`cropcore.arguments.default_layout_arg`)."""
+    return arguments.default_layout_arg(image, stacklevel=4)
+
+
 def _validated(function, *args: Any, **kwargs: Any) -> Any:
     # cropcore's checks: box values only where they are on the host and eager, so no device
     # synchronisation; under torch.compile dynamo traces this and the op joins the graph.
@@ -431,7 +437,7 @@ def crop_and_resize(
     if type(crop_size) is int:
         crop_size = (crop_size, crop_size)
     if data_format is None:
-        data_format = arguments.default_layout_arg(image)
+        data_format = _default_layout(image)
     args = (image, boxes, box_indices, crop_size, method, extrapolation_value)
     return _public("crop_and_resize", validate, args, data_format=data_format)
 
@@ -474,7 +480,7 @@ def crop_and_resize_grad_boxes(
     ``data_format`` left out is channels_last, with the warning of :func:`crop_and_resize`.
     """
     if data_format is None:
-        data_format = arguments.default_layout_arg(image)
+        data_format = _default_layout(image)
     args = (grads, image, boxes, box_indices, method)
     return _public("crop_and_resize_grad_boxes", validate, args, data_format=data_format)
 
