@@ -374,3 +374,40 @@ def test_the_channels_warning_does_not_break_a_fullgraph_compile(function):
         expected = crop(image)
         got = compiled(image)
     assert torch.equal(got, expected)
+
+
+# -- eager calls without autograd skip the dispatcher ----------------------------------------------
+
+
+@pytest.mark.parametrize("data_format", FORMATS)
+def test_direct_eager_calls_equal_the_op(data_format):
+    image = _image(data_format, depth=6)
+    boxes, indices = torch.tensor(BOXES), torch.tensor(INDICES)
+    channels_first = data_format == "channels_first"
+    for x in (image, image.contiguous(memory_format=torch.channels_last)):
+        got = cropcore.crop_and_resize(x, boxes, indices, (4, 5), data_format=data_format)
+        expected = torch.ops.cropcore.crop_and_resize(
+            x, boxes, indices, 4, 5, "bilinear", 0.0, channels_first
+        )
+        assert torch.equal(got, expected)
+        assert got.stride() == expected.stride()
+
+
+def test_dispatch_modes_still_see_the_op():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    image = _image("channels_last")
+    with Record() as record:
+        cropcore_torch.crop_and_resize(
+            image, torch.tensor(BOXES), torch.tensor(INDICES), 3, validate=False
+        )
+    assert "cropcore.crop_and_resize.default" in record.ops

@@ -88,8 +88,7 @@ def _own(result: Tensor) -> Tensor:
     )
 
 
-@torch.library.custom_op("cropcore::crop_and_resize", mutates_args=())
-def _crop_and_resize(
+def _crop_and_resize_impl(
     image: Tensor,
     boxes: Tensor,
     box_indices: Tensor,
@@ -112,6 +111,12 @@ def _crop_and_resize(
             fill=_native.fill_crops if _native_for(image) else None,
         )
     )
+
+
+# The op; its implementation is also called directly by eager calls (run_crop_and_resize).
+_crop_and_resize = torch.library.custom_op("cropcore::crop_and_resize", mutates_args=())(
+    _crop_and_resize_impl
+)
 
 
 @_crop_and_resize.register_fake
@@ -296,14 +301,40 @@ for _op in (_crop_and_resize, _grad_image, _grad_boxes):
 
 
 def run_crop_and_resize(call: CropAndResizeCall) -> Tensor:
-    """The op ``cropcore::crop_and_resize`` on a canonical call (boxes moved to the image's device)."""
-    return torch.ops.cropcore.crop_and_resize(
-        call.image,
-        *_on(call.image.device, call.boxes, call.box_indices),
+    """The op ``cropcore::crop_and_resize`` on a canonical call (boxes moved to the image's device).
+
+    A plain eager CPU call that needs no autograd runs the op's implementation directly: the same
+    function the dispatcher would reach, without its cost (about 25 us of a small call).
+    """
+    image = call.image
+    boxes, box_indices = _on(image.device, call.boxes, call.box_indices)
+    op = _crop_and_resize_impl if _direct(image, boxes) else torch.ops.cropcore.crop_and_resize
+    return op(
+        image,
+        boxes,
+        box_indices,
         *call.crop_size,
         call.method,
         call.extrapolation_value,
         call.channels_first,
+    )
+
+
+def _direct(image: Tensor, boxes: Tensor) -> bool:
+    """Whether the op's implementation may run without the dispatcher: plain CPU tensors in eager
+    mode that need no autograd, with nothing the dispatcher would apply (autocast, a trace, a torch
+    function or dispatch mode, a functorch transform)."""
+    return (
+        type(image) is Tensor
+        and type(boxes) is Tensor
+        and image.is_cpu
+        and not (torch.is_grad_enabled() and (image.requires_grad or boxes.requires_grad))
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and not torch._C._is_torch_function_mode_enabled()
+        and torch._C._len_torch_dispatch_stack() == 0
+        and not torch._C._functorch.is_functorch_wrapped_tensor(image)
     )
 
 
