@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cropcore import dispatch, spec
+from cropcore import arguments, dispatch, spec
 from cropcore.casting import output_dtype_arg, saturate_cast
 from cropcore.ops import op_for
 from cropcore.registry import Backend, registry
@@ -34,7 +34,7 @@ def crop_and_resize(
     method: str = "bilinear",
     extrapolation_value: float = 0.0,
     *,
-    data_format: str = "channels_last",
+    data_format: str | None = None,
     output_dtype: Any = None,
     backend: str | None = None,
 ) -> Any:
@@ -56,6 +56,9 @@ def crop_and_resize(
         method: ``"bilinear"`` or ``"nearest"`` (nearest rounds halves away from zero).
         extrapolation_value: the value (as float32) of samples outside the image.
         data_format: ``"channels_last"`` (NHWC, TensorFlow's) or ``"channels_first"`` (NCHW).
+            Left out (``None``), it is channels_last, and an image whose shape is evidently NCHW
+            (as NHWC: at most 4 rows, a width over 4 times its height, more than 4 channels, as
+            ``(N, 3, 224, 224)``) gets a ``UserWarning``.
         output_dtype: ``None`` (float32, TensorFlow's result), or one of the nine image dtypes
             (a name, a NumPy or torch dtype; ``image.dtype`` keeps the input's): the float32
             crops are then cast, integers rounded half to even and saturated, NaN to 0.
@@ -75,6 +78,8 @@ def crop_and_resize(
         cropcore.errors.BackendError: the named backend is unknown, unavailable or cannot run the call.
     """
     dtype = output_dtype_arg(output_dtype)
+    if data_format is None:
+        data_format = arguments.default_layout_arg(image)
     call = spec.crop_and_resize_call(
         image, boxes, box_indices, crop_size, method, extrapolation_value, data_format
     )
@@ -121,7 +126,7 @@ def crop_and_resize_grad_boxes(
     box_indices: Any,
     method: str = "bilinear",
     *,
-    data_format: str = "channels_last",
+    data_format: str | None = None,
     backend: str | None = None,
 ) -> Any:
     """Gradient of :func:`crop_and_resize` with respect to the boxes (``tf.raw_ops.CropAndResizeGradBoxes``).
@@ -134,12 +139,15 @@ def crop_and_resize_grad_boxes(
             (or ``None`` with a list), as for :func:`crop_and_resize`.
         method: only ``"bilinear"``, as in TensorFlow (the box gradient of a nearest crop is the
             bilinear one).
-        data_format: ``"channels_last"`` or ``"channels_first"``.
+        data_format: ``"channels_last"`` or ``"channels_first"``; left out, channels_last, with a
+            warning for an evidently NCHW image as for :func:`crop_and_resize`.
         backend: as for :func:`crop_and_resize`.
 
     Returns:
         float32 ``(num_boxes, 4)``: d loss / d ``[y1, x1, y2, x2]``, in ``image``'s library and device.
     """
+    if data_format is None:
+        data_format = arguments.default_layout_arg(image)
     call = spec.grad_boxes_call(grads, image, boxes, box_indices, method, data_format)
     return dispatch.run(call, backend)
 

@@ -35,6 +35,15 @@ from cropcore.hookspecs import IMAGE_DTYPES, BackendInfo, hookimpl
 if TYPE_CHECKING:
     from cropcore.hookspecs import CropAndResizeCall, GradBoxesCall, GradImageCall
 
+    # What the lazy names below are, for type checkers (mypy, pyright): real signatures, not Any.
+    from cropcore_torch.modules import CropAndResize, Cropping2D
+    from cropcore_torch.ops import (
+        crop2d,
+        crop_and_resize,
+        crop_and_resize_grad_boxes,
+        crop_and_resize_grad_image,
+    )
+
 __all__ = [
     "CropAndResize",
     "Cropping2D",
@@ -76,7 +85,8 @@ def cropcore_backend_info() -> BackendInfo:
         array_library="torch",
         # meta: tensors without data (shape inference, torch.export), run by the ops' fake kernels
         devices=("cpu", "cuda", "meta"),
-        dtypes=IMAGE_DTYPES,
+        # bfloat16 beyond TensorFlow's nine: computed in float32 (docs/decisions.md, issue 16)
+        dtypes=(*IMAGE_DTYPES, "bfloat16"),
         requires=("torch",),
         install_hint='pip install "cropcore[torch]"',
         description=(

@@ -83,6 +83,7 @@ def _signatures() -> dict[str, list]:
     names.update({f"grad_boxes_{s}": boxes for s in _SUFFIX.values()})
     names.update({"grad_image_f32": image, "grad_image_f64": image})
     names["samples"] = [_PTR, _I64, _I64, _I64, _I64, _INT, _PTR, _PTR, _PTR, _PTR, _PTR]
+    names["planes_to_channels_f32"] = [_PTR, _I64, _I64, _I64, _PTR, _I64, _I64]
     return names
 
 

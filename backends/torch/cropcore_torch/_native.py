@@ -41,14 +41,17 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from cropcore import hostmem
 from cropcore_torch import kernels
 from cropcore_torch._build import _SUFFIX, available, library, status
 
 __all__ = [
     "available",
+    "channels_first",
     "fill_crops",
     "fill_grad_boxes",
     "fill_grad_image",
@@ -87,6 +90,13 @@ def _run_split(function, fixed: tuple, total: int, work: int, scratch=None) -> l
     chunk, not by half of it.
     """
     threads = min(torch.get_num_threads(), total, max(1, work // _MIN_WORK_PER_THREAD))
+    if threads <= 1:  # a small call: no chunks, no lock
+        if scratch is None:
+            return [function(*fixed, 0, total)]
+        pointer, owner = scratch()
+        result = function(*fixed, pointer, 0, total)
+        del owner  # the scratch buffer lives until here
+        return [result]
     pieces = 1 if threads <= 1 else min(total, 4 * threads)
     bounds = [total * i // pieces for i in range(pieces + 1)]
     chunks = [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
@@ -139,6 +149,85 @@ def _check(results: list[int], box_indices: Tensor, batch: int) -> None:
         )
 
 
+class _Tables(NamedTuple):
+    """The sample tables of both crop axes in one NumPy block (a small call pays for one
+    allocation, not a dozen), and the addresses the loops take.
+
+    The block holds, for rows (``R = N * crop_height`` samples) then columns (``C``): int64 low,
+    high and nearest (rows: ``3R``, then columns: ``3C``), float32 lerp (``R``, then ``C``) and
+    uint8 valid (``R``, then ``C``).
+    """
+
+    block: np.ndarray  # uint8, the memory of every table
+    address: int  # of block
+    shape: tuple[int, int, int]  # N, crop_height, crop_width
+
+    def pointers(self, nearest: bool) -> list[int]:
+        """The eight tables (low or nearest, high, lerp, valid; rows, then columns)."""
+        num_boxes, crop_height, crop_width = self.shape
+        rows, cols = num_boxes * crop_height, num_boxes * crop_width
+        i = self.address
+        f = i + 24 * (rows + cols)
+        v = f + 4 * (rows + cols)
+        row_low = i + 16 * rows if nearest else i
+        col_low = i + 24 * rows + (16 * cols if nearest else 0)
+        row_tables = [row_low, i + 8 * rows, f, v]
+        return [*row_tables, col_low, i + 24 * rows + 8 * cols, f + 4 * rows, v + rows]
+
+    def samples(self) -> tuple[kernels.Samples, kernels.Samples]:
+        """The tables as :class:`cropcore_torch.kernels.Samples` (views, no copy)."""
+        num_boxes, crop_height, crop_width = self.shape
+        rows, cols = num_boxes * crop_height, num_boxes * crop_width
+        total = rows + cols
+        indices = torch.from_numpy(self.block[: 24 * total].view(np.int64))
+        lerp = torch.from_numpy(self.block[24 * total : 28 * total].view(np.float32))
+        valid = torch.from_numpy(self.block[28 * total :]).view(torch.bool)
+        result = []
+        for start, crop in ((0, crop_height), (rows, crop_width)):
+            count = num_boxes * crop
+            low, high, nearest = indices[3 * start : 3 * (start + count)].view(3, num_boxes, crop)
+            lerps = lerp[start : start + count].view(num_boxes, crop)
+            result.append(
+                kernels.Samples(
+                    valid[start : start + count].view(num_boxes, crop), low, high, lerps, nearest
+                )
+            )
+        return result[0], result[1]
+
+
+def _sample_tables(
+    lib: ctypes.CDLL,
+    boxes: Tensor,
+    image_height: int,
+    image_width: int,
+    crop_size: tuple[int, int],
+    *,
+    ratio_first: bool = False,
+) -> _Tables:
+    """:func:`cropcore_torch.kernels.box_samples`, computed by the compiled ``samples`` loop.
+
+    The same tables, computed under TF's floating-point modes in one call per axis instead of a few
+    dozen small torch operations (which dominate the cost of small calls).
+    """
+    boxes = boxes.to(torch.float32).contiguous()
+    num_boxes = boxes.shape[0]
+    rows, cols = num_boxes * crop_size[0], num_boxes * crop_size[1]
+    block = np.empty(29 * (rows + cols), np.uint8)
+    tables = _Tables(block, block.ctypes.data, (num_boxes, *crop_size))
+    if num_boxes:
+        low, high, lerp, valid, col_low, col_high, col_lerp, col_valid = tables.pointers(False)
+        box_pointer = boxes.data_ptr()
+        lib.samples(
+            box_pointer, num_boxes, 0, image_height, crop_size[0], int(ratio_first),
+            low, high, low + 16 * rows, lerp, valid,
+        )  # fmt: skip
+        lib.samples(
+            box_pointer, num_boxes, 1, image_width, crop_size[1], int(ratio_first),
+            col_low, col_high, col_low + 16 * cols, col_lerp, col_valid,
+        )  # fmt: skip
+    return tables
+
+
 def _box_samples(
     lib: ctypes.CDLL,
     boxes: Tensor,
@@ -148,35 +237,10 @@ def _box_samples(
     *,
     ratio_first: bool = False,
 ) -> tuple[kernels.Samples, kernels.Samples]:
-    """:func:`cropcore_torch.kernels.box_samples`, computed by the compiled ``samples`` loop.
-
-    The same tables, computed under TF's floating-point modes in one call per axis instead of a few
-    dozen small torch operations (which dominate the cost of small calls).
-    """
-    boxes = boxes.to(torch.float32).contiguous()
-    num_boxes = boxes.shape[0]
-    result = []
-    for axis, size, crop in ((0, image_height, crop_size[0]), (1, image_width, crop_size[1])):
-        indices = torch.empty((3, num_boxes, crop), dtype=torch.int64)
-        lerp = torch.empty((num_boxes, crop), dtype=torch.float32)
-        valid = torch.empty((num_boxes, crop), dtype=torch.bool)
-        if num_boxes:
-            lib.samples(
-                boxes.data_ptr(), num_boxes, axis, size, crop, int(ratio_first),
-                *(t.data_ptr() for t in indices), lerp.data_ptr(), valid.data_ptr(),
-            )  # fmt: skip
-        low, high, nearest = indices
-        result.append(kernels.Samples(valid, low, high, lerp, nearest))
-    return result[0], result[1]
-
-
-def _table_args(rows: kernels.Samples, cols: kernels.Samples, nearest: bool) -> list[int]:
-    """Pointers to the eight tables (low, high, lerp, valid for rows, then for columns)."""
-    args = []
-    for s in (rows, cols):
-        low = s.nearest if nearest else s.low
-        args += [low.data_ptr(), s.high.data_ptr(), s.lerp.data_ptr(), s.valid.data_ptr()]
-    return args
+    """The tables of :func:`_sample_tables` as :class:`cropcore_torch.kernels.Samples`."""
+    return _sample_tables(
+        lib, boxes, image_height, image_width, crop_size, ratio_first=ratio_first
+    ).samples()
 
 
 def _strided(x: Tensor) -> tuple[int, ...]:
@@ -184,9 +248,38 @@ def _strided(x: Tensor) -> tuple[int, ...]:
     return (x.data_ptr(), *x.stride())
 
 
+def _transposed(x: Tensor, rows: int, cols: int) -> Tensor:
+    """A new contiguous float32 tensor holding each of the ``x.shape[0]`` matrices ``(rows, cols)``
+    of the contiguous float32 ``x``, transposed, by the compiled tiled loop (torch's strided copy of
+    this permutation is several times slower). Memory from cropcore's host pool, as results'."""
+    n = x.shape[0]
+    out = torch.from_numpy(hostmem.pool().empty((n, cols, rows), np.float32))
+    lib = library()
+    assert lib is not None
+    fixed = (x.data_ptr(), rows * cols, rows, cols, out.data_ptr())
+    _run_split(lib.planes_to_channels_f32, fixed, n, x.numel())
+    return out
+
+
 def _channels_innermost(x: Tensor) -> Tensor:
     """An NHWC view ``x``, copied so that channels are innermost unless they are or are few."""
-    return x if x.stride(3) == 1 or x.shape[3] <= _FEW_CHANNELS else x.contiguous()
+    if x.stride(3) == 1 or x.shape[3] <= _FEW_CHANNELS:
+        return x
+    n, height, width, depth = x.shape
+    planes = height * width
+    if x.dtype == torch.float32 and x.stride() == (depth * planes, width, 1, planes) and planes:
+        # A contiguous NCHW float32 tensor (features, the gradient of NCHW crops).
+        return _transposed(x.permute(0, 3, 1, 2), depth, planes).view(n, height, width, depth)
+    return x.contiguous()
+
+
+def channels_first(x: Tensor) -> Tensor:
+    """The contiguous NCHW copy of a contiguous NHWC float32 tensor ``x`` (a result computed
+    channels innermost), by the compiled tiled transpose."""
+    n, height, width, depth = x.shape
+    if not (n and height * width and depth):
+        return x.permute(0, 3, 1, 2).contiguous()
+    return _transposed(x, height * width, depth).view(n, depth, height, width)
 
 
 def _in_range(image_height: int, image_width: int, crop_size: tuple[int, int]) -> bool:
@@ -221,8 +314,7 @@ class _Loops(NamedTuple):
 
     lib: ctypes.CDLL
     indices: Tensor  # int32 box indices, shape-checked
-    rows: kernels.Samples
-    cols: kernels.Samples
+    tables: _Tables
 
 
 def _loops(
@@ -243,10 +335,10 @@ def _loops(
     lib = library()
     assert lib is not None
     indices = _box_indices(box_indices, boxes, num_boxes, depth, image_depth)
-    rows, cols = _box_samples(
+    tables = _sample_tables(
         lib, boxes, image_height, image_width, crop_size, ratio_first=ratio_first
     )
-    return _Loops(lib, indices, rows, cols)
+    return _Loops(lib, indices, tables)
 
 
 def fill_crops(
@@ -261,7 +353,7 @@ def fill_crops(
     loops = _loops(boxes, box_indices, image.shape, out.shape)
     if loops is None:
         return kernels.fill_crops(out, image, boxes, box_indices, method, extrapolation_value)
-    lib, indices, rows, cols = loops
+    lib, indices, tables = loops
     batch, depth = image.shape[0], image.shape[3]
     num_boxes, crop_height, crop_width, _ = out.shape
     if not out.numel():
@@ -271,7 +363,7 @@ def fill_crops(
         # Channels innermost, as the loops read fastest: an NCHW image with many channels is
         # transposed once when that costs less than the result (otherwise, and with a few
         # channels, it is read channel by channel).
-        image = image.contiguous()
+        image = _channels_innermost(image)
     fixed = (
         *_strided(image),
         batch,
@@ -279,7 +371,7 @@ def fill_crops(
         crop_height,
         crop_width,
         depth,
-        *_table_args(rows, cols, method == "nearest"),
+        *tables.pointers(method == "nearest"),
         int(method == "nearest"),
         float(extrapolation_value),
         *_strided(out),
@@ -315,7 +407,7 @@ def fill_grad_image(
     loops = _loops(boxes, box_indices, out.shape, grads.shape)
     if loops is None:
         return kernels.fill_grad_image(out, grads, boxes, box_indices, method)
-    lib, indices, rows, cols = loops
+    lib, indices, tables = loops
     batch, depth = out.shape[0], out.shape[3]
     num_boxes, crop_height, crop_width, _ = grads.shape
     if not (out.numel() and grads.numel()):
@@ -330,7 +422,7 @@ def fill_grad_image(
         crop_height,
         crop_width,
         depth,
-        *_table_args(rows, cols, method == "nearest"),
+        *tables.pointers(method == "nearest"),
         int(method == "nearest"),
         *_strided(out),
         batch,
@@ -347,7 +439,7 @@ def fill_grad_boxes(
     loops = _loops(boxes, box_indices, image.shape, grads.shape, ratio_first=True)
     if loops is None:
         return kernels.fill_grad_boxes(out, grads, image, boxes, box_indices)
-    lib, indices, rows, cols = loops
+    lib, indices, tables = loops
     batch, image_height, image_width, _ = image.shape
     num_boxes, crop_height, crop_width, depth = grads.shape
     if not num_boxes:
@@ -365,7 +457,7 @@ def fill_grad_boxes(
         crop_height,
         crop_width,
         depth,
-        *_table_args(rows, cols, nearest=False),
+        *tables.pointers(nearest=False),
         out.data_ptr(),
     )
     function = getattr(lib, f"grad_boxes_{_SUFFIX[image.dtype]}")

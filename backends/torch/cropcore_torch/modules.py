@@ -40,9 +40,11 @@ class CropAndResize(nn.Module):
         extrapolation_value: the value of samples outside the image.
         data_format: ``"channels_first"`` (NCHW, default) or ``"channels_last"`` (NHWC).
         boxes: optional fixed boxes, float ``(num_boxes, 4)`` ``[y1, x1, y2, x2]`` normalised: when
-            given, ``forward(image)`` cuts every one of them out of every image (a buffer: it follows
-            ``.to(device)`` and is saved in the ``state_dict``). This is what makes the layer usable
-            in ``nn.Sequential``.
+            given, ``forward(image)`` cuts every one of them out of every image (a float32 buffer: it
+            follows ``.to(device)`` and is saved in the ``state_dict``, but ``.half()``,
+            ``.bfloat16()`` and ``.to(dtype)`` leave it float32, so the crops do not move). This is
+            what makes the layer usable in ``nn.Sequential``. Without fixed boxes the layer has no
+            buffer.
         validate: whether each call checks box values (see the module docstring).
 
     Shapes:
@@ -85,11 +87,32 @@ class CropAndResize(nn.Module):
         self.channels_first = self.data_format == "channels_first"
         self.validate = bool(validate)
         self.has_fixed_boxes = boxes is not None
-        fixed = torch.zeros((0, 4))
+        fixed: Optional[Tensor] = None  # noqa: UP045
         if boxes is not None:
             fixed, _ = spec.boxes_arg(boxes, torch.zeros(len(boxes), dtype=torch.int32), 1)
             fixed = torch.as_tensor(fixed, dtype=torch.float32).clone()
+        # No fixed boxes: no buffer (None is left out of the state_dict).
         self.register_buffer("boxes", fixed)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "CropAndResize":
+        # model.half() / .bfloat16() / .double() cast every floating buffer; the fixed boxes are
+        # coordinates, not activations, and stay float32 (0.9 is 0.8984 in bfloat16): they follow
+        # device moves only.
+        boxes = self.boxes
+        super()._apply(fn, recurse)
+        moved = self.boxes
+        if boxes is not None and moved is not None and moved.dtype != torch.float32:
+            self._buffers["boxes"] = boxes.to(device=moved.device)
+        return self
+
+    @torch.jit.unused
+    def _load_from_state_dict(self, state_dict, prefix, *args: Any, **kwargs: Any) -> None:
+        # Checkpoints saved before issue 16 hold an empty (0, 4) "boxes" for a layer without
+        # fixed boxes, which now has no buffer: such an entry is dropped, not reported unexpected.
+        key = prefix + "boxes"
+        if self.boxes is None and key in state_dict and state_dict[key].numel() == 0:
+            state_dict = {k: v for k, v in state_dict.items() if k != key}
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(
         self,
@@ -98,13 +121,14 @@ class CropAndResize(nn.Module):
         box_indices: Optional[Tensor] = None,  # noqa: UP045
     ) -> Tensor:
         if boxes is None and box_indices is None:
-            if not self.has_fixed_boxes:
+            fixed = self.boxes
+            if fixed is None:
                 raise ValueError(
                     "CropAndResize needs boxes and box_indices (or fixed boxes given at construction)"
                 )
             batch = image.shape[0]
-            per_image = self.boxes.shape[0]
-            boxes = self.boxes.repeat(batch, 1)
+            per_image = fixed.shape[0]
+            boxes = fixed.repeat(batch, 1)
             box_indices = torch.arange(batch, device=image.device).repeat_interleave(per_image)
         elif boxes is None or box_indices is None:
             raise ValueError("CropAndResize takes boxes and box_indices together")
@@ -132,8 +156,10 @@ class CropAndResize(nn.Module):
         channels_first = self.channels_first
         if image.dim() != 4:
             raise ValueError(f"image must be 4-D, got {image.dim()} dimensions")
-        if image.is_complex() or image.dtype == torch.bool or image.dtype == torch.bfloat16:
-            raise TypeError(f"image dtype must be one of TensorFlow's nine, got {image.dtype}")
+        if image.is_complex() or image.dtype == torch.bool:
+            raise TypeError(
+                f"image dtype must be one of TensorFlow's nine or bfloat16, got {image.dtype}"
+            )
         height = image.shape[2] if channels_first else image.shape[1]
         width = image.shape[3] if channels_first else image.shape[2]
         if height <= 0 or width <= 0:
@@ -165,7 +191,7 @@ class CropAndResize(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        fixed = f", boxes={tuple(self.boxes.shape)}" if self.has_fixed_boxes else ""
+        fixed = f", boxes={tuple(self.boxes.shape)}" if self.boxes is not None else ""
         return (
             f"crop_size={self.crop_size}, method={self.method!r}, "
             f"extrapolation_value={self.extrapolation_value}, data_format={self.data_format!r}"

@@ -7,7 +7,9 @@ str method, float extrapolation_value, bool channels_first) -> Tensor``
     Differentiable w.r.t. ``image`` (floating dtypes) and ``boxes``: the backward pass runs the two
     gradient ops below, which are TensorFlow's ``CropAndResizeGradImage`` and
     ``CropAndResizeGradBoxes``. As in TensorFlow, the box gradient of a ``"nearest"`` crop is the
-    bilinear one. The gradient ops themselves are not differentiable: a double backward raises.
+    bilinear one. The image gradient is differentiable w.r.t. ``grads`` (it is linear: its
+    gradient is the forward crop, extrapolation value 0), so a double backward w.r.t. the image
+    works; a second derivative w.r.t. the boxes raises.
 
 ``crop_and_resize_grad_image(Tensor grads, Tensor boxes, Tensor box_indices, int batch, int height,
 int width, int depth, str method, ScalarType dtype, bool channels_first) -> Tensor``
@@ -31,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from cropcore import spec
+from cropcore import arguments, spec
 from cropcore_torch import _native, kernels
 
 if TYPE_CHECKING:
@@ -45,8 +47,9 @@ __all__ = [
     "crop_and_resize_grad_image",
 ]
 
-#: The image dtypes of TensorFlow's kernel, as torch dtypes.
-IMAGE_DTYPES = tuple(getattr(torch, name) for name in spec.IMAGE_DTYPES)
+#: The image dtypes of the ops: TensorFlow's nine, as torch dtypes, and bfloat16, which TensorFlow's
+#: kernel does not take: a bfloat16 image is widened to float32 (exactly) and computed as float32.
+IMAGE_DTYPES = (*(getattr(torch, name) for name in spec.IMAGE_DTYPES), torch.bfloat16)
 _GRAD_DTYPES = (torch.float16, torch.float32, torch.float64)
 
 
@@ -54,11 +57,15 @@ def _native_for(x: Tensor) -> bool:
     return x.device.type == "cpu" and _native.available()
 
 
-def _check_image_dtype(image: Tensor) -> None:
+def _checked_image(image: Tensor) -> Tensor:
+    """``image`` as the kernels take it: one of TensorFlow's nine dtypes (bfloat16 widened to
+    float32, which represents every bfloat16 value exactly)."""
     if image.dtype not in IMAGE_DTYPES:
         raise TypeError(
-            f"image dtype must be one of {', '.join(spec.IMAGE_DTYPES)}, got {image.dtype}"
+            f"image dtype must be one of {', '.join(spec.IMAGE_DTYPES)} or bfloat16, "
+            f"got {image.dtype}"
         )
+    return image.float() if image.dtype == torch.bfloat16 else image
 
 
 # --------------------------------------------------------------------------------------------------
@@ -81,8 +88,7 @@ def _own(result: Tensor) -> Tensor:
     )
 
 
-@torch.library.custom_op("cropcore::crop_and_resize", mutates_args=())
-def _crop_and_resize(
+def _crop_and_resize_impl(
     image: Tensor,
     boxes: Tensor,
     box_indices: Tensor,
@@ -92,7 +98,7 @@ def _crop_and_resize(
     extrapolation_value: float,
     channels_first: bool,
 ) -> Tensor:
-    _check_image_dtype(image)
+    image = _checked_image(image)
     return _own(
         kernels.crop_and_resize(
             image,
@@ -105,6 +111,12 @@ def _crop_and_resize(
             fill=_native.fill_crops if _native_for(image) else None,
         )
     )
+
+
+# The op; its implementation is also called directly by eager calls (run_crop_and_resize).
+_crop_and_resize = torch.library.custom_op("cropcore::crop_and_resize", mutates_args=())(
+    _crop_and_resize_impl
+)
 
 
 @_crop_and_resize.register_fake
@@ -146,15 +158,19 @@ def _backward(ctx, grad: Tensor):
     image, boxes, box_indices = ctx.saved_tensors
     grad_image = grad_boxes = None
     if ctx.needs_input_grad[0]:
+        # bfloat16 (no TensorFlow kernel): accumulated in float32, rounded to bfloat16 once.
+        bfloat16 = ctx.image_dtype == torch.bfloat16
         grad_image = torch.ops.cropcore.crop_and_resize_grad_image(
             grad,
             boxes,
             box_indices,
             *ctx.image_shape,
             ctx.method,
-            ctx.image_dtype,
+            torch.float32 if bfloat16 else ctx.image_dtype,
             ctx.channels_first,
         )
+        if bfloat16:
+            grad_image = grad_image.to(torch.bfloat16)
     if ctx.needs_input_grad[1]:
         # TF: "we still approximate grad1 using the gradient derived from bilinear sampling".
         grad_boxes = torch.ops.cropcore.crop_and_resize_grad_boxes(
@@ -183,18 +199,20 @@ def _grad_image(
         raise TypeError(f"dtype must be float16, float32 or float64, got {dtype}")
     # The compiled loops accumulate in float32 or float64; float16 sums go through torch.
     native = _native_for(grads) and dtype != torch.float16
-    return _own(
-        kernels.crop_and_resize_grad_image(
-            grads.to(torch.float32),
-            boxes.to(torch.float32),
-            box_indices,
-            (batch, height, width, depth),
-            method,
-            dtype,
-            channels_first,
-            fill=_native.fill_grad_image if native else None,
-        )
+    # An NCHW float32 gradient: accumulated NHWC, then transposed by the compiled blocked loop
+    # (torch's strided copy of that permutation costs about as much as the gradient itself).
+    transpose = native and channels_first and dtype == torch.float32
+    result = kernels.crop_and_resize_grad_image(
+        grads.to(torch.float32).permute(0, 2, 3, 1) if transpose else grads.to(torch.float32),
+        boxes.to(torch.float32),
+        box_indices,
+        (batch, height, width, depth),
+        method,
+        dtype,
+        channels_first and not transpose,
+        fill=_native.fill_grad_image if native else None,
     )
+    return _own(_native.channels_first(result) if transpose else result)
 
 
 @_grad_image.register_fake
@@ -209,7 +227,7 @@ def _grad_image_fake(
 def _grad_boxes(
     grads: Tensor, image: Tensor, boxes: Tensor, box_indices: Tensor, channels_first: bool
 ) -> Tensor:
-    _check_image_dtype(image)
+    image = _checked_image(image)
     return _own(
         kernels.crop_and_resize_grad_boxes(
             grads.to(torch.float32),
@@ -227,10 +245,39 @@ def _grad_boxes_fake(grads, image, boxes, box_indices, channels_first):
     return boxes.new_empty((boxes.shape[0], 4), dtype=torch.float32)
 
 
-def _no_double_backward(ctx, grad: Tensor):
+def _grad_image_setup_context(ctx, inputs, output) -> None:
+    grads, boxes, box_indices, _, _, _, _, method, _, channels_first = inputs
+    ctx.method = method
+    ctx.channels_first = channels_first
+    ctx.grads_dtype = grads.dtype
+    ctx.crop_size = tuple(grads.shape[2:] if channels_first else grads.shape[1:3])
+    ctx.save_for_backward(boxes, box_indices)
+
+
+def _grad_image_backward(ctx, grad: Tensor):
+    """The image gradient is linear in ``grads``: its own gradient is the forward crop of ``grad``
+    with extrapolation value 0 (samples outside the image added nothing). Its gradient w.r.t. the
+    boxes (a second derivative of the crop in the boxes) is not implemented."""
+    boxes, box_indices = ctx.saved_tensors
+    if ctx.needs_input_grad[1]:
+        raise RuntimeError(
+            "cropcore: a double backward through crop_and_resize is supported w.r.t. the image "
+            "only, not the boxes; detach the boxes (boxes.detach()) for a gradient penalty on "
+            "the image"
+        )
+    grad_grads = None
+    if ctx.needs_input_grad[0]:
+        grad_grads = torch.ops.cropcore.crop_and_resize(
+            grad, boxes, box_indices, *ctx.crop_size, ctx.method, 0.0, ctx.channels_first
+        ).to(ctx.grads_dtype)
+    return grad_grads, None, None, None, None, None, None, None, None, None
+
+
+def _grad_boxes_backward(ctx, grad: Tensor):
     raise RuntimeError(
-        "cropcore: the gradients of crop_and_resize are not differentiable; a double backward "
-        "(create_graph=True, then differentiating the gradient) is not supported"
+        "cropcore: the box gradient of crop_and_resize is not differentiable; a double backward "
+        "through the boxes (create_graph=True, then differentiating the box gradient) is not "
+        "supported (w.r.t. the image it is)"
     )
 
 
@@ -238,8 +285,15 @@ def _no_context(ctx, inputs, output) -> None:
     pass
 
 
-_grad_image.register_autograd(_no_double_backward, setup_context=_no_context)
-_grad_boxes.register_autograd(_no_double_backward, setup_context=_no_context)
+_grad_image.register_autograd(_grad_image_backward, setup_context=_grad_image_setup_context)
+_grad_boxes.register_autograd(_grad_boxes_backward, setup_context=_no_context)
+
+# Under torch.autocast the ops run in float32, as F.grid_sample does (TensorFlow has no bfloat16 or
+# float16-accumulating kernel to follow there): floating inputs are cast to float32 (exact for
+# bfloat16 and float16 images), the result is float32, and autograd casts the gradients back.
+for _op in (_crop_and_resize, _grad_image, _grad_boxes):
+    for _device in ("cpu", "cuda"):
+        torch.library.register_autocast(_op, _device, torch.float32)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -247,14 +301,40 @@ _grad_boxes.register_autograd(_no_double_backward, setup_context=_no_context)
 
 
 def run_crop_and_resize(call: CropAndResizeCall) -> Tensor:
-    """The op ``cropcore::crop_and_resize`` on a canonical call (boxes moved to the image's device)."""
-    return torch.ops.cropcore.crop_and_resize(
-        call.image,
-        *_on(call.image.device, call.boxes, call.box_indices),
+    """The op ``cropcore::crop_and_resize`` on a canonical call (boxes moved to the image's device).
+
+    A plain eager CPU call that needs no autograd runs the op's implementation directly: the same
+    function the dispatcher would reach, without its cost (about 25 us of a small call).
+    """
+    image = call.image
+    boxes, box_indices = _on(image.device, call.boxes, call.box_indices)
+    op = _crop_and_resize_impl if _direct(image, boxes) else torch.ops.cropcore.crop_and_resize
+    return op(
+        image,
+        boxes,
+        box_indices,
         *call.crop_size,
         call.method,
         call.extrapolation_value,
         call.channels_first,
+    )
+
+
+def _direct(image: Tensor, boxes: Tensor) -> bool:
+    """Whether the op's implementation may run without the dispatcher: plain CPU tensors in eager
+    mode that need no autograd, with nothing the dispatcher would apply (autocast, a trace, a torch
+    function or dispatch mode, a functorch transform)."""
+    return (
+        type(image) is Tensor
+        and type(boxes) is Tensor
+        and image.is_cpu
+        and not (torch.is_grad_enabled() and (image.requires_grad or boxes.requires_grad))
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and not torch._C._is_torch_function_mode_enabled()
+        and torch._C._len_torch_dispatch_stack() == 0
+        and not torch._C._functorch.is_functorch_wrapped_tensor(image)
     )
 
 
@@ -327,6 +407,12 @@ def _tensor(x: Any, name: str) -> Tensor:
     return x
 
 
+def _default_layout(image: Tensor) -> str:
+    """``"channels_last"``, with cropcore's warning (at the caller's line) for an evidently NCHW
+    image (:func:`cropcore.arguments.default_layout_arg`)."""
+    return arguments.default_layout_arg(image, stacklevel=4)
+
+
 def _validated(function, *args: Any, **kwargs: Any) -> Any:
     # cropcore's checks: box values only where they are on the host and eager, so no device
     # synchronisation; under torch.compile dynamo traces this and the op joins the graph.
@@ -345,7 +431,7 @@ def crop_and_resize(
     method: str = "bilinear",
     extrapolation_value: float = 0.0,
     *,
-    data_format: str = "channels_last",
+    data_format: str | None = None,
     validate: bool = True,
 ) -> Tensor:
     """TensorFlow's ``crop_and_resize`` on torch tensors, differentiable w.r.t. image and boxes.
@@ -358,10 +444,14 @@ def crop_and_resize(
         boxes: float ``(num_boxes, 4)``, rows ``[y1, x1, y2, x2]`` normalised so that ``y`` maps to
             pixel row ``y * (height - 1)``; cast to float32 (gradients flow back through the cast).
         box_indices: integer ``(num_boxes,)``, the image of each box, in ``[0, batch)``.
-        crop_size: ``(crop_height, crop_width)``, positive.
+        crop_size: ``(crop_height, crop_width)``, positive, or one int for a square crop (as the
+            layer and torchvision's ``roi_align`` take; :func:`cropcore.crop_and_resize` takes a
+            pair only, as TensorFlow).
         method: ``"bilinear"`` or ``"nearest"``.
         extrapolation_value: the value of samples outside the image.
-        data_format: ``"channels_last"`` or ``"channels_first"``.
+        data_format: ``"channels_last"`` or ``"channels_first"``. Left out, channels_last, with a
+            ``UserWarning`` where the image is evidently NCHW (see
+            :func:`cropcore.crop_and_resize`); the layers default to channels_first.
         validate: ``True`` checks every argument as :func:`cropcore.crop_and_resize` does: the
             box values only where they are on the host and the call is eager (CPU tensors outside
             ``torch.compile``), so CUDA tensors never wait for the device, and ``torch.compile``
@@ -375,6 +465,10 @@ def crop_and_resize(
         ``(num_boxes, depth, crop_height, crop_width)``) on the image's device; for channels_first,
         channels-last in memory when the image is.
     """
+    if type(crop_size) is int:
+        crop_size = (crop_size, crop_size)
+    if data_format is None:
+        data_format = _default_layout(image)
     args = (image, boxes, box_indices, crop_size, method, extrapolation_value)
     return _public("crop_and_resize", validate, args, data_format=data_format)
 
@@ -408,13 +502,16 @@ def crop_and_resize_grad_boxes(
     box_indices: Any,
     method: str = "bilinear",
     *,
-    data_format: str = "channels_last",
+    data_format: str | None = None,
     validate: bool = True,
 ) -> Tensor:
     """TensorFlow's ``CropAndResizeGradBoxes`` on torch tensors (see :func:`cropcore.crop_and_resize_grad_boxes`).
 
     ``validate=False`` checks shapes only; the caller guarantees what :func:`crop_and_resize` lists.
+    ``data_format`` left out is channels_last, with the warning of :func:`crop_and_resize`.
     """
+    if data_format is None:
+        data_format = _default_layout(image)
     args = (grads, image, boxes, box_indices, method)
     return _public("crop_and_resize_grad_boxes", validate, args, data_format=data_format)
 
