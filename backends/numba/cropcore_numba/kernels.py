@@ -377,19 +377,27 @@ def roi_align(call: RoiAlignCall) -> np.ndarray:
     """
     image = call.image
     dtype = compute_dtype(image.dtype)
-    out = np.zeros(call.output_shape, dtype)
+    dims = call.image_shape
+    k, (pooled_h, pooled_w) = call.num_boxes, call.output_size
+    out = np.zeros((k, pooled_h, pooled_w, dims.depth), dtype)
     if out.size == 0:
-        return out.astype(image.dtype)
-    pixels = _native(image, np.dtype(dtype))  # float16: converted once (exact)
+        return np.zeros(call.output_shape, image.dtype)
+    # NHWC, contiguous, in the compute dtype (float16 converted once, exactly): an NCHW image is
+    # transposed first, which costs less than gathering every channel from its own plane
+    # (measured: 160 against 255 ms on a 2 x 256 x 200 x 272 image, 1000 boxes, 7 x 7).
+    source = np.moveaxis(image, 1, 3) if call.channels_first else image
+    pixels = np.empty(source.shape, dtype)
+    np.copyto(pixels, source)
     y, x, grid_h, grid_w = _roi_tables(call, dtype, call.output_size)
     count = np.maximum(grid_h * grid_w, 1).astype(dtype)
     indices = _native(call.box_indices, _INT32)
-    args = (pixels, indices, y, x, grid_h, grid_w, count, call.mode == "max")
-    args += (call.channels_first, out, dtype(0))
+    args = (pixels, indices, y, x, grid_h, grid_w, count, call.mode == "max", out, dtype(0))
     if _parallel_ok(out.size):
         _launch(roi_forward_parallel, *args)
     else:
         roi_forward_serial(*args)
+    if call.channels_first:
+        out = np.ascontiguousarray(np.moveaxis(out, 3, 1))
     return out if image.dtype == out.dtype else out.astype(image.dtype)
 
 

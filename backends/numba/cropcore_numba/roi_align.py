@@ -8,7 +8,7 @@ so that results are bit-identical to the reference (``cropcore_numpy``) and to O
 - forward, per bin and channel: ``out += ((w1 * v1 + w2 * v2) + w3 * v3) + w4 * v4`` over the
   samples in ``iy, ix`` order, from 0, then ``out / count`` (avg); or the ``std::max`` chain of
   the weighted corners (max). An empty sample has weights 0 at pixel (0, 0), as in torchvision.
-  Parallel over (box, bin row).
+  Parallel over (box, bin row), NHWC (an NCHW image is transposed first).
 - image gradient: ``acc += (g * w) / count`` per corner, in the order boxes, bins, samples,
   corners. Parallel over blocks of channels: each channel's image plane is summed by one thread,
   in that order, so the result is deterministic and independent of the thread count.
@@ -62,11 +62,14 @@ def _corners(k, ph, pw, iy, ix, y, x, zero):  # pragma: no cover - compiled
 
 
 def _roi_forward(
-    image, box_indices, y, x, grid_h, grid_w, count, max_mode, channels_first, out, zero
+    image, box_indices, y, x, grid_h, grid_w, count, max_mode, out, zero
 ):  # pragma: no cover - compiled
-    """``out`` (zeroed, ``T``): the roi_align of ``image`` (``T``, NHWC or NCHW, C-contiguous)."""
+    """``out`` (zeroed, ``T``, NHWC): the roi_align of ``image`` (``T``, NHWC, C-contiguous).
+
+    The channel loop is innermost and contiguous; the caller transposes NCHW images first.
+    """
     num_boxes, pooled_h, pooled_w = out.shape[0], y[1].shape[1], x[1].shape[1]
-    depth = image.shape[1] if channels_first else image.shape[3]
+    depth = image.shape[3]
     for item in prange(num_boxes * pooled_h):
         k = item // pooled_h
         ph = item - k * pooled_h
@@ -77,39 +80,19 @@ def _roi_forward(
                 for ix in range(grid_w[k]):
                     w1, w2, w3, w4, yl, yh, xl, xh, _ = _corners(k, ph, pw, iy, ix, y, x, zero)
                     for c in range(depth):
-                        if channels_first:
-                            p1 = w1 * image[b, c, yl, xl]
-                            p2 = w2 * image[b, c, yl, xh]
-                            p3 = w3 * image[b, c, yh, xl]
-                            p4 = w4 * image[b, c, yh, xh]
-                        else:
-                            p1 = w1 * image[b, yl, xl, c]
-                            p2 = w2 * image[b, yl, xh, c]
-                            p3 = w3 * image[b, yh, xl, c]
-                            p4 = w4 * image[b, yh, xh, c]
+                        p1 = w1 * image[b, yl, xl, c]
+                        p2 = w2 * image[b, yl, xh, c]
+                        p3 = w3 * image[b, yh, xl, c]
+                        p4 = w4 * image[b, yh, xh, c]
                         if max_mode:
                             val = _std_max(_std_max(_std_max(p1, p2), p3), p4)
-                            if not first:
-                                val = _std_max(
-                                    out[k, c, ph, pw] if channels_first else out[k, ph, pw, c],
-                                    val,
-                                )
+                            out[k, ph, pw, c] = val if first else _std_max(out[k, ph, pw, c], val)
                         else:
-                            term = ((p1 + p2) + p3) + p4
-                            val = (
-                                out[k, c, ph, pw] if channels_first else out[k, ph, pw, c]
-                            ) + term
-                        if channels_first:
-                            out[k, c, ph, pw] = val
-                        else:
-                            out[k, ph, pw, c] = val
+                            out[k, ph, pw, c] = out[k, ph, pw, c] + (((p1 + p2) + p3) + p4)
                     first = False
             if not max_mode:
                 for c in range(depth):
-                    if channels_first:
-                        out[k, c, ph, pw] = out[k, c, ph, pw] / count[k]
-                    else:
-                        out[k, ph, pw, c] = out[k, ph, pw, c] / count[k]
+                    out[k, ph, pw, c] = out[k, ph, pw, c] / count[k]
 
 
 def _roi_grad(
