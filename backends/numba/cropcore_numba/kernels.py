@@ -418,7 +418,7 @@ def roi_align_grad_image(call: RoiAlignGradImageCall) -> np.ndarray:
     depth = call.image_shape.depth
     work = grads.size * 4 * int(max(1, grid_h.max() * grid_w.max()))
     parallel = _parallel_ok(work)
-    blocks = min(depth, _workers_and_chunks(depth)[1]) if parallel else 1
+    blocks = min(depth, numba.get_num_threads()) if parallel else 1  # even work: one each
     args = (_native(grads, np.dtype(dtype)), indices, y, x, grid_h, grid_w, count)
     args += (call.channels_first, acc, blocks, dtype(0))
     if parallel:
