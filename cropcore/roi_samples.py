@@ -92,7 +92,8 @@ def _axis(start, bin_size, grid, pooled: int, size: int, dtype) -> Axis:
         ) / grid_t
     in_grid = np.broadcast_to(np.arange(most)[None, None, :] < grid[:, None, None], c.shape)
     wide = c.astype(np.float64)  # C compares a float with -1.0 and an int in double
-    inside = in_grid & ~((wide < -1.0) | (wide > size))
+    # (a non-finite coordinate, from boxes nobody checked, is empty too: never an index)
+    inside = in_grid & np.isfinite(wide) & ~((wide < -1.0) | (wide > size))
     c = np.where(c <= 0, t(0), c)
     low = np.where(inside, c, 0).astype(np.int64)  # (int) of a non-negative coordinate
     at_edge = low >= size - 1

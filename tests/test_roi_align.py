@@ -312,7 +312,7 @@ def test_float16_is_computed_in_float32_and_rounded_once():
         assert bits_equal(got, run(c, image=half.astype(np.float32)).astype(np.float16))
 
 
-def test_torch_tensors_come_back_as_torch_tensors():
+def test_torch_tensors_come_back_as_torch_tensors():  # (and run on the torch backend)
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(6)
     c = random_call(rng)
@@ -421,7 +421,7 @@ def _backend_or_skip(name: str) -> None:
         pytest.skip(f"backend {name!r} is not available: {reason}")
 
 
-@pytest.mark.parametrize("backend", ["numba"])
+@pytest.mark.parametrize("backend", ["numba", "torch"])
 @pytest.mark.parametrize("data_format", ["channels_first", "channels_last"])
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_backend_is_bit_identical_to_the_reference(backend, data_format, dtype):
@@ -451,7 +451,7 @@ def test_backend_is_bit_identical_to_the_reference(backend, data_format, dtype):
         assert bits_equal(*results), f"gradient case {case}: {c}"
 
 
-@pytest.mark.parametrize("backend", ["numba"])
+@pytest.mark.parametrize("backend", ["numba", "torch"])
 @pytest.mark.parametrize("data_format", ["channels_first", "channels_last"])
 def test_backend_parallel_kernels_are_bit_identical_to_the_reference(backend, data_format):
     """Calls large enough for the parallel kernels, with many boxes on the same pixels (the order
@@ -479,10 +479,87 @@ def test_backend_parallel_kernels_are_bit_identical_to_the_reference(backend, da
     assert bits_equal(*results)
 
 
-def test_a_tensor_that_requires_grad_gets_a_detached_result_and_says_why():
+def test_torch_tensors_get_autograd_through_the_torch_backend():
+    """gradcheck and gradgradcheck in float64; the gradient is roi_align_grad_image's, bit for
+    bit; the boxes get none (as torchvision's); max mode has none and says so."""
     torch = pytest.importorskip("torch")
-    image = torch.rand(1, 2, 8, 8, requires_grad=True)
-    with pytest.warns(RuntimeWarning, match="no autograd backend implements roi_align yet"):
-        out = cropcore.roi_align(image, torch.tensor([[0, 1.0, 1, 5, 5]]), 2)
-    assert isinstance(out, torch.Tensor)
-    assert not out.requires_grad
+    torch.manual_seed(0)
+    image = torch.rand(2, 3, 9, 11, dtype=torch.float64, requires_grad=True)
+    rois = torch.tensor(
+        [[0, 1.0, 1, 6, 7], [1, 2, 0.5, 9, 8], [0, -2, -1, 3, 2]], dtype=torch.float64
+    )
+
+    def pooled(x):
+        return cropcore.roi_align(x, rois, (3, 2), 1.0, 2, True)
+
+    assert torch.autograd.gradcheck(pooled, (image,))
+    assert torch.autograd.gradgradcheck(pooled, (image,))
+    out = pooled(image)
+    grads = torch.rand_like(out)
+    out.backward(grads)
+    expected = cropcore.roi_align_grad_image(
+        grads.numpy(), rois.numpy(), image.shape, 1.0, 2, True, backend="numpy"
+    )
+    assert bits_equal(image.grad.numpy(), expected)
+    boxes = rois.clone().requires_grad_()
+    cropcore.roi_align(image, boxes, 2, aligned=True).sum().backward()
+    assert boxes.grad is None
+    with pytest.raises(RuntimeError, match="mode='max' has no gradient"):
+        cropcore.roi_align(image, rois, 2, mode="max").sum().backward()
+
+
+def test_torch_compile_fullgraph_forward_and_backward():
+    torch = pytest.importorskip("torch")
+    rois = torch.tensor([[0, 1.0, 1, 6, 7], [1, 2, 0.5, 9, 8]])
+    image = torch.rand(2, 3, 9, 11)
+
+    def loss(x):
+        return (cropcore.roi_align(x, rois, 3, 0.5, 2, True) ** 2).sum()
+
+    eager = image.clone().requires_grad_()
+    loss(eager).backward()
+    compiled = image.clone().requires_grad_()
+    value = torch.compile(loss, fullgraph=True, backend="aot_eager")(compiled)
+    value.backward()
+    assert value.item() == loss(image).item()
+    assert torch.equal(compiled.grad, eager.grad)
+
+
+def test_torch_roialign_module_matches_the_function():
+    torch = pytest.importorskip("torch")
+    import cropcore_torch
+
+    layer = cropcore_torch.RoIAlign((2, 3), spatial_scale=0.5, sampling_ratio=2, aligned=True)
+    image = torch.rand(2, 4, 10, 12)
+    per_image = [torch.tensor([[1.0, 1, 9, 7]]), torch.tensor([[0.0, 2, 20, 18], [3, 3, 5, 5]])]
+    got = layer(image, per_image)
+    expected = cropcore.roi_align(image, per_image, (2, 3), 0.5, 2, True)
+    assert got.shape == (3, 4, 2, 3)
+    assert torch.equal(got, expected)
+    assert "sampling_ratio=2" in repr(layer)
+
+
+def test_torch_ops_are_safe_on_unchecked_box_values():
+    """What a CUDA call gets when cropcore did not read the boxes (run here on CPU through the
+    ops themselves): a bad image index gives a NaN result and no gradient, non-finite boxes
+    sample nothing; no index is formed from either."""
+    torch = pytest.importorskip("torch")
+    import cropcore_torch.roi_align  # noqa: F401 (registers the ops)
+
+    image = torch.rand(2, 3, 8, 8)
+    boxes = torch.tensor([[1.0, 1, 5, 5], [1, 1, 5, 5], [float("nan"), 1, 5, 5], [1, 1, 5, 5]])
+    indices = torch.tensor([0, 7, 1, -1])
+    out = torch.ops.cropcore.roi_align(image, boxes, indices, 2, 2, 1.0, 2, True, False, True)
+    assert torch.isnan(out[1]).all()
+    assert torch.isnan(out[3]).all()
+    good = cropcore.roi_align(image, boxes[:1], 2, 1.0, 2, True, box_indices=[0])
+    assert torch.equal(out[0], good[0])
+    assert torch.isfinite(out[2]).all()
+    grads = torch.ones_like(out)
+    grad = torch.ops.cropcore.roi_align_grad_image(
+        grads, boxes, indices, 2, 8, 8, 1.0, 2, True, True
+    )
+    only_good = cropcore.roi_align_grad_image(
+        grads[:1], boxes[:1], image.shape, 1.0, 2, True, box_indices=[0]
+    )
+    assert torch.equal(grad, only_good)

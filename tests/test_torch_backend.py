@@ -121,6 +121,8 @@ def test_torch_backend_is_registered_with_autograd():
         "crop_and_resize_grad_image",
         "crop_and_resize_grad_boxes",
         "crop2d",
+        "roi_align",
+        "roi_align_grad_image",
     )
     assert backend.probe().status == "available"
 

@@ -11,7 +11,8 @@ For torch code:
   :func:`crop2d`: the functions of :mod:`cropcore`, on torch tensors, with a ``validate=False``
   switch for trusted hot loops (see :func:`cropcore_torch.ops.crop_and_resize`);
 - :class:`CropAndResize` and :class:`Cropping2D`: ``torch.nn.Module`` layers
-  (:mod:`cropcore_torch.modules`).
+  (:mod:`cropcore_torch.modules`); :class:`RoIAlign`, torchvision's module on cropcore's
+  roi_align (:mod:`cropcore_torch.roi_align`).
 
 Modules:
 
@@ -21,7 +22,8 @@ Modules:
 - :mod:`cropcore_torch._native`: the same loops compiled for the CPU (used when a C compiler is
   available);
 - :mod:`cropcore_torch.ops`: the custom ops, their autograd formulas and the public functions;
-- :mod:`cropcore_torch.modules`: the layers.
+- :mod:`cropcore_torch.modules`: the layers;
+- :mod:`cropcore_torch.roi_align`: roi_align's custom ops (with autograd) and ``RoIAlign``.
 """
 
 from __future__ import annotations
@@ -43,10 +45,12 @@ if TYPE_CHECKING:
         crop_and_resize_grad_boxes,
         crop_and_resize_grad_image,
     )
+    from cropcore_torch.roi_align import RoIAlign
 
 __all__ = [
     "CropAndResize",
     "Cropping2D",
+    "RoIAlign",
     "crop2d",
     "crop_and_resize",
     "crop_and_resize_grad_boxes",
@@ -56,6 +60,8 @@ __all__ = [
     "cropcore_crop_and_resize",
     "cropcore_crop_and_resize_grad_boxes",
     "cropcore_crop_and_resize_grad_image",
+    "cropcore_roi_align",
+    "cropcore_roi_align_grad_image",
 ]
 
 # The public names that live in modules which import torch, loaded on first access (PEP 562).
@@ -66,6 +72,7 @@ _LAZY = {
     "crop2d": "cropcore_torch.ops",
     "CropAndResize": "cropcore_torch.modules",
     "Cropping2D": "cropcore_torch.modules",
+    "RoIAlign": "cropcore_torch.roi_align",
 }
 
 
@@ -131,6 +138,23 @@ def cropcore_crop_and_resize_grad_boxes(call: GradBoxesCall) -> Any:
     return _ops().run_grad_boxes(call)
 
 
+def _roi() -> Any:
+    """:mod:`cropcore_torch.roi_align`, which registers ``torch.ops.cropcore.roi_align*``."""
+    import cropcore_torch.roi_align
+
+    return cropcore_torch.roi_align
+
+
+@hookimpl
+def cropcore_roi_align(call: Any) -> Any:
+    return _roi().run_roi_align(call)
+
+
+@hookimpl
+def cropcore_roi_align_grad_image(call: Any) -> Any:
+    return _roi().run_roi_align_grad_image(call)
+
+
 @hookimpl
 def cropcore_backend_peak_bytes(call: Any) -> int:
     # On CPU: the compiled loops write the result directly; the torch kernels (no C compiler, or
@@ -139,5 +163,10 @@ def cropcore_backend_peak_bytes(call: Any) -> int:
     anchor = call.image if hasattr(call, "image") else call.grads
     if anchor.device.type != "cpu":
         return 0
+    if call.op.startswith("roi_align"):
+        # the result in the compute dtype, about ten result-sized temporaries (the four corners'
+        # gathers and products), an NHWC copy of the image; the gradient's chunks of 2**22 entries
+        result = memory.nbytes(call.output_shape, "float64")
+        return 12 * result + 8 * int(anchor.numel()) + 40 * (1 << 22)
     tables = 64 * call.boxes.shape[0] * (call.crop_size[0] + call.crop_size[1])
     return 2 * memory.nbytes(call.output_shape, call.output_dtype) + tables

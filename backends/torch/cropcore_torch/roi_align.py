@@ -1,0 +1,334 @@
+"""roi_align and its image gradient as torch custom ops, with autograd, on any device.
+
+``torch.ops.cropcore.roi_align`` and ``torch.ops.cropcore.roi_align_grad_image``: torchvision's
+arithmetic (docs/semantics.md, "roi_align"), every operation a torch elementwise operation in the
+compute dtype ``T`` (float64 for float64, else float32) and in torchvision's order, so that CPU
+results are bit-identical to the reference backend and to ONNX Runtime:
+
+- the per-box and per-sample tables (corners, weights, empty samples) are
+  :mod:`cropcore.roi_samples`'s, computed on the host from the boxes (a device synchronisation for
+  CUDA boxes: this first version reads them);
+- forward: for each sample ``(iy, ix)`` in order, ``out = out + (((w1 * v1 + w2 * v2) + w3 * v3) +
+  w4 * v4)`` over every box, bin and channel at once, then ``out / count``; max mode: the
+  ``std::max`` chain;
+- image gradient: ``(g * w) / count`` per corner, added with ``index_add_`` in torchvision's order
+  (boxes, bins, samples, corners), which torch's CPU ``index_add_`` keeps (it adds the rows one
+  after another); on CUDA its atomics add in any order (the ``reordered-sums`` tolerance).
+
+Box values nobody checked (CUDA tensors, where cropcore reads no values; docs/decisions.md,
+"Unchecked values") are safe: a non-finite coordinate makes its samples empty, and a box index
+outside ``[0, batch)`` gives that box a NaN result and no gradient; no index is ever formed from
+it.
+
+Autograd: the image's gradient is ``roi_align_grad_image`` (avg mode; max mode raises, as neither
+torchvision nor ONNX defines its gradient); the boxes get none, as in torchvision. That op is linear in ``grads``, so its own gradient is ``roi_align``:
+double backward works.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from cropcore.hookspecs import RoiAlignCall, RoiAlignGradImageCall
+from cropcore.roi_samples import sample_axes
+
+__all__ = ["RoIAlign", "run_roi_align", "run_roi_align_grad_image"]
+
+_TORCH = {np.float32: torch.float32, np.float64: torch.float64}
+#: Entries (samples x 4 corners x channels) added per ``index_add_`` in the gradient.
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def _tables(boxes: Tensor, height: int, width: int, size, scale, ratio, aligned, dtype, device):
+    """:func:`cropcore.roi_samples.sample_axes` of the boxes, as tensors on ``device``."""
+    host = boxes.detach().to("cpu", torch.float64 if dtype is np.float64 else torch.float32)
+    y, x, grid_h, grid_w = sample_axes(
+        host.numpy(), (height, width), size, scale, ratio, aligned, dtype
+    )
+
+    def moved(axis):
+        return tuple(
+            torch.from_numpy(np.ascontiguousarray(a)).to(device)
+            for a in (axis.inside, axis.low, axis.high, axis.frac, axis.rest)
+        )
+
+    return moved(y), moved(x), grid_h, grid_w
+
+
+def _std_max(a: Tensor, b: Tensor) -> Tensor:
+    return torch.where(a < b, b, a)
+
+
+def _forward(
+    image: Tensor,
+    boxes: Tensor,
+    box_indices: Tensor,
+    pooled_height: int,
+    pooled_width: int,
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+    max_mode: bool,
+    channels_first: bool,
+) -> Tensor:
+    nhwc = image.permute(0, 2, 3, 1) if channels_first else image
+    batch, height, width, depth = nhwc.shape
+    dtype = np.float64 if image.dtype == torch.float64 else np.float32
+    t = _TORCH[dtype]
+    k = boxes.shape[0]
+    out = torch.zeros((k, pooled_height, pooled_width, depth), dtype=t, device=image.device)
+    if k and depth:
+        size = (pooled_height, pooled_width)
+        y, x, grid_h, grid_w = _tables(
+            boxes, height, width, size, spatial_scale, sampling_ratio, aligned, dtype, image.device
+        )
+        y_in, y_low, y_high, y_frac, y_rest = y
+        x_in, x_low, x_high, x_frac, x_rest = x
+        pixels = nhwc.to(t).reshape(batch * height * width, depth)
+        indices = box_indices.to(image.device, torch.int64)
+        bad = (indices < 0) | (indices >= batch)  # unchecked (device) indices: a NaN crop
+        base = indices.clamp(0, max(batch - 1, 0))[:, None, None] * (height * width)
+        gh = torch.from_numpy(grid_h).to(image.device)
+        gw = torch.from_numpy(grid_w).to(image.device)
+        zero = torch.zeros((), dtype=t, device=image.device)
+        started = torch.zeros(
+            (k, pooled_height, pooled_width), dtype=torch.bool, device=image.device
+        )
+        for iy in range(y_low.shape[2]):
+            for ix in range(x_low.shape[2]):
+                real = (iy < gh)[:, None, None] & (ix < gw)[:, None, None]
+                real = real.expand(k, pooled_height, pooled_width)
+                inside = y_in[:, :, iy, None] & x_in[:, None, :, ix]
+                terms = []
+                for ya, wy in ((y_low, y_rest), (y_high, y_frac)):
+                    for xa, wx in ((x_low, x_rest), (x_high, x_frac)):
+                        w = torch.where(inside, wy[:, :, iy, None] * wx[:, None, :, ix], zero)
+                        row = ya[:, :, iy, None] * width + xa[:, None, :, ix]
+                        row = torch.where(inside, row, 0)
+                        terms.append(w[..., None] * pixels[base + row])
+                if max_mode:
+                    val = _std_max(_std_max(_std_max(terms[0], terms[1]), terms[2]), terms[3])
+                    first = (real & ~started)[..., None]
+                    later = torch.where(real[..., None], _std_max(out, val), out)
+                    out = torch.where(first, val, later)
+                    started = started | real
+                else:
+                    term = ((terms[0] + terms[1]) + terms[2]) + terms[3]
+                    out = torch.where(real[..., None], out + term, out)
+        if not max_mode:
+            count = np.maximum(grid_h * grid_w, 1).astype(dtype)
+            out = out / torch.from_numpy(count).to(image.device)[:, None, None, None]
+        out = torch.where(bad[:, None, None, None], torch.nan, out)
+    out = out.to(image.dtype)
+    return out.permute(0, 3, 1, 2).contiguous() if channels_first else out
+
+
+def _grad(
+    grads: Tensor,
+    boxes: Tensor,
+    box_indices: Tensor,
+    batch: int,
+    height: int,
+    width: int,
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+    channels_first: bool,
+) -> Tensor:
+    g_nhwc = grads.permute(0, 2, 3, 1) if channels_first else grads
+    k, pooled_h, pooled_w, depth = g_nhwc.shape
+    dtype = np.float64 if grads.dtype == torch.float64 else np.float32
+    t = _TORCH[dtype]
+    device = grads.device
+    acc = torch.zeros((batch * height * width, depth), dtype=t, device=device)
+    if k and depth:
+        y, x, grid_h, grid_w = _tables(
+            boxes, height, width, (pooled_h, pooled_w), spatial_scale, sampling_ratio, aligned,
+            dtype, device,
+        )  # fmt: skip
+        y_in, y_low, y_high, y_frac, y_rest = y
+        x_in, x_low, x_high, x_frac, x_rest = x
+        count = torch.from_numpy((grid_h * grid_w).astype(dtype)).to(device)
+        g = g_nhwc.to(t)
+        indices = box_indices.to(device, torch.int64)
+        good = (indices >= 0) & (indices < batch)  # a bad unchecked index adds nothing
+        gy, gx = y_low.shape[2], x_low.shape[2]
+        per_box = pooled_h * pooled_w * max(gy * gx, 1) * 4 * depth
+        step = max(1, _CHUNK_ELEMENTS // max(per_box, 1))
+        for first in range(0, k, step):
+            n = slice(first, min(first + step, k))
+            # (box, ph, pw, iy, ix): torchvision's order of samples, then the four corners
+            inside = y_in[n][:, :, None, :, None] & x_in[n][:, None, :, None, :]
+            inside = inside & good[n][:, None, None, None, None]
+            rows, values = [], []
+            for ya, wy in ((y_low, y_rest), (y_high, y_frac)):
+                for xa, wx in ((x_low, x_rest), (x_high, x_frac)):
+                    w = wy[n][:, :, None, :, None] * wx[n][:, None, :, None, :]
+                    rows.append(ya[n][:, :, None, :, None] * width + xa[n][:, None, :, None, :])
+                    values.append(
+                        (g[n][:, :, :, None, None, :] * w[..., None])
+                        / count[n][:, None, None, None, None, None]
+                    )
+            base = indices[n].clamp(0, max(batch - 1, 0))[:, None, None, None, None, None]
+            base = base * (height * width)
+            row = torch.stack(rows, dim=-1) + base
+            value = torch.stack(values, dim=-2)
+            keep = inside[..., None].expand(row.shape)
+            acc.index_add_(0, row[keep], value[keep])
+    out = acc.reshape(batch, height, width, depth).to(grads.dtype)
+    return out.permute(0, 3, 1, 2).contiguous() if channels_first else out
+
+
+_roi_align = torch.library.custom_op("cropcore::roi_align", mutates_args=())(_forward)
+_roi_align_grad = torch.library.custom_op("cropcore::roi_align_grad_image", mutates_args=())(_grad)
+
+
+@_roi_align.register_fake
+def _roi_align_fake(
+    image, boxes, box_indices, pooled_height, pooled_width, scale, ratio, aligned, max_mode, first
+):
+    depth = image.shape[1] if first else image.shape[3]
+    k = boxes.shape[0]
+    shape = (
+        (k, depth, pooled_height, pooled_width)
+        if first
+        else (k, pooled_height, pooled_width, depth)
+    )
+    return image.new_empty(shape)
+
+
+@_roi_align_grad.register_fake
+def _roi_align_grad_fake(
+    grads, boxes, box_indices, batch, height, width, scale, ratio, aligned, first
+):
+    depth = grads.shape[1] if first else grads.shape[3]
+    shape = (batch, depth, height, width) if first else (batch, height, width, depth)
+    return grads.new_empty(shape)
+
+
+def _setup(ctx, inputs, output) -> None:
+    image, boxes, box_indices, _, _, scale, ratio, aligned, max_mode, first = inputs
+    dims = image.shape
+    batch, height, width = (dims[0], dims[2], dims[3]) if first else (dims[0], dims[1], dims[2])
+    ctx.save_for_backward(boxes, box_indices)
+    ctx.args = (batch, height, width, scale, ratio, aligned, first)
+    ctx.max_mode = max_mode
+
+
+def _backward(ctx, grad: Tensor):
+    if ctx.max_mode:
+        raise RuntimeError(
+            "roi_align with mode='max' has no gradient (neither torchvision nor ONNX defines one)"
+        )
+    boxes, box_indices = ctx.saved_tensors
+    # no gradient for the boxes, as torchvision's roi_align has none
+    grad_image = torch.ops.cropcore.roi_align_grad_image(grad, boxes, box_indices, *ctx.args)
+    return (grad_image, *([None] * 9))
+
+
+def _grad_setup(ctx, inputs, output) -> None:
+    grads, boxes, box_indices, _, _, _, scale, ratio, aligned, first = inputs
+    dims = grads.shape
+    ph, pw = (dims[2], dims[3]) if first else (dims[1], dims[2])
+    ctx.save_for_backward(boxes, box_indices)
+    ctx.args = (ph, pw, scale, ratio, aligned, False, first)
+
+
+def _grad_backward(ctx, grad: Tensor):
+    boxes, box_indices = ctx.saved_tensors
+    # linear in grads: the gradient of <grad, roi_align_grad_image(grads)> is roi_align(grad)
+    grads_grad = torch.ops.cropcore.roi_align(grad, boxes, box_indices, *ctx.args)
+    return (grads_grad, *([None] * 9))
+
+
+_roi_align.register_autograd(_backward, setup_context=_setup)
+_roi_align_grad.register_autograd(_grad_backward, setup_context=_grad_setup)
+
+
+def _boxes_on(call: Any, device: torch.device) -> tuple[Tensor, Tensor]:
+    boxes = torch.as_tensor(call.boxes)
+    indices = torch.as_tensor(call.box_indices)
+    return boxes.to(device), indices.to(device)
+
+
+def run_roi_align(call: RoiAlignCall) -> Tensor:
+    """``cropcore::roi_align`` on a canonical call."""
+    image = call.image
+    boxes, indices = _boxes_on(call, image.device)
+    return torch.ops.cropcore.roi_align(
+        image,
+        boxes,
+        indices,
+        *call.output_size,
+        call.spatial_scale,
+        call.sampling_ratio,
+        call.aligned,
+        call.mode == "max",
+        call.channels_first,
+    )
+
+
+def run_roi_align_grad_image(call: RoiAlignGradImageCall) -> Tensor:
+    """``cropcore::roi_align_grad_image`` on a canonical call."""
+    grads = call.grads
+    boxes, indices = _boxes_on(call, grads.device)
+    dims = call.image_shape
+    return torch.ops.cropcore.roi_align_grad_image(
+        grads,
+        boxes,
+        indices,
+        dims.batch,
+        dims.height,
+        dims.width,
+        call.spatial_scale,
+        call.sampling_ratio,
+        call.aligned,
+        call.channels_first,
+    )
+
+
+class RoIAlign(torch.nn.Module):
+    """torchvision's ``RoIAlign`` module on cropcore: ``forward(input, rois)`` with NCHW ``input``
+    and ``rois`` as ``(K, 5)`` ``[index, x1, y1, x2, y2]`` or a list of per-image ``(L, 4)``.
+
+    Args:
+        output_size: ``(pooled_height, pooled_width)`` or one int.
+        spatial_scale: multiplies the box coordinates.
+        sampling_ratio: samples per bin along each axis; ``<= 0`` adaptive.
+        aligned: the half-pixel shift (torchvision's ``aligned=True``).
+    """
+
+    def __init__(
+        self,
+        output_size: int | tuple[int, int],
+        spatial_scale: float,
+        sampling_ratio: int,
+        aligned: bool = False,
+    ) -> None:
+        super().__init__()
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale
+        self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
+
+    def forward(self, input: Tensor, rois: Tensor | list[Tensor]) -> Tensor:
+        import cropcore
+
+        return cropcore.roi_align(
+            input,
+            rois,
+            self.output_size,
+            self.spatial_scale,
+            self.sampling_ratio,
+            self.aligned,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+            f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}"
+        )
