@@ -328,7 +328,8 @@ def test_plugin_is_registered_with_alias_cuda():
     assert set(info.dtypes) == set(DTYPES)
     assert set(info.methods) == set(METHODS)
     assert not info.autograd
-    assert set(backend.ops) == set(cropcore.ops.OPS)
+    # the crop_and_resize family and crop2d; roi_align has no CUDA kernel yet
+    assert set(backend.ops) == set(cropcore.ops.OPS) - {"roi_align", "roi_align_grad_image"}
     assert "cupy" in [b.name for b in cropcore.backends()]
 
 
