@@ -355,3 +355,25 @@ def test_a_jitted_training_step_learns_and_matches_the_eager_step():
     for name in ("gain", "shift"):
         _same_bits(first[name], np.asarray(eager_params[name]))
     assert losses[-1] < losses[0]
+
+
+def test_a_negative_zero_extrapolation_value_is_not_taken_for_a_positive_one():
+    # jit compares static arguments by equality, and -0.0 == 0.0: the value must not be static.
+    image, boxes, box_indices = _inputs()
+    for value in (0.0, -0.0):
+        expected = cropcore.crop_and_resize(
+            image, boxes, box_indices, (3, 4), extrapolation_value=value, backend="numpy"
+        )
+        actual = cropcore.crop_and_resize(
+            jnp.asarray(image), boxes, box_indices, (3, 4), extrapolation_value=value
+        )
+        _same_bits(actual, expected)
+
+
+def test_a_torch_tensor_that_needs_grad_named_to_jax_comes_back_detached_with_a_warning():
+    torch = pytest.importorskip("torch")
+    image, boxes, box_indices = _inputs()
+    tensor = torch.from_numpy(image).requires_grad_()
+    with pytest.warns(RuntimeWarning, match="detached"):
+        crops = cropcore.crop_and_resize(tensor, boxes, box_indices, (3, 4), backend="jax")
+    assert not crops.requires_grad

@@ -48,7 +48,9 @@ def cropcore_backend_info() -> BackendInfo:
             "jax.Array on any XLA device, under jit, grad (TF's gradients) and vmap; bit-exact "
             "with TensorFlow's CPU kernel on XLA:CPU"
         ),
-        autograd=True,
+        # BackendInfo.autograd is about torch's autograd (which tensors it may take); jax.grad
+        # differentiates this backend by tracing it, which needs no declaration.
+        autograd=False,
         # The kernels clamp every index before a gather and give NaN for a bad box index (an
         # IndexError where the indices are concrete on the CPU); non-finite boxes are outside.
         unchecked_values=True,

@@ -73,7 +73,8 @@ def _rounded(product: jax.Array, witness: jax.Array | None = None) -> jax.Array:
 
 #: The arguments of each kernel that ``jax.jit`` must treat as static.
 STATIC = {
-    "crop_and_resize": ("crop_size", "method", "extrapolation_value", "channels_first"),
+    # Not extrapolation_value: jit compares static arguments by equality, and -0.0 == 0.0.
+    "crop_and_resize": ("crop_size", "method", "channels_first"),
     "crop_and_resize_grad_image": ("image_shape", "method", "dtype", "channels_first"),
     "crop_and_resize_grad_boxes": ("channels_first",),
 }
@@ -208,7 +209,8 @@ def crop_and_resize(
             ``channels_first``; any of the nine image dtypes.
         boxes: float32 (N, 4), ``[y1, x1, y2, x2]``. box_indices: int32 (N,).
         crop_size: ``(crop_height, crop_width)``, positive. method: ``"bilinear"`` or ``"nearest"``.
-        extrapolation_value: written (as float32) where a sample is outside the image.
+        extrapolation_value: written (as float32) where a sample is outside the image; a
+            float or a float32 scalar array (an argument of the computation, not a constant).
         channels_first: the layout of ``image`` and of the result.
 
     Returns:
@@ -234,7 +236,7 @@ def crop_and_resize(
         crops = top + _rounded((bottom - top) * y_lerp)
     # A sample outside the image is replaced entirely (no blending with in-range neighbours).
     inside = rows.valid[:, :, None, None] & cols.valid[:, None, :, None]
-    crops = jnp.where(inside, crops, _F32(extrapolation_value))
+    crops = jnp.where(inside, crops, jnp.asarray(extrapolation_value, jnp.float32))
     crops = jnp.where(bad[:, None, None, None], _F32(np.nan), crops)
     return _layout(crops, channels_first)
 

@@ -40,34 +40,38 @@ def _traced(*arrays: Any) -> bool:
     return any(isinstance(a, jax.core.Tracer) for a in arrays)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
 def crop_and_resize(
     image: jax.Array,
     boxes: jax.Array,
     box_indices: jax.Array,
+    extrapolation_value: jax.Array,
     crop_size: tuple[int, int],
     method: str,
-    extrapolation_value: float,
     channels_first: bool,
 ) -> jax.Array:
     """:func:`cropcore_jax.kernels.crop_and_resize`, differentiable with TF's gradients.
 
-    Arguments and result as for the kernel; ``boxes`` float32 (N, 4), ``box_indices`` int32 (N,).
+    Arguments and result as for the kernel; ``boxes`` float32 (N, 4), ``box_indices`` int32 (N,),
+    ``extrapolation_value`` a float32 scalar array (an argument, not a static value: static
+    arguments are compared by equality, and -0.0 == 0.0). It gets a zero gradient, as in TF,
+    where it is an attribute.
     """
     return _compiled("crop_and_resize")(
-        image, boxes, box_indices, crop_size, method, extrapolation_value, channels_first
+        image, boxes, box_indices, crop_size=crop_size, method=method,
+        extrapolation_value=extrapolation_value, channels_first=channels_first,
+    )  # fmt: skip
+
+
+def _forward(image, boxes, box_indices, extrapolation_value, crop_size, method, channels_first):
+    crops = crop_and_resize.fun(
+        image, boxes, box_indices, extrapolation_value, crop_size, method, channels_first
     )
+    return crops, (image, boxes, box_indices, extrapolation_value)
 
 
-def _forward(image, boxes, box_indices, crop_size, method, extrapolation_value, channels_first):
-    crops = _compiled("crop_and_resize")(
-        image, boxes, box_indices, crop_size, method, extrapolation_value, channels_first
-    )
-    return crops, (image, boxes, box_indices)
-
-
-def _backward(crop_size, method, extrapolation_value, channels_first, residuals, grads):
-    image, boxes, box_indices = residuals
+def _backward(crop_size, method, channels_first, residuals, grads):
+    image, boxes, box_indices, extrapolation_value = residuals
     grads = grads.astype(jnp.float32)
     dtype = jnp.dtype(image.dtype).name
     if dtype in _FLOAT_DTYPES:
@@ -82,7 +86,8 @@ def _backward(crop_size, method, extrapolation_value, channels_first, residuals,
     grad_boxes = _compiled("crop_and_resize_grad_boxes")(
         grads, image, boxes, box_indices, channels_first
     )
-    return grad_image, grad_boxes, np.zeros(box_indices.shape, jax.dtypes.float0)
+    no_index_gradient = np.zeros(box_indices.shape, jax.dtypes.float0)
+    return grad_image, grad_boxes, no_index_gradient, jnp.zeros_like(extrapolation_value)
 
 
 crop_and_resize.defvjp(_forward, _backward)
@@ -116,14 +121,15 @@ def run_crop_and_resize(call: CropAndResizeCall) -> jax.Array:
         _host_indices_checked(call.box_indices, call.image_shape.batch)
     run = crop_and_resize
     if not _traced(call.image, call.boxes, call.box_indices):  # nothing to differentiate
-        run = _compiled("crop_and_resize")
+        run = crop_and_resize.fun
+    extrapolation_value = jnp.asarray(np.float32(call.extrapolation_value))
     return run(
         call.image,
         call.boxes,
         call.box_indices,
+        extrapolation_value,
         tuple(call.crop_size),
         call.method,
-        float(call.extrapolation_value),
         call.channels_first,
     )
 
