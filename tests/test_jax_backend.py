@@ -377,3 +377,33 @@ def test_a_torch_tensor_that_needs_grad_named_to_jax_comes_back_detached_with_a_
     with pytest.warns(RuntimeWarning, match="detached"):
         crops = cropcore.crop_and_resize(tensor, boxes, box_indices, (3, 4), backend="jax")
     assert not crops.requires_grad
+
+
+@pytest.mark.parametrize("op", ["forward", "grad_image", "grad_boxes"])
+def test_calls_larger_than_a_mebibyte_run_under_jit(op):
+    # Above 1 MiB cropcore asks the backend for its peak memory, with the call's tracers.
+    image = np.linspace(0, 1, 2 * 64 * 64 * 64, dtype=F32).reshape(2, 64, 64, 64)
+    boxes = np.array([[0.1, 0.2, 0.8, 0.9], [0.0, 0.0, 1.0, 1.0]], F32)
+    box_indices = np.array([1, 0], np.int32)
+    grads = _grads((2, 14, 14, 64))
+    if op == "forward":
+        f = jax.jit(lambda i, b, x: cropcore.crop_and_resize(i, b, x, (14, 14)))
+        actual, expected = (
+            f(image, boxes, box_indices),
+            cropcore.crop_and_resize(image, boxes, box_indices, (14, 14), backend="numpy"),
+        )
+    elif op == "grad_image":
+        f = jax.jit(lambda g, b, x: cropcore.crop_and_resize_grad_image(g, b, x, image.shape))
+        actual, expected = (
+            f(grads, boxes, box_indices),
+            cropcore.crop_and_resize_grad_image(
+                grads, boxes, box_indices, image.shape, backend="numpy"
+            ),
+        )
+    else:
+        f = jax.jit(lambda g, i, b, x: cropcore.crop_and_resize_grad_boxes(g, i, b, x))
+        actual, expected = (
+            f(grads, image, boxes, box_indices),
+            cropcore.crop_and_resize_grad_boxes(grads, image, boxes, box_indices, backend="numpy"),
+        )
+    _same_bits(actual, expected)

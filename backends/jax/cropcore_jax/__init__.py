@@ -93,9 +93,14 @@ def cropcore_backend_peak_bytes(call: Any) -> int:
     # XLA fuses the elementwise arithmetic, but the gathered corners, the image gradient's
     # per-sample contributions and targets and the box gradient's terms are materialised; counted
     # as the NumPy backend counts them. Only host memory counts: nothing on a device.
+    import jax
+
     anchor = call.image if hasattr(call, "image") else call.grads
-    devices = getattr(anchor, "devices", None)
-    if devices is not None and any(d.platform != "cpu" for d in devices()):
+    if isinstance(anchor, jax.core.Tracer):  # under jit: where the computation will run
+        on_cpu = jax.default_backend() == "cpu"
+    else:
+        on_cpu = all(d.platform == "cpu" for d in anchor.devices())
+    if not on_cpu:
         return 0
     samples = call.boxes.shape[0] * call.crop_size[0] * call.crop_size[1]
     tables = 64 * call.boxes.shape[0] * (call.crop_size[0] + call.crop_size[1])
