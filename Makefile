@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 INSTALL := $(PIP) install --quiet --disable-pip-version-check -c constraints.txt
 # Demo and tests use every backend that installs on this machine (CuPy only where there is a GPU).
-EXTRAS ?= cli,torch,numba,dask
+EXTRAS ?= cli,torch,numba,dask,jax
 
 .PHONY: demo test lint format docs clean
 

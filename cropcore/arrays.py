@@ -11,6 +11,7 @@ Requirements (after einops' ``_backends.py``):
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 from typing import Any, ClassVar
@@ -24,6 +25,9 @@ _TORCH_DTYPE_NAMES = {"half": "float16", "float": "float32", "double": "float64"
 
 
 _TYPE_LIBRARIES: dict[type, str] = {}
+# Top-level modules whose types belong to another library: JAX's arrays live in jaxlib, its
+# tracers in jax.
+_MODULE_LIBRARIES = {"builtins": "numpy", "jaxlib": "jax"}
 _DTYPE_NAMES: dict[Any, str] = {}
 
 
@@ -41,7 +45,7 @@ def library_name(x: Any) -> str:
             name = CudaArrayInterfaceLibrary.name  # e.g. numba.cuda device arrays
         else:
             name = kind.__module__.partition(".")[0]
-            name = "numpy" if name == "builtins" else name
+            name = _MODULE_LIBRARIES.get(name, name)
         _TYPE_LIBRARIES[kind] = name
     return name
 
@@ -282,11 +286,84 @@ class CudaArrayInterfaceLibrary(ArrayLibrary):
         return _LIBRARIES["cupy"].convert(x if library_name(x) != self.name else self.export(x))
 
 
+class JaxLibrary(ArrayLibrary):
+    """``jax.Array`` (type in ``jaxlib``) and JAX's tracers (``jax.jit``, ``jax.grad``, ``jax.vmap``).
+
+    A tracer is ``"traced"``: nothing here reads its values or asks for its device (selection
+    takes JAX's default device). NumPy input is put on the device of ``like`` with its dtype kept:
+    64-bit dtypes stay 64-bit (under a scoped ``jax.enable_x64``) whether or not x64 is on.
+    """
+
+    name = "jax"
+
+    def _tracer(self, x: Any) -> bool:
+        return isinstance(x, sys.modules["jax"].core.Tracer)
+
+    def _device(self, x: Any) -> Any:
+        """The one device of a concrete array, or JAX's default device for a tracer."""
+        jax = sys.modules["jax"]
+        if not self._tracer(x):
+            devices = x.devices()
+            if len(devices) == 1:
+                return next(iter(devices))
+        return jax.config.jax_default_device or jax.devices()[0]
+
+    def device(self, x: Any) -> str:
+        device = self._device(x)
+        if device.platform == "cpu":
+            return "cpu"
+        kind = device.platform
+        if kind == "gpu":  # JAX says "gpu" for CUDA and ROCm; DLPack tells them apart
+            kind = (
+                "rocm" if "rocm" in str(getattr(device.client, "platform_version", "")) else "cuda"
+            )
+        return f"{kind}:{device.id}"
+
+    def residence(self, x: Any) -> str:
+        if self._tracer(x):
+            return "traced"
+        return "host" if all(d.platform == "cpu" for d in x.devices()) else "device"
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return np.asarray(x)
+
+    def from_numpy(self, a: np.ndarray, like: Any) -> Any:
+        jax = sys.modules["jax"]
+        a = np.asarray(a)
+        # 64-bit types exist only under x64: scoped, so a float64 image stays float64.
+        with jax.enable_x64(True) if a.dtype.itemsize == 8 else contextlib.nullcontext():
+            if like is not None and library_name(like) == self.name and not self._tracer(like):
+                return jax.device_put(a, self._device(like))
+            return jax.numpy.asarray(a)
+
+    def to_device(self, x: Any, like: Any) -> Any:
+        if like is None or library_name(like) != self.name or self._tracer(x) or self._tracer(like):
+            return x
+        device = self._device(like)
+        if x.devices() == {device}:
+            return x
+        return sys.modules["jax"].device_put(x, device)
+
+    def convert(self, x: Any, like: Any = None) -> Any:
+        source = library_for(x)
+        if source is self:
+            return self.to_device(x, like)
+        return self.from_numpy(source.to_numpy(x), like)
+
+    def astype(self, x: Any, dtype: str) -> Any:
+        if dtype_name(x) == dtype:
+            return x
+        if dtype in ("int64", "float64"):
+            with sys.modules["jax"].enable_x64(True):
+                return x.astype(dtype)
+        return x.astype(dtype)
+
+
 class DLPackLibrary(ArrayLibrary):
-    """Any other library whose module has ``from_dlpack`` (JAX, MLX, dpnp, ...): host arrays only."""
+    """Any other library whose module has ``from_dlpack`` (MLX, dpnp, ...): host arrays only."""
 
     #: Libraries whose arrays' type lives in one module and whose ``from_dlpack`` in another.
-    _MODULES: ClassVar[dict[str, str]] = {"jaxlib": "jax.numpy", "jax": "jax.numpy"}
+    _MODULES: ClassVar[dict[str, str]] = {}
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -312,6 +389,7 @@ _LIBRARIES: dict[str, ArrayLibrary] = {
     "torch": TorchLibrary(),
     "cupy": CupyLibrary(),
     CudaArrayInterfaceLibrary.name: CudaArrayInterfaceLibrary(),
+    "jax": JaxLibrary(),
 }
 
 

@@ -60,7 +60,7 @@ logger = logging.getLogger("cropcore.dispatch")
 
 #: Automatic selection tries these in order. Third-party backends run when named, or when added
 #: to the priority list.
-DEFAULT_PRIORITY: tuple[str, ...] = ("cupy", "torch", "numba", "numpy")
+DEFAULT_PRIORITY: tuple[str, ...] = ("cupy", "torch", "jax", "numba", "numpy")
 
 #: How to install the built-in backends, for error messages about a missing one.
 INSTALL_HINTS = {
@@ -68,6 +68,7 @@ INSTALL_HINTS = {
     "numba": 'pip install "cropcore[numba]"',
     "torch": 'pip install "cropcore[torch]"',
     "cupy": 'pip install "cropcore[cupy]" (needs an NVIDIA GPU)',
+    "jax": 'pip install "cropcore[jax]"',
     "cuda": 'pip install "cropcore[cupy]" (needs an NVIDIA GPU)',
 }
 

@@ -31,6 +31,13 @@ def _cuda_here(library: str) -> bool:
         import torch
 
         return bool(torch.cuda.is_available())
+    if library == "jax" and importlib.util.find_spec("jax") is not None:
+        import jax
+
+        try:
+            return bool(jax.devices("gpu"))
+        except RuntimeError:  # no GPU platform in this jaxlib
+            return False
     return False
 
 

@@ -110,7 +110,8 @@ def library_of(x: Any) -> str:
     """The top-level module of ``x``'s type (``"numpy"``, ``"torch"``, ``"cupy"``, ...)."""
     if isinstance(x, np.ndarray | np.generic):
         return "numpy"
-    return type(x).__module__.partition(".")[0]
+    library = type(x).__module__.partition(".")[0]
+    return "jax" if library == "jaxlib" else library  # jax.Array's type lives in jaxlib
 
 
 def device_of(x: Any) -> str:
@@ -120,6 +121,9 @@ def device_of(x: Any) -> str:
         return str(x.device) if x.device.type == "cpu" else f"{x.device.type}:{x.device.index}"
     if library == "cupy":
         return f"cuda:{x.device.id}"
+    if library == "jax":
+        (device,) = x.devices()
+        return "cpu" if device.platform == "cpu" else f"cuda:{device.id}"
     return "cpu"
 
 
@@ -137,6 +141,12 @@ def library_available(library: str, device: str = "cpu") -> str | None:
             return "torch has no CUDA device here"
         if kind not in ("cpu", "cuda"):
             return f"device {device!r} is not supported by the suite"
+        return None
+    if library == "jax":
+        try:
+            _jax_device(device)
+        except Exception as exc:  # no such platform or index
+            return f"jax has no device {device!r} here: {type(exc).__name__}: {exc}"
         return None
     if library == "cupy":
         try:
@@ -165,7 +175,20 @@ def to_library(a: Any, library: str, device: str = "cpu") -> Any:
 
         with cupy.cuda.Device(int(device.partition(":")[2] or 0)):
             return cupy.asarray(native)
+    if library == "jax":
+        import jax
+
+        with jax.enable_x64(True):  # 64-bit inputs stay 64-bit whether or not x64 is on
+            return jax.device_put(native, _jax_device(device))
     raise ValueError(f"the suite cannot make {library} arrays")
+
+
+def _jax_device(device: str) -> Any:
+    """The JAX device for ``"cpu"``, ``"cuda"`` or ``"cuda:1"`` (CUDA is JAX's ``"gpu"``)."""
+    import jax
+
+    kind, _, index = device.partition(":")
+    return jax.devices("gpu" if kind == "cuda" else kind)[int(index or 0)]
 
 
 def to_numpy(x: Any) -> np.ndarray:

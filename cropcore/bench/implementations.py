@@ -10,6 +10,7 @@ callable, the call that is timed.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ __all__ = [
     "check_backends",
     "cropcore_implementation",
     "implementations_for",
+    "jax_implementation",
     "roi_align_rois",
     "tensorflow_implementation",
     "torchvision_implementation",
@@ -79,6 +81,53 @@ def cropcore_implementation(backend: str) -> Implementation:
         )
 
     return Implementation(backend, "cropcore", prepare)
+
+
+def jax_implementation(notes: list[str]) -> Implementation:
+    """The ``jax`` backend as a JAX program uses it: ``jax.jit`` of the call on ``jax.Array`` inputs
+    on the CPU, timed after compilation (``block_until_ready``). The first call, which traces and
+    compiles, is timed on its own in ``prepare`` and reported in ``notes``.
+    """
+    import jax  # only here: the bench imports no framework otherwise
+
+    cpu = jax.devices("cpu")[0]
+
+    def prepare(workload: Workload, op: str) -> Callable[[], Any]:
+        with jax.enable_x64(True):  # a float64 or int64 workload keeps its dtype
+            image, boxes, box_indices = (jax.device_put(a, cpu) for a in workload.inputs())
+            grads = jax.device_put(workload.grads(), cpu)
+        crop_size, image_shape = tuple(workload.crop_size), tuple(workload.image_shape)
+        if op == "forward":
+            arrays = (image, boxes, box_indices)
+            function = jax.jit(
+                lambda i, b, x: cropcore.crop_and_resize(i, b, x, crop_size, backend="jax")
+            )
+        elif op == "grad_image":
+            arrays = (grads, boxes, box_indices)
+            function = jax.jit(
+                lambda g, b, x: cropcore.crop_and_resize_grad_image(
+                    g, b, x, image_shape, backend="jax"
+                )
+            )
+        else:
+            arrays = (grads, image, boxes, box_indices)
+            function = jax.jit(
+                lambda g, i, b, x: cropcore.crop_and_resize_grad_boxes(g, i, b, x, backend="jax")
+            )
+        start = time.perf_counter()
+        function(*arrays).block_until_ready()
+        notes.append(
+            f"jax: the first call of {op} on {workload.name} (trace and XLA compile) took "
+            f"{time.perf_counter() - start:.3f} s, outside the timings"
+        )
+        return lambda: function(*arrays).block_until_ready()
+
+    return Implementation(
+        "jax",
+        "cropcore",
+        prepare,
+        note="jax.jit of the call on jax.Array inputs (CPU), timed after compilation",
+    )
 
 
 def tensorflow_implementation(tf: Any) -> Implementation:
@@ -245,5 +294,8 @@ def implementations_for(config: BenchConfig, notes: list[str]) -> list[Implement
                 "torchvision (with working C++ ops) is not installed: no roi_align reference"
             )
     backends = config.backends if config.backends is not None else available_backends()
-    found += [cropcore_implementation(name) for name in backends]
+    found += [
+        jax_implementation(notes) if name == "jax" else cropcore_implementation(name)
+        for name in backends
+    ]
     return found
