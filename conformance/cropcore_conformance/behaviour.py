@@ -28,7 +28,8 @@ Requirements:
 The inputs are drawn from a NumPy generator seeded with the run's ``--seed`` and kept small, so
 the category takes a fraction of a second on the reference backend. The results are compared
 with the backend's own single-thread result, not with the reference: the other categories
-check the values. Ids: ``behaviour/<op>/<check>``.
+check the values. Every op has the checks, roi_align and its gradient included. Ids:
+``behaviour/<op>/<check>``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from cropcore.calls import ROI_ALIGN_DTYPES
 from cropcore.spec import IMAGE_DTYPES, METHODS
 from cropcore_conformance.cases import (
     OPS,
@@ -71,7 +73,8 @@ REPEATS = 4
 IMAGE_SHAPE = (2, 9, 11, 3)  # batch, height, width, depth (NHWC)
 NUM_BOXES = 6
 CROP_SIZE = (5, 7)
-OPS_ORDER = ("forward", "grad_image", "grad_boxes", "crop2d")
+OPS_ORDER = ("forward", "grad_image", "grad_boxes", "crop2d", "roi_align", "roi_align_grad")
+ROI_OPS = ("roi_align", "roi_align_grad")
 DECLINES_CALLS = 8
 DECLINES_SECONDS = 0.01  # generous: the hook runs before every call
 
@@ -86,6 +89,8 @@ def _inputs(op: str, seed: int, variant: int, special: bool = False) -> dict[str
     image = (rng.standard_normal(IMAGE_SHAPE) * 10.0 ** rng.uniform(-2, 2, IMAGE_SHAPE)).astype(F32)
     if op == "crop2d":
         return {"x": image, "cropping": ((1, 2), (3, 1))}
+    if op in ROI_OPS:
+        return _roi_inputs(op, rng, image, special)
     # Overlapping boxes, some flipped, some reaching outside the image.
     starts = rng.uniform(-0.2, 0.5, (NUM_BOXES, 2))
     ends = starts + rng.uniform(0.3, 0.8, (NUM_BOXES, 2))
@@ -117,6 +122,31 @@ def _inputs(op: str, seed: int, variant: int, special: bool = False) -> dict[str
             "method": "bilinear",
         }
     return {"grads": grads, "image": image, "boxes": boxes, "box_indices": box_indices}
+
+
+def _roi_inputs(op: str, rng: np.random.Generator, image: np.ndarray, special: bool) -> dict:
+    """roi_align's inputs: overlapping pixel boxes ``[x1, y1, x2, y2]``, some reaching outside
+    the image, NHWC, two samples per bin along each axis."""
+    batch, height, width, depth = IMAGE_SHAPE
+    starts = rng.uniform(-1.5, [width - 3, height - 3], (NUM_BOXES, 2))
+    boxes = np.concatenate([starts, starts + rng.uniform(1, 6, (NUM_BOXES, 2))], axis=1)
+    shared = {
+        "boxes": boxes.astype(F32),
+        "box_indices": rng.integers(0, batch, NUM_BOXES).astype(np.int32),
+        "spatial_scale": 1.0,
+        "sampling_ratio": 2,
+        "aligned": True,
+        "data_format": "channels_last",
+    }
+    grads_shape = (NUM_BOXES, *CROP_SIZE, depth)
+    grads = (rng.standard_normal(grads_shape) * 10.0 ** rng.uniform(-3, 3, grads_shape)).astype(F32)
+    if special:
+        image.reshape(-1)[::7] = np.nan
+        image.reshape(-1)[3::11] = np.inf
+        grads.reshape(-1)[::5] = np.nan
+    if op == "roi_align":
+        return {"image": image, "output_size": CROP_SIZE, "mode": "avg", **shared}
+    return {"grads": grads, "image_shape": IMAGE_SHAPE, **shared}
 
 
 def _copies(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -365,9 +395,13 @@ def _info_honest(op: str) -> Callable[[Context], Outcome]:
         dtypes = (
             [d for d in info.dtypes if d in IMAGE_DTYPES]
             if op in ("forward", "grad_boxes")
+            else [d for d in info.dtypes if d in ROI_ALIGN_DTYPES]
+            if op == "roi_align"
             else [None]
         )
-        methods = [m for m in info.methods if m in METHODS] if op != "crop2d" else [None]
+        methods = (
+            [m for m in info.methods if m in METHODS] if op not in ("crop2d", *ROI_OPS) else [None]
+        )
         if op == "grad_boxes":
             methods = ["bilinear"]  # the box gradient has only the bilinear method
         for dtype in dtypes:

@@ -49,7 +49,6 @@ def roi_align(
     """NHWC ``image`` (float16/32/64) -> ``(num_boxes, pooled_h, pooled_w, depth)`` of its dtype."""
     batch, height, width, depth = image.shape
     dtype = compute_dtype(image.dtype)
-    t = np.dtype(dtype).type
     k = boxes.shape[0]
     ph, pw = output_size
     out = np.zeros((k, ph, pw, depth), dtype)
@@ -61,6 +60,19 @@ def roi_align(
     pixels = image.reshape(batch * height * width, depth)
     base = box_indices.astype(np.int64)[:, None, None] * (height * width)
     started = np.zeros((k, ph, pw), bool)
+    with np.errstate(invalid="ignore", over="ignore"):  # 0 * inf is NaN here, as in torchvision
+        _accumulate(out, started, pixels, base, y, x, width, mode)
+    if mode == "avg":
+        count = np.maximum(gh * gw, 1).astype(dtype)
+        out = out / count[:, None, None, None]
+    return out.astype(image.dtype)
+
+
+def _accumulate(out, started, pixels, base, y, x, width, mode):
+    """The forward sums (or maxima) over the samples of every bin, in ``iy, ix`` order, into
+    ``out`` (and ``started``, for max mode), in place."""
+    t = out.dtype.type
+    dtype = out.dtype
     for iy in range(y.low.shape[2]):
         for ix in range(x.low.shape[2]):
             real = y.in_grid[:, :, iy, None] & x.in_grid[:, None, :, ix]
@@ -76,16 +88,12 @@ def roi_align(
                     terms.append(w[..., None] * v)
             if mode == "avg":
                 term = ((terms[0] + terms[1]) + terms[2]) + terms[3]
-                out = np.where(real[..., None], out + term, out)
+                out[...] = np.where(real[..., None], out + term, out)
             else:
                 val = _std_max(_std_max(_std_max(terms[0], terms[1]), terms[2]), terms[3])
                 first = (real & ~started)[..., None]
-                out = np.where(first, val, np.where(real[..., None], _std_max(out, val), out))
+                out[...] = np.where(first, val, np.where(real[..., None], _std_max(out, val), out))
                 started |= real
-    if mode == "avg":
-        count = np.maximum(gh * gw, 1).astype(dtype)
-        out = out / count[:, None, None, None]
-    return out.astype(image.dtype)
 
 
 #: Entries (samples x 4 corners x channels) added per ``np.add.at`` call in the gradient.
