@@ -98,7 +98,7 @@ void reduce_block(float (&sums)[4][CROPCORE_REDUCE_THREADS]) {
   extern "C" void cropcore_grad_boxes_##NAME(CROPCORE_GRAD_BOXES_PARAMS(T)) {                    \
     FlushToZero ftz;                                                                            \
     CROPCORE_GRAD_BOXES_ARGS(a);                                                                \
-    static float sums[4][CROPCORE_REDUCE_THREADS];                                              \
+    float sums[4][CROPCORE_REDUCE_THREADS];                                              \
     for (int k = 0; k < num_boxes; ++k) {                                                       \
       for (unsigned c = 0; c < chunks; ++c) {                                                   \
         for (unsigned lane = 0; lane < CROPCORE_REDUCE_THREADS; ++lane) {                       \
@@ -115,7 +115,7 @@ void reduce_block(float (&sums)[4][CROPCORE_REDUCE_THREADS]) {
   extern "C" void cropcore_grad_boxes_finish_##NAME(CROPCORE_GRAD_BOXES_PARAMS(T)) {             \
     FlushToZero ftz;                                                                            \
     CROPCORE_GRAD_BOXES_ARGS(a);                                                                \
-    static float sums[4][CROPCORE_REDUCE_THREADS];                                              \
+    float sums[4][CROPCORE_REDUCE_THREADS];                                              \
     for (int k = 0; k < num_boxes; ++k) {                                                       \
       for (unsigned lane = 0; lane < CROPCORE_REDUCE_THREADS; ++lane) {                         \
         float sum[4];                                                                           \

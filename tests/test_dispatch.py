@@ -542,8 +542,8 @@ def test_the_debug_log_in_docs_dispatch_md_is_what_a_numpy_call_logs():
     import pathlib
     import re
 
-    if importlib.util.find_spec("numba") is None or importlib.util.find_spec("torch") is None:
-        pytest.skip("the example is written for the numba and torch extras")
+    if any(importlib.util.find_spec(name) is None for name in ("numba", "torch", "jax")):
+        pytest.skip("the example is written for the numba, torch and jax extras")
     page = (pathlib.Path(__file__).parents[1] / "docs" / "dispatch.md").read_text()
     section = page[page.index("## Logging") :]
     documented = re.search(r"```text\n(.*?)```", section, re.S).group(1).splitlines()
