@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cropcore import spec
-from cropcore.arguments import boxes_values_arg, roi_boxes_values_arg
+from cropcore.arguments import boxes_values_arg
 from cropcore.calls import (
     Crop2DCall,
     CropAndResizeCall,
@@ -23,6 +23,7 @@ from cropcore.calls import (
     RoiAlignCall,
     RoiAlignGradImageCall,
 )
+from cropcore.roi_arguments import roi_boxes_values_arg
 
 __all__ = ["OPS", "Op", "op_for"]
 

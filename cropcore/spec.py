@@ -34,7 +34,6 @@ from typing import Any
 
 from cropcore import calls
 from cropcore.arguments import (
-    aligned_arg,
     as_array,
     boxes_arg,
     boxes_cast_arg,
@@ -50,6 +49,13 @@ from cropcore.arguments import (
     image_arg,
     image_shape_arg,
     method_arg,
+    values_checked,
+)
+from cropcore.arrays import dtype_name as _dtype
+from cropcore.calls import DATA_FORMATS, GRAD_IMAGE_DTYPES, IMAGE_DTYPES, METHODS, ImageShape
+from cropcore.memory import check_output_size, max_output_bytes
+from cropcore.roi_arguments import (
+    aligned_arg,
     output_size_arg,
     roi_boxes_cast_arg,
     roi_boxes_shape_arg,
@@ -59,11 +65,7 @@ from cropcore.arguments import (
     roi_mode_arg,
     sampling_ratio_arg,
     spatial_scale_arg,
-    values_checked,
 )
-from cropcore.arrays import dtype_name as _dtype
-from cropcore.calls import DATA_FORMATS, GRAD_IMAGE_DTYPES, IMAGE_DTYPES, METHODS, ImageShape
-from cropcore.memory import check_output_size, max_output_bytes
 
 __all__ = [
     "DATA_FORMATS",
@@ -291,7 +293,7 @@ def roi_align_call(
 ) -> calls.RoiAlignCall:
     """Check a ``roi_align`` call (torchvision's and ONNX's rules) and return it in canonical form.
 
-    The boxes (any of :func:`~cropcore.arguments.roi_boxes_shape_arg`'s forms) become
+    The boxes (any of :func:`~cropcore.roi_arguments.roi_boxes_shape_arg`'s forms) become
     ``(num_boxes, 4)`` in the compute dtype and int32 image indices; values are read where
     :func:`~cropcore.arguments.values_checked` says. ``check_values=False``: the shape-only mode.
     """
