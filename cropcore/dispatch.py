@@ -417,13 +417,15 @@ def _automatic(call: Any, device_type: str, needs_grad: bool, decision: Decision
             assert backend is not None
             if needs_grad and not attempt:
                 torch_backend = registry.get("torch")
-                hint = (
-                    'pip install "cropcore[torch]" gives autograd'
-                    if torch_backend is None
-                    or torch_backend.status in ("broken", "unavailable")
-                    or call.op in torch_backend.ops
-                    else f"no autograd backend implements {call.op} yet"
-                )
+                if torch_backend is None or torch_backend.status in ("broken", "unavailable"):
+                    hint = 'pip install "cropcore[torch]" gives autograd'
+                elif call.op in torch_backend.ops:
+                    hint = (
+                        "backend 'torch' gives autograd but was not chosen: see "
+                        "cropcore.explain() for why, or pass backend='torch'"
+                    )
+                else:
+                    hint = f"no autograd backend implements {call.op} yet"
                 warnings.warn(
                     f"no installed backend propagates autograd gradients for {call.op} on "
                     f"{device_type}; backend {backend.name!r} runs it and the result is detached "

@@ -743,6 +743,15 @@ def test_python_m_cropcore_demo_in_a_subprocess_runs_every_backend(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "cropcore-demo" / "contact_sheet.png").is_file()
     assert str(tmp_path / "cropcore-demo" / "demo.json") in result.stdout
+    # every backend that is available here and crops ran, on its own arrays (none skipped)
+    available = {
+        b.name
+        for b in cropcore.backends(probe=True)
+        if b.status == "available" and b.hook("crop_and_resize") is not None
+    }
+    summary = json.loads((tmp_path / "cropcore-demo" / "demo.json").read_text())
+    assert {r["backend"] for r in summary["results"]} == available
+    assert "cannot make a" not in result.stdout + result.stderr
 
 
 # --------------------------------------------------------------------------------------------------

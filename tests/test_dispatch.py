@@ -375,6 +375,42 @@ def test_requires_grad_with_non_autograd_backend_warns(image):
     assert not out.requires_grad
 
 
+def test_the_detached_warning_says_how_to_get_autograd(register_backend, image, monkeypatch):
+    """The hint after "detached" names the fix: the torch backend where it has the op (it is
+    only left out of the priority list here), else that no autograd backend has it; without the
+    torch backend, the extra that installs it."""
+    torch = pytest.importorskip("torch")
+    from cropcore.registry import registry
+
+    torch_backend = registry.get("torch")
+    if torch_backend is None or torch_backend.status in ("broken", "unavailable"):
+        pytest.skip("the torch backend is not installed here")
+    register_backend("fakeplain")
+    cropcore.set_priority(["fakeplain", "numpy"])
+    t = torch.from_numpy(image).requires_grad_()
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"detached from the graph \(backend 'torch' gives autograd but was not chosen",
+    ):
+        crop(t)
+    # a torch backend (say an older one) without this op: no autograd backend implements it
+    monkeypatch.setattr(
+        torch_backend, "ops", tuple(o for o in torch_backend.ops if o != "crop_and_resize")
+    )
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"detached from the graph \(no autograd backend implements crop_and_resize yet\)",
+    ):
+        out = crop(t)
+    assert not out.requires_grad
+    # without a usable torch backend: the extra that installs it
+    monkeypatch.setattr(torch_backend, "status", "unavailable")
+    with pytest.warns(
+        RuntimeWarning, match=r"detached from the graph \(pip install .cropcore\[torch\]"
+    ):
+        crop(t)
+
+
 def test_requires_grad_prefers_autograd_backend(register_backend, image):
     torch = pytest.importorskip("torch")
     plain = register_backend("fakeplain")

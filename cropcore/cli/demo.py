@@ -218,7 +218,7 @@ def _demo_input(image: np.ndarray, library: str, device: str) -> Any:
         return module.from_numpy(image.copy()).to(device)
     if library == "cupy":
         return module.asarray(image)
-    return module.from_dlpack(image)
+    return library_for(library).from_numpy(image, None)  # jax: on its default device
 
 
 def _demo_runs(
