@@ -544,13 +544,23 @@ def _values_checked_for(call: Any, chosen: Backend) -> Any:
     Reads the values on the host (for device arrays, a synchronisation); traced values cannot be
     read, so the call is refused.
     """
-    for array in (call.boxes, call.box_indices):
+    for name, array in (("boxes", call.boxes), ("box_indices", call.box_indices)):
         if library_for(array).residence(array) == "traced":
+            traced, anchor = library_name(array), library_name(call.anchor)
+            hint = (
+                "Use a backend that declares unchecked_values (cropcore backends lists them), "
+                "or call it eagerly"
+            )
+            if traced != anchor:  # e.g. jax.jit over the boxes of a NumPy image
+                hint = (
+                    f"The {name} are traced {traced} values, but the result follows the "
+                    f"{_anchor_name(call)}, a {anchor} array, which a traced computation cannot "
+                    f"return: pass the {_anchor_name(call)} as a {traced} array too"
+                )
             raise BackendError(
-                f"backend {chosen.name!r} cannot run {call.op} on traced boxes (torch.compile, "
-                "torch.export, a meta or fake tensor): it needs box values cropcore has checked, "
-                "and traced boxes have none. Use a backend that declares unchecked_values "
-                "(cropcore backends lists them), or call it eagerly"
+                f"backend {chosen.name!r} cannot run {call.op} on traced {name} (jax.jit, "
+                "torch.compile, torch.export, a meta or fake tensor): it needs box values "
+                f"cropcore has checked, and traced ones have none. {hint}"
             )
     check = OPS[call.op].check_values
     boxes, box_indices = check(call.boxes, call.box_indices, call.image_shape.batch)

@@ -109,6 +109,21 @@ def test_numpy_input_still_runs_on_a_numpy_backend():
     assert isinstance(cropcore.crop_and_resize(image, boxes, box_indices, (3, 4)), np.ndarray)
 
 
+def test_traced_boxes_of_a_numpy_image_are_refused_saying_to_pass_the_image_as_a_jax_array():
+    """The result follows the image; a NumPy image cannot give jax.jit a traced result."""
+    from cropcore.errors import BackendError
+
+    image, boxes, box_indices = _inputs()
+    with pytest.raises(BackendError, match=r"pass the image as a jax array too"):
+        jax.jit(lambda b: cropcore.crop_and_resize(image, b, box_indices, (3, 4)))(boxes)
+    # what the message asks for works, and gives the reference's result
+    got = jax.jit(lambda b: cropcore.crop_and_resize(jnp.asarray(image), b, box_indices, (3, 4)))(
+        boxes
+    )
+    expected = cropcore.crop_and_resize(image, boxes, box_indices, (3, 4), backend="numpy")
+    assert np.asarray(got).tobytes() == expected.tobytes()
+
+
 # --------------------------------------------------------------------------------------------------
 # The ops, eagerly and under jit
 
