@@ -275,8 +275,9 @@ class Harness:
         )
         return output
 
-    def roi_align_grad_image(self, call) -> np.ndarray:
-        """As cropcore_cupy.kernels.roi_align_grad_image launches it."""
+    def roi_align_grad_image(self, call, row_masks: bool = True) -> np.ndarray:
+        """As cropcore_cupy.kernels.roi_align_grad_image launches it; ``row_masks=False`` runs the
+        gather without row masks."""
         dtype = call.grads.dtype
         if _plan.total(call.output_shape) == 0 or call.num_boxes == 0:
             return np.zeros(call.output_shape, dtype)
@@ -285,6 +286,8 @@ class Harness:
         if error is not None:
             raise error
         output = np.empty(call.output_shape, dtype)
+        height = call.image_shape.height
+        words = _plan.row_mask_words(call.num_boxes, height, output.nbytes) if row_masks else 0
         self.run(
             _plan.roi_align_grad_image(
                 call,
@@ -293,6 +296,7 @@ class Harness:
                 box_indices=np.ascontiguousarray(call.box_indices),
                 output=output,
                 box_spans=np.empty((call.num_boxes, 5), np.int32),
+                row_masks=np.zeros((height, words), np.uint32) if words else None,
                 grads_strides=self._strides(call.grads, call.data_format),
                 dtype=dtype.name,
             )
@@ -1596,6 +1600,42 @@ def test_harness_roi_align_grad_image_is_bit_identical_to_the_reference(harness,
         )
         got = harness.roi_align_grad_image(call)
         assert_bits_equal(got, expected, f"seed {seed} case {case} {grads.dtype}")
+
+
+@pytest.mark.parametrize("data_format", FORMATS)
+def test_harness_roi_align_gather_with_row_masks_visits_every_box_that_reaches_a_row(
+    harness, data_format
+):
+    """150 boxes (five mask words, a partial last one) on two images, flipped, outside the image,
+    of one row, or with a bad index: the masked gather, the unmasked one and the reference agree
+    bit for bit."""
+    rng = np.random.default_rng(18)
+    n, shape = 150, ImageShape(2, 37, 29, 3)
+    boxes = (rng.uniform(-0.3, 1.3, (n, 4)) * np.array([29, 37, 29, 37])).astype(np.float32)
+    boxes[::7, 3] = boxes[::7, 1]  # no height
+    boxes[::11] = boxes[::11][:, [2, 3, 0, 1]]  # flipped
+    boxes[5] = [60, 60, 80, 80]  # wholly outside
+    indices = rng.integers(0, 2, n).astype(np.int32)
+    grads = to_format(rng.standard_normal((n, 5, 6, 3)).astype(np.float32), data_format)
+    image_shape = shape.to_format(data_format)
+    args = {"box_indices": indices, "data_format": data_format, "aligned": True}
+    expected = cropcore.roi_align_grad_image(grads, boxes, image_shape, backend="numpy", **args)
+    call = roi_align_grad_image_call(grads, boxes, image_shape, **args)
+    assert _plan.row_mask_words(n, 37, 2 * 37 * 29 * 3 * 4) == 5
+    assert_bits_equal(harness.roi_align_grad_image(call), expected, "with row masks")
+    unmasked = harness.roi_align_grad_image(call, row_masks=False)
+    assert_bits_equal(unmasked, expected, "without")
+    bad = indices.copy()
+    bad[::3] = 2  # == batch: these boxes add nothing, masked or not
+    call = roi_align_grad_image_call(
+        grads, boxes, image_shape, **{**args, "box_indices": bad}, check_values=False
+    )
+    keep = np.arange(n) % 3 != 0
+    expected = cropcore.roi_align_grad_image(
+        grads[keep], boxes[keep], image_shape, backend="numpy", **{**args, "box_indices": bad[keep]}
+    )
+    assert_bits_equal(harness.roi_align_grad_image(call), expected, "bad indices, masks")
+    assert_bits_equal(harness.roi_align_grad_image(call, row_masks=False), expected, "bad, none")
 
 
 def test_harness_roi_align_keeps_subnormals_as_torchvision_does(harness):

@@ -128,8 +128,8 @@ PARAMS: dict[str, tuple[tuple[str, str], ...]] = {
         *_typed("div", "by_pooled_height", "by_depth"),
     ),
     "roi_align_grad": (
-        *_typed("ptr", "grads", "boxes", "box_indices", "output", "box_spans"),
-        *_typed("i32", "num_boxes", "batch", "height", "width", "depth"),
+        *_typed("ptr", "grads", "boxes", "box_indices", "output", "box_spans", "row_masks"),
+        *_typed("i32", "num_boxes", "mask_words", "batch", "height", "width", "depth"),
         *_typed("i32", "pooled_height", "pooled_width", "sampling_ratio", "aligned", "nchw"),
         *_typed("f64", "spatial_scale"),
         *_typed("f32", "spatial_scale_f32"),

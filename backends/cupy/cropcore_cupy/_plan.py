@@ -428,13 +428,15 @@ def roi_align_grad_image(
     box_indices: Any,
     output: Any,
     box_spans: Any,
+    row_masks: Any = None,
     grads_strides: Sequence[int],
     dtype: str,
 ) -> list[Launch]:
     """The roi_align image-gradient launches: a box set-up (filling ``box_spans``, int32
-    ``(num_boxes, 5)``), then one thread per element of ``output`` (C-contiguous in the call's
-    layout, ``call.output_shape``, ``dtype``: the grads'), which it writes whole (no zeroing).
-    The sums run in torchvision's order: deterministic, no atomics.
+    ``(num_boxes, 5)``, and ``row_masks`` when given: zeroed uint32 ``(height,``
+    :func:`row_mask_words` ``)``), then one thread per element of ``output`` (C-contiguous in the
+    call's layout, ``call.output_shape``, ``dtype``: the grads'), which it writes whole (no
+    zeroing). The sums run in torchvision's order: deterministic, no floating-point atomics.
     """
     batch, height, width, depth = (int(d) for d in call.image_shape)
     nchw = _nchw(call.data_format)
@@ -445,6 +447,8 @@ def roi_align_grad_image(
         **_roi_values(call, boxes, box_indices),
         "output": output,
         "box_spans": box_spans,
+        "row_masks": row_masks,
+        "mask_words": int(row_masks.shape[1]) if row_masks is not None else 0,
         "num_boxes": call.num_boxes,
         **stride_values("grads_stride", GRADS_AXES, grads_strides),
         **stride_values("output_stride", IMAGE_AXES, out_strides),

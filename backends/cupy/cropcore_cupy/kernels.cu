@@ -5,12 +5,12 @@
 // zeroed result (scatter, atomic) or a box set-up plus one launch (gather, deterministic);
 // CropAndResizeGradBoxes is one launch, plus one that combines per-chunk sums when a box has more
 // than one chunk. roi_align (roi_align.cuh) is one launch; its image gradient a box set-up plus one
-// gather launch (deterministic, no atomics). Launch geometry, argument order and the choice of kernel are in _plan.py (and
-// the modules it re-exports: _abi.py, _geometry.py).
+// gather launch (deterministic, no floating-point atomics). Launch geometry, argument order and the
+// choice of kernel are in _plan.py (and the modules it re-exports: _abi.py, _geometry.py).
 //
 // Compile flags (set by _plan.nvrtc_options and by the nvcc test): --fmad=false -ftz=true
-// --prec-div=true (roi_align's float32 arithmetic is IEEE whatever -ftz says: roi_align.cuh). One of
-// CROPCORE_OP_FORWARD, CROPCORE_OP_GRAD_IMAGE, CROPCORE_OP_GRAD_BOXES, CROPCORE_OP_ROI_ALIGN,
+// --prec-div=true (roi_align's float32 arithmetic is IEEE whatever -ftz says: roi_align.cuh).
+// One of CROPCORE_OP_FORWARD, CROPCORE_OP_GRAD_IMAGE, CROPCORE_OP_GRAD_BOXES, CROPCORE_OP_ROI_ALIGN,
 // CROPCORE_OP_ROI_ALIGN_GRAD (or CROPCORE_ALL_KERNELS) selects the kernels a module contains, so a
 // process compiles only the ops it uses. Kernel names are extern "C":
 // cropcore_<op>_<dtype>[_v<VEC>].

@@ -225,6 +225,8 @@ def roi_align_grad_image(call: RoiAlignGradImageCall) -> Any:
         boxes = _roi_boxes(device, call, compute)
         grads, strides = _strided(call.grads, device, call.data_format)
         output = cupy.empty(call.output_shape, dtype)  # the gather writes every element
+        height = call.image_shape.height
+        words = _plan.row_mask_words(call.num_boxes, height, output.nbytes)
         launches = _plan.roi_align_grad_image(
             call,
             grads=grads,
@@ -232,6 +234,7 @@ def roi_align_grad_image(call: RoiAlignGradImageCall) -> Any:
             box_indices=_on(device, call.box_indices, cupy.int32),
             output=output,
             box_spans=cupy.empty((call.num_boxes, 5), cupy.int32),
+            row_masks=cupy.zeros((height, words), cupy.uint32) if words else None,
             grads_strides=strides,
             dtype=dtype.name,
         )

@@ -27,8 +27,9 @@
 //    calls refuse more than 2**31 samples on the host first). A non-finite box gives empty samples.
 //
 // The gradient is a gather, deterministic: a set-up pass finds the rectangle of pixels each box's
-// samples touch; then one thread per image-gradient element adds, in torchvision's order, the
-// contributions of every box whose rectangle holds it. No atomics.
+// samples touch (and sets the box's bit in the row masks of the rows it covers, as grad_image.cuh's
+// gather does); then one thread per image-gradient element adds, in torchvision's order, the
+// contributions of every box whose rectangle holds it. No floating-point atomics.
 
 #ifndef CROPCORE_ROI_ALIGN_CUH
 #define CROPCORE_ROI_ALIGN_CUH
@@ -361,6 +362,9 @@ struct RoiGradArgs {
   const void* boxes;
   const int* box_indices;
   int* box_spans;  // per box (image, first row, last row, first column, last column)
+  unsigned* row_masks;  // per image row, mask_words words: bit k set if box k's span covers the
+                        // row; null (mask_words 0) to test every box
+  int mask_words;
   int batch, height, width, depth;
   int pooled_height, pooled_width, sampling_ratio, aligned, nchw;
   int num_boxes;
@@ -373,9 +377,9 @@ struct RoiGradArgs {
 
 #define CROPCORE_ROI_GRAD_PARAMS(T, C)                                                          \
   const T* __restrict__ grads, const C* __restrict__ boxes, const int* __restrict__ box_indices, \
-      T* __restrict__ output, int* __restrict__ box_spans, int num_boxes, int batch,            \
-      int height, int width, int depth, int pooled_height, int pooled_width,                    \
-      int sampling_ratio, int aligned, int nchw, double spatial_scale, float spatial_scale_f32, \
+      T* __restrict__ output, int* __restrict__ box_spans, unsigned* __restrict__ row_masks,   \
+      int num_boxes, int mask_words, int batch, int height, int width, int depth,               \
+      int pooled_height, int pooled_width, int sampling_ratio, int aligned, int nchw, double spatial_scale, float spatial_scale_f32, \
       long long grads_stride_box, long long grads_stride_y, long long grads_stride_x,          \
       long long grads_stride_channel, long long output_stride_batch,                            \
       long long output_stride_row, long long output_stride_column,                              \
@@ -386,6 +390,8 @@ struct RoiGradArgs {
   cropcore::RoiGradArgs a;                                                                      \
   CROPCORE_ROI_SHARED_ARGS(a);                                                                  \
   a.box_spans = box_spans;                                                                      \
+  a.row_masks = row_masks;                                                                      \
+  a.mask_words = mask_words;                                                                    \
   a.num_boxes = num_boxes;                                                                      \
   cropcore::set_strides(a.grads_stride, grads_stride_box, grads_stride_y, grads_stride_x,      \
                         grads_stride_channel);                                                  \
@@ -433,6 +439,11 @@ CC_HD void roi_grad_setup(const RoiGradArgs& a, int k) {
   span[2] = y1;
   span[3] = x0;
   span[4] = x1;
+  if (a.mask_words > 0) {  // the rows this box adds to (bits are order-free: atomicOr)
+    const unsigned bit = 1u << (k & 31);
+    for (int row = y0; row <= y1; ++row)
+      set_bits(a.row_masks + (i64)row * a.mask_words + (k >> 5), bit);
+  }
 }
 
 // Whether any inside sample of bin p touches pixel q along this axis.
@@ -445,40 +456,60 @@ CC_HD bool roi_bin_touches(const RoiAxis<C>& axis, int p, int q) {
   return false;
 }
 
-// The gradient of image element (b, py, px, channel): torchvision's additions to it, in its
-// order (boxes, bin rows, bin columns, sample rows, sample columns; corners top left, top right,
-// bottom left, bottom right), each (g * w) / count rounded in C.
+// acc += (g * w) / count, rounded in C as torchvision's `+=`.
+template <typename C>
+CC_HD C roi_add(C acc, C g, C w, C count) {
+  return ieee_add(acc, ieee_div(ieee_mul(g, w), count));
+}
+
+// Box k's additions to image element (b, py, px, channel), in torchvision's order, onto acc.
 template <typename T, typename C>
-CC_HD C roi_grad_sum(const RoiGradArgs& a, const T* grads, int b, int py, int px, int channel) {
-  C acc = (C)0;
-  for (int k = 0; k < a.num_boxes; ++k) {
-    const int* span = a.box_spans + 5 * (i64)k;
-    if (span[0] != b || py < span[1] || py > span[2] || px < span[3] || px > span[4]) continue;
-    RoiBox<C> box = roi_grad_box<C>(a, k);
-    const C count = (C)box.samples;
-    const T* g_box = grads + a.grads_stride[0] * (i64)k + a.grads_stride[3] * (i64)channel;
-    for (int ph = 0; ph < a.pooled_height; ++ph) {
-      if (!roi_bin_touches(box.y, ph, py)) continue;
-      for (int pw = 0; pw < a.pooled_width; ++pw) {
-        if (!roi_bin_touches(box.x, pw, px)) continue;
-        const C g = roi_value(g_box[a.grads_stride[1] * ph + a.grads_stride[2] * pw]);
-        for (long long iy = 0; iy < box.y.grid; ++iy) {
-          RoiSample<C> ys = roi_sample(roi_coord(box.y, ph, iy), a.height);
-          const bool top = ys.low == py, bottom = ys.high == py;
-          if (!ys.inside || !(top || bottom)) continue;
-          for (long long ix = 0; ix < box.x.grid; ++ix) {
-            RoiSample<C> xs = roi_sample(roi_coord(box.x, pw, ix), a.width);
-            const bool left = xs.low == px, right = xs.high == px;
-            if (!xs.inside || !(left || right)) continue;
-            if (top && left) acc = ieee_add(acc, ieee_div(ieee_mul(g, ieee_mul(ys.rest, xs.rest)), count));
-            if (top && right) acc = ieee_add(acc, ieee_div(ieee_mul(g, ieee_mul(ys.rest, xs.frac)), count));
-            if (bottom && left) acc = ieee_add(acc, ieee_div(ieee_mul(g, ieee_mul(ys.frac, xs.rest)), count));
-            if (bottom && right) acc = ieee_add(acc, ieee_div(ieee_mul(g, ieee_mul(ys.frac, xs.frac)), count));
-          }
+CC_HD void roi_grad_box_sum(const RoiGradArgs& a, const T* grads, int k, int b, int py, int px,
+                            int channel, C& acc) {
+  const int* span = a.box_spans + 5 * (i64)k;
+  if (span[0] != b || py < span[1] || py > span[2] || px < span[3] || px > span[4]) return;
+  RoiBox<C> box = roi_grad_box<C>(a, k);
+  const C count = (C)box.samples;
+  const T* g_box = grads + a.grads_stride[0] * (i64)k + a.grads_stride[3] * (i64)channel;
+  for (int ph = 0; ph < a.pooled_height; ++ph) {
+    if (!roi_bin_touches(box.y, ph, py)) continue;
+    for (int pw = 0; pw < a.pooled_width; ++pw) {
+      if (!roi_bin_touches(box.x, pw, px)) continue;
+      const C g = roi_value(g_box[a.grads_stride[1] * ph + a.grads_stride[2] * pw]);
+      for (long long iy = 0; iy < box.y.grid; ++iy) {
+        RoiSample<C> ys = roi_sample(roi_coord(box.y, ph, iy), a.height);
+        const bool top = ys.low == py, bottom = ys.high == py;
+        if (!ys.inside || !(top || bottom)) continue;
+        for (long long ix = 0; ix < box.x.grid; ++ix) {
+          RoiSample<C> xs = roi_sample(roi_coord(box.x, pw, ix), a.width);
+          const bool left = xs.low == px, right = xs.high == px;
+          if (!xs.inside || !(left || right)) continue;
+          if (top && left) acc = roi_add(acc, g, ieee_mul(ys.rest, xs.rest), count);
+          if (top && right) acc = roi_add(acc, g, ieee_mul(ys.rest, xs.frac), count);
+          if (bottom && left) acc = roi_add(acc, g, ieee_mul(ys.frac, xs.rest), count);
+          if (bottom && right) acc = roi_add(acc, g, ieee_mul(ys.frac, xs.frac), count);
         }
       }
     }
   }
+}
+
+// The gradient of image element (b, py, px, channel): torchvision's additions to it, in its
+// order (boxes, bin rows, bin columns, sample rows, sample columns; corners top left, top right,
+// bottom left, bottom right).
+template <typename T, typename C>
+CC_HD C roi_grad_sum(const RoiGradArgs& a, const T* grads, int b, int py, int px, int channel) {
+  C acc = (C)0;
+  if (a.mask_words > 0) {  // only the boxes whose span covers row py, in increasing order
+    const unsigned* mask = a.row_masks + (i64)py * a.mask_words;
+    for (int w = 0; w < a.mask_words; ++w) {
+      for (unsigned bits = mask[w]; bits != 0; bits &= bits - 1)
+        roi_grad_box_sum<T, C>(a, grads, w * 32 + lowest_bit(bits), b, py, px, channel, acc);
+    }
+    return acc;
+  }
+  for (int k = 0; k < a.num_boxes; ++k)
+    roi_grad_box_sum<T, C>(a, grads, k, b, py, px, channel, acc);
   return acc;
 }
 
