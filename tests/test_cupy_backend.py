@@ -8,14 +8,17 @@ Most machines that run this suite (CI included) have no GPU, so the backend is t
    deterministic-mode switch are plain Python.
 2. **nvcc**: the CUDA source compiles for every architecture the backend supports, with every
    kernel it can launch, and the compiled code does TensorFlow's rounding (no FMA, flush-to-zero).
-3. **Host harness**: ``crop_and_resize.cuh`` and the op headers it includes -- the functions the
-   kernels run -- compiled for the CPU (tests/cupy_host_harness.cpp), called with the very
-   argument lists the backend builds for the GPU, on thousands of random cases, against the NumPy reference (itself bit-identical with
-   TensorFlow's CPU kernel): bit-identical for the forward op and both image-gradient kernels
-   (the scatter kernel's additions run in TensorFlow's order here), within reordered sums for the
+3. **Host harness**: ``crop_and_resize.cuh`` and the op headers it includes, and
+   ``roi_align.cuh`` -- the functions the kernels run -- compiled for the CPU
+   (tests/cupy_host_harness.cpp), called with the very argument lists the backend builds for the
+   GPU, on thousands of random cases, against the NumPy reference (itself bit-identical with
+   TensorFlow's CPU kernel, and for roi_align with ONNX Runtime's): bit-identical for the forward
+   op and both image-gradient kernels (the scatter kernel's additions run in TensorFlow's order
+   here) and for roi_align and its gradient (IEEE: subnormals kept), within reordered sums for the
    box gradient.
 4. **Device** (skipped here with the probe's reason): the kernels on a GPU against the reference
-   and against the harness, gradients, deterministic repeatability, torch and CuPy interop.
+   and against the harness, gradients, deterministic repeatability, torch and CuPy interop,
+   roi_align and its gradient.
 """
 
 from __future__ import annotations
@@ -621,6 +624,38 @@ def test_every_launch_names_a_kernel_the_source_defines():
                 )
                 assert launch.kernel in names
                 assert len(launch.args) == len(_plan.PARAMS["forward"]) + 2 * 3
+
+
+_HEADER_PARAMS = {
+    "forward": ("forward.cuh", "CROPCORE_FORWARD_PARAMS"),
+    "grad_image": ("grad_image.cuh", "CROPCORE_GRAD_IMAGE_PARAMS"),
+    "grad_boxes": ("grad_boxes.cuh", "CROPCORE_GRAD_BOXES_PARAMS"),
+    "roi_align": ("roi_align.cuh", "CROPCORE_ROI_ALIGN_PARAMS"),
+    "roi_align_grad": ("roi_align.cuh", "CROPCORE_ROI_GRAD_PARAMS"),
+}
+_C_KINDS = {"int": "i32", "long long": "i64", "unsigned": "u32", "float": "f32", "double": "f64"}
+
+
+@pytest.mark.parametrize("family", sorted(_HEADER_PARAMS))
+def test_abi_params_are_the_headers_parameter_lists(family):
+    """_abi.PARAMS (what the launches pass, in order, with their C types) against the kernel
+    parameter macro each op header defines: a swapped or retyped parameter would pass the GPU
+    garbage."""
+    header, macro = _HEADER_PARAMS[family]
+    text = (PACKAGE / header).read_text()
+    match = re.search(rf"#define {macro}\([^)]*\)((?:[^\n]*\\\n)*[^\n]*)", text)
+    assert match, macro
+    body = match.group(1).replace("\\\n", " ")
+    parsed = []
+    for param in (p.strip() for p in body.split(",")):
+        divider = re.fullmatch(r"CROPCORE_DIV_PARAMS\((\w+)\)", param)
+        if divider:
+            parsed.append((divider.group(1), "div"))
+            continue
+        declaration = param.replace("__restrict__", "").split()
+        name, ctype = declaration[-1], " ".join(declaration[:-1])
+        parsed.append((name, "ptr" if ctype.endswith("*") else _C_KINDS[ctype]))
+    assert tuple(parsed) == _plan.PARAMS[family]
 
 
 def test_source_is_shipped_as_package_data():
