@@ -136,7 +136,7 @@ PARAMS: dict[str, tuple[tuple[str, str], ...]] = {
         *_stride_params("grads_stride", GRADS_AXES),
         *_stride_params("output_stride", IMAGE_AXES),
         *_typed("u32", "rows", "groups"),
-        *_typed("div", "by_height", "by_depth"),
+        *_typed("div", "by_height", "by_chunks"),
     ),
 }
 

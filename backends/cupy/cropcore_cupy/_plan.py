@@ -78,6 +78,7 @@ __all__ = [
     "NVRTC_OPTIONS",
     "PARAMS",
     "ROI_DTYPES",
+    "ROI_GRAD_CHANNELS",
     "VECTOR_WIDTHS",
     "Launch",
     "arguments",
@@ -323,6 +324,10 @@ def grad_boxes(
 # roi_align
 
 
+#: Channels one roi_align image-gradient thread sums (roi_align.cuh's CROPCORE_ROI_CHANNELS).
+ROI_GRAD_CHANNELS = 4
+
+
 def roi_reads_boxes(call: Any) -> bool:
     """Whether the samples check reads the call's box values: only where cropcore has read them on
     the host already (``values_checked``) and the grid is adaptive (a fixed one needs shapes only).
@@ -379,7 +384,6 @@ def _roi_values(call: Any, boxes: Any, box_indices: Any) -> dict[str, Any]:
         "nchw": _nchw(call.data_format),
         "spatial_scale": float(call.spatial_scale),
         "spatial_scale_f32": np.float32(call.spatial_scale),
-        "by_depth": fast_divider(max(1, depth)),
     }
 
 
@@ -415,6 +419,7 @@ def roi_align(
         "groups": groups,
         "row_length": pooled_width if nchw else pooled_width * depth,
         "by_pooled_height": fast_divider(pooled_height),
+        "by_depth": fast_divider(max(1, depth)),
     }
     grid, block = launch_shape(rows, groups)
     return Launch(kernel, "roi_align", grid, block, arguments(kernel, values))
@@ -434,14 +439,15 @@ def roi_align_grad_image(
 ) -> list[Launch]:
     """The roi_align image-gradient launches: a box set-up (filling ``box_spans``, int32
     ``(num_boxes, 5)``, and ``row_masks`` when given: zeroed uint32 ``(height,``
-    :func:`row_mask_words` ``)``), then one thread per element of ``output`` (C-contiguous in the
-    call's layout, ``call.output_shape``, ``dtype``: the grads'), which it writes whole (no
-    zeroing). The sums run in torchvision's order: deterministic, no floating-point atomics.
+    :func:`row_mask_words` ``)``), then one thread per :data:`ROI_GRAD_CHANNELS` channels of
+    each pixel of ``output`` (C-contiguous in the call's layout, ``call.output_shape``,
+    ``dtype``: the grads'), which it writes whole (no zeroing). The sums run in torchvision's order: deterministic, no floating-point atomics.
     """
     batch, height, width, depth = (int(d) for d in call.image_shape)
     nchw = _nchw(call.data_format)
     out_strides = contiguous_strides((batch, height, width, depth), call.data_format)
-    rows, groups = rows_and_groups(batch, height, width, depth, nchw)
+    chunks = -(-depth // ROI_GRAD_CHANNELS)  # each thread sums this many channels side by side
+    rows, groups = rows_and_groups(batch, height, width, chunks, nchw)
     values = {
         "grads": grads,
         **_roi_values(call, boxes, box_indices),
@@ -455,6 +461,7 @@ def roi_align_grad_image(
         "rows": rows,
         "groups": groups,
         "by_height": fast_divider(height),
+        "by_chunks": fast_divider(max(1, chunks)),
     }
     setup = f"cropcore_roi_align_grad_setup_{dtype}"
     gather = f"cropcore_roi_align_grad_gather_{dtype}"

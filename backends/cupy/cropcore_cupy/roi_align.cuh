@@ -40,6 +40,9 @@
 #define CROPCORE_ROI_MAX_BOX_SAMPLES 2147483648LL
 // The largest adaptive grid per axis (cropcore.roi_samples caps ceil() at 2**40 too).
 #define CROPCORE_ROI_MAX_GRID 1099511627776LL
+// Channels one image-gradient thread sums side by side: the samples' geometry, the same for every
+// channel, is computed once for them (each channel's additions keep their own order).
+#define CROPCORE_ROI_CHANNELS 4
 
 namespace cropcore {
 
@@ -273,8 +276,7 @@ struct RoiAlignArgs {
   a.aligned = aligned;                                                                          \
   a.nchw = nchw;                                                                                \
   a.spatial_scale = spatial_scale;                                                              \
-  a.spatial_scale_f32 = spatial_scale_f32;                                                      \
-  a.by_depth = CROPCORE_DIV(by_depth)
+  a.spatial_scale_f32 = spatial_scale_f32
 
 #define CROPCORE_ROI_ALIGN_ARGS(a)                                                              \
   cropcore::RoiAlignArgs a;                                                                     \
@@ -282,7 +284,8 @@ struct RoiAlignArgs {
   a.max_mode = max_mode;                                                                        \
   CROPCORE_IMAGE_STRIDES(a.stride, stride);                                                     \
   a.row_length = row_length;                                                                    \
-  a.by_pooled_height = CROPCORE_DIV(by_pooled_height)
+  a.by_pooled_height = CROPCORE_DIV(by_pooled_height);                                          \
+  a.by_depth = CROPCORE_DIV(by_depth)
 
 template <typename C>
 CC_HD RoiBox<C> roi_box_of(const void* boxes, int k, double scale, float scale_f32, int aligned,
@@ -372,7 +375,7 @@ struct RoiGradArgs {
   float spatial_scale_f32;
   i64 grads_stride[4];   // (box, y, x, channel), in elements
   i64 output_stride[4];  // (batch, row, column, channel), in elements
-  FastDiv by_height, by_depth;
+  FastDiv by_height, by_chunks;  // chunks: ceil(depth / CROPCORE_ROI_CHANNELS)
 };
 
 #define CROPCORE_ROI_GRAD_PARAMS(T, C)                                                          \
@@ -384,7 +387,7 @@ struct RoiGradArgs {
       long long grads_stride_channel, long long output_stride_batch,                            \
       long long output_stride_row, long long output_stride_column,                              \
       long long output_stride_channel, unsigned rows, unsigned groups,                          \
-      CROPCORE_DIV_PARAMS(by_height), CROPCORE_DIV_PARAMS(by_depth)
+      CROPCORE_DIV_PARAMS(by_height), CROPCORE_DIV_PARAMS(by_chunks)
 
 #define CROPCORE_ROI_GRAD_ARGS(a)                                                               \
   cropcore::RoiGradArgs a;                                                                      \
@@ -396,7 +399,8 @@ struct RoiGradArgs {
   cropcore::set_strides(a.grads_stride, grads_stride_box, grads_stride_y, grads_stride_x,      \
                         grads_stride_channel);                                                  \
   CROPCORE_IMAGE_STRIDES(a.output_stride, output_stride);                                       \
-  a.by_height = CROPCORE_DIV(by_height)
+  a.by_height = CROPCORE_DIV(by_height);                                                        \
+  a.by_chunks = CROPCORE_DIV(by_chunks)
 
 template <typename C>
 CC_HD RoiBox<C> roi_grad_box(const RoiGradArgs& a, int k) {
@@ -456,16 +460,18 @@ CC_HD bool roi_bin_touches(const RoiAxis<C>& axis, int p, int q) {
   return false;
 }
 
-// acc += (g * w) / count, rounded in C as torchvision's `+=`.
+// acc += (g * w) / count, rounded in C as torchvision's `+=`, for each of n channels.
 template <typename C>
-CC_HD C roi_add(C acc, C g, C w, C count) {
-  return ieee_add(acc, ieee_div(ieee_mul(g, w), count));
+CC_HD void roi_add(C (&acc)[CROPCORE_ROI_CHANNELS], const C (&g)[CROPCORE_ROI_CHANNELS], int n,
+                   C w, C count) {
+  for (int c = 0; c < n; ++c) acc[c] = ieee_add(acc[c], ieee_div(ieee_mul(g[c], w), count));
 }
 
-// Box k's additions to image element (b, py, px, channel), in torchvision's order, onto acc.
+// Box k's additions to image elements (b, py, px, channel + c), c < n, in torchvision's order,
+// onto acc.
 template <typename T, typename C>
 CC_HD void roi_grad_box_sum(const RoiGradArgs& a, const T* grads, int k, int b, int py, int px,
-                            int channel, C& acc) {
+                            int channel, int n, C (&acc)[CROPCORE_ROI_CHANNELS]) {
   const int* span = a.box_spans + 5 * (i64)k;
   if (span[0] != b || py < span[1] || py > span[2] || px < span[3] || px > span[4]) return;
   RoiBox<C> box = roi_grad_box<C>(a, k);
@@ -475,7 +481,9 @@ CC_HD void roi_grad_box_sum(const RoiGradArgs& a, const T* grads, int k, int b, 
     if (!roi_bin_touches(box.y, ph, py)) continue;
     for (int pw = 0; pw < a.pooled_width; ++pw) {
       if (!roi_bin_touches(box.x, pw, px)) continue;
-      const C g = roi_value(g_box[a.grads_stride[1] * ph + a.grads_stride[2] * pw]);
+      C g[CROPCORE_ROI_CHANNELS];
+      const T* g_bin = g_box + a.grads_stride[1] * ph + a.grads_stride[2] * pw;
+      for (int c = 0; c < n; ++c) g[c] = roi_value(g_bin[a.grads_stride[3] * c]);
       for (long long iy = 0; iy < box.y.grid; ++iy) {
         RoiSample<C> ys = roi_sample(roi_coord(box.y, ph, iy), a.height);
         const bool top = ys.low == py, bottom = ys.high == py;
@@ -484,54 +492,58 @@ CC_HD void roi_grad_box_sum(const RoiGradArgs& a, const T* grads, int k, int b, 
           RoiSample<C> xs = roi_sample(roi_coord(box.x, pw, ix), a.width);
           const bool left = xs.low == px, right = xs.high == px;
           if (!xs.inside || !(left || right)) continue;
-          if (top && left) acc = roi_add(acc, g, ieee_mul(ys.rest, xs.rest), count);
-          if (top && right) acc = roi_add(acc, g, ieee_mul(ys.rest, xs.frac), count);
-          if (bottom && left) acc = roi_add(acc, g, ieee_mul(ys.frac, xs.rest), count);
-          if (bottom && right) acc = roi_add(acc, g, ieee_mul(ys.frac, xs.frac), count);
+          if (top && left) roi_add(acc, g, n, ieee_mul(ys.rest, xs.rest), count);
+          if (top && right) roi_add(acc, g, n, ieee_mul(ys.rest, xs.frac), count);
+          if (bottom && left) roi_add(acc, g, n, ieee_mul(ys.frac, xs.rest), count);
+          if (bottom && right) roi_add(acc, g, n, ieee_mul(ys.frac, xs.frac), count);
         }
       }
     }
   }
 }
 
-// The gradient of image element (b, py, px, channel): torchvision's additions to it, in its
-// order (boxes, bin rows, bin columns, sample rows, sample columns; corners top left, top right,
-// bottom left, bottom right).
+// The gradient of image elements (b, py, px, channel + c), c < n: torchvision's additions to
+// each, in its order (boxes, bin rows, bin columns, sample rows, sample columns; corners top left,
+// top right, bottom left, bottom right).
 template <typename T, typename C>
-CC_HD C roi_grad_sum(const RoiGradArgs& a, const T* grads, int b, int py, int px, int channel) {
-  C acc = (C)0;
+CC_HD void roi_grad_sum(const RoiGradArgs& a, const T* grads, int b, int py, int px, int channel,
+                        int n, C (&acc)[CROPCORE_ROI_CHANNELS]) {
+  for (int c = 0; c < CROPCORE_ROI_CHANNELS; ++c) acc[c] = (C)0;
   if (a.mask_words > 0) {  // only the boxes whose span covers row py, in increasing order
     const unsigned* mask = a.row_masks + (i64)py * a.mask_words;
     for (int w = 0; w < a.mask_words; ++w) {
       for (unsigned bits = mask[w]; bits != 0; bits &= bits - 1)
-        roi_grad_box_sum<T, C>(a, grads, w * 32 + lowest_bit(bits), b, py, px, channel, acc);
+        roi_grad_box_sum<T, C>(a, grads, w * 32 + lowest_bit(bits), b, py, px, channel, n, acc);
     }
-    return acc;
+    return;
   }
   for (int k = 0; k < a.num_boxes; ++k)
-    roi_grad_box_sum<T, C>(a, grads, k, b, py, px, channel, acc);
-  return acc;
+    roi_grad_box_sum<T, C>(a, grads, k, b, py, px, channel, n, acc);
 }
 
-// Rows of the image gradient, as grad_image.cuh's image_row: (image, row) in NHWC, (image,
-// channel, row) in NCHW; groups: (column, channel) in NHWC, a column in NCHW.
+// Rows of the image gradient, as grad_image.cuh's image_row but over chunks of
+// CROPCORE_ROI_CHANNELS channels: rows (image, row) and groups (column, chunk) in NHWC; rows
+// (image, chunk, row) and groups (column) in NCHW.
 template <typename T, typename C>
 CC_HD void roi_grad_element(const RoiGradArgs& a, const T* grads, T* output, unsigned row,
                             unsigned g) {
   unsigned plane = divide(a.by_height, row);
   const int py = (int)(row - plane * a.by_height.divisor);
-  int b = (int)plane, channel = 0, px = (int)g;
+  int b = (int)plane, chunk = 0, px = (int)g;
   if (a.nchw) {
-    b = (int)divide(a.by_depth, plane);
-    channel = (int)(plane - (unsigned)b * a.by_depth.divisor);
+    b = (int)divide(a.by_chunks, plane);
+    chunk = (int)(plane - (unsigned)b * a.by_chunks.divisor);
   } else {
-    px = (int)divide(a.by_depth, g);
-    channel = (int)(g - (unsigned)px * a.by_depth.divisor);
+    px = (int)divide(a.by_chunks, g);
+    chunk = (int)(g - (unsigned)px * a.by_chunks.divisor);
   }
-  C acc = roi_grad_sum<T, C>(a, grads, b, py, px, channel);
-  roi_store(output + a.output_stride[0] * b + a.output_stride[1] * py + a.output_stride[2] * px +
-                a.output_stride[3] * channel,
-            acc);
+  const int channel = chunk * CROPCORE_ROI_CHANNELS;
+  const int n = cc_min(CROPCORE_ROI_CHANNELS, a.depth - channel);
+  C acc[CROPCORE_ROI_CHANNELS];
+  roi_grad_sum<T, C>(a, grads, b, py, px, channel, n, acc);
+  T* out = output + a.output_stride[0] * b + a.output_stride[1] * py + a.output_stride[2] * px +
+           a.output_stride[3] * channel;
+  for (int c = 0; c < n; ++c) roi_store(out + a.output_stride[3] * c, acc[c]);
 }
 
 }  // namespace cropcore
