@@ -658,9 +658,9 @@ def test_abi_params_are_the_headers_parameter_lists(family):
     assert tuple(parsed) == _plan.PARAMS[family]
 
 
-def test_roi_gradient_channels_per_thread_agree_between_plan_and_header():
+def test_roi_channels_per_thread_agree_between_plan_and_header():
     text = (PACKAGE / "roi_align.cuh").read_text()
-    assert f"#define CROPCORE_ROI_CHANNELS {_plan.ROI_GRAD_CHANNELS}\n" in text
+    assert f"#define CROPCORE_ROI_CHANNELS {_plan.ROI_CHANNELS}\n" in text
 
 
 def test_source_is_shipped_as_package_data():
@@ -1566,7 +1566,7 @@ def _roi_case(rng: np.random.Generator, dtype: str | None = None, data_format: s
     """A random roi_align call: image (a strided view at times), pixel boxes of every kind, and
     the keyword arguments both ops share (``output_size`` apart)."""
     dtype = dtype or str(rng.choice(ROI_DTYPES))
-    depth = int(rng.choice([1, 2, 3, 4, 5, 9]))  # the gradient sums 4 channels per thread
+    depth = int(rng.choice([1, 2, 3, 4, 5, 9]))  # 4 channels per thread, and a partial chunk
     batch, height, width = (
         int(rng.integers(1, 4)),
         int(rng.integers(1, 20)),

@@ -124,8 +124,9 @@ PARAMS: dict[str, tuple[tuple[str, str], ...]] = {
         *_typed("f64", "spatial_scale"),
         *_typed("f32", "spatial_scale_f32"),
         *_stride_params("stride", IMAGE_AXES),
-        *_typed("u32", "rows", "groups", "row_length"),
-        *_typed("div", "by_pooled_height", "by_depth"),
+        *_stride_params("output_stride", GRADS_AXES),
+        *_typed("u32", "rows", "groups"),
+        *_typed("div", "by_pooled_height", "by_chunks"),
     ),
     "roi_align_grad": (
         *_typed("ptr", "grads", "boxes", "box_indices", "output", "box_spans", "row_masks"),

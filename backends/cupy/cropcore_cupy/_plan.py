@@ -77,8 +77,8 @@ __all__ = [
     "MIN_COMPUTE_CAPABILITY",
     "NVRTC_OPTIONS",
     "PARAMS",
+    "ROI_CHANNELS",
     "ROI_DTYPES",
-    "ROI_GRAD_CHANNELS",
     "VECTOR_WIDTHS",
     "Launch",
     "arguments",
@@ -324,8 +324,9 @@ def grad_boxes(
 # roi_align
 
 
-#: Channels one roi_align image-gradient thread sums (roi_align.cuh's CROPCORE_ROI_CHANNELS).
-ROI_GRAD_CHANNELS = 4
+#: Channels one roi_align thread computes side by side, forward and image gradient (roi_align.cuh's
+#: CROPCORE_ROI_CHANNELS).
+ROI_CHANNELS = 4
 
 
 def roi_reads_boxes(call: Any) -> bool:
@@ -397,7 +398,7 @@ def roi_align(
     image_strides: Sequence[int],
     dtype: str,
 ) -> Launch:
-    """The roi_align launch: one thread per output element.
+    """The roi_align launch: one thread per :data:`ROI_CHANNELS` channels of each output bin.
 
     ``boxes``: ``(num_boxes, 4)`` C-contiguous in the compute dtype (float64 for a float64
     ``image``, else float32); ``box_indices``: int32; ``image_strides``: (batch, row, column,
@@ -407,7 +408,11 @@ def roi_align(
     depth = int(call.image_shape.depth)
     pooled_height, pooled_width = call.output_size
     nchw = _nchw(call.data_format)
-    rows, groups = rows_and_groups(call.num_boxes, pooled_height, pooled_width, depth, nchw)
+    chunks = -(-depth // ROI_CHANNELS)  # each thread computes this many channels side by side
+    rows, groups = rows_and_groups(call.num_boxes, pooled_height, pooled_width, chunks, nchw)
+    out_strides = contiguous_strides(
+        (call.num_boxes, pooled_height, pooled_width, depth), call.data_format
+    )
     kernel = f"cropcore_roi_align_forward_{dtype}"
     values = {
         "image": image,
@@ -415,11 +420,11 @@ def roi_align(
         "output": output,
         "max_mode": int(call.mode == "max"),
         **stride_values("stride", IMAGE_AXES, image_strides),
+        **stride_values("output_stride", GRADS_AXES, out_strides),
         "rows": rows,
         "groups": groups,
-        "row_length": pooled_width if nchw else pooled_width * depth,
         "by_pooled_height": fast_divider(pooled_height),
-        "by_depth": fast_divider(max(1, depth)),
+        "by_chunks": fast_divider(max(1, chunks)),
     }
     grid, block = launch_shape(rows, groups)
     return Launch(kernel, "roi_align", grid, block, arguments(kernel, values))
@@ -439,14 +444,14 @@ def roi_align_grad_image(
 ) -> list[Launch]:
     """The roi_align image-gradient launches: a box set-up (filling ``box_spans``, int32
     ``(num_boxes, 5)``, and ``row_masks`` when given: zeroed uint32 ``(height,``
-    :func:`row_mask_words` ``)``), then one thread per :data:`ROI_GRAD_CHANNELS` channels of
+    :func:`row_mask_words` ``)``), then one thread per :data:`ROI_CHANNELS` channels of
     each pixel of ``output`` (C-contiguous in the call's layout, ``call.output_shape``,
     ``dtype``: the grads'), which it writes whole (no zeroing). The sums run in torchvision's order: deterministic, no floating-point atomics.
     """
     batch, height, width, depth = (int(d) for d in call.image_shape)
     nchw = _nchw(call.data_format)
     out_strides = contiguous_strides((batch, height, width, depth), call.data_format)
-    chunks = -(-depth // ROI_GRAD_CHANNELS)  # each thread sums this many channels side by side
+    chunks = -(-depth // ROI_CHANNELS)  # each thread sums this many channels side by side
     rows, groups = rows_and_groups(batch, height, width, chunks, nchw)
     values = {
         "grads": grads,

@@ -40,8 +40,9 @@
 #define CROPCORE_ROI_MAX_BOX_SAMPLES 2147483648LL
 // The largest adaptive grid per axis (cropcore.roi_samples caps ceil() at 2**40 too).
 #define CROPCORE_ROI_MAX_GRID 1099511627776LL
-// Channels one image-gradient thread sums side by side: the samples' geometry, the same for every
-// channel, is computed once for them (each channel's additions keep their own order).
+// Channels one thread computes side by side (forward and image gradient): the samples' geometry,
+// the same for every channel, is computed once for them (each channel's operations keep their own
+// order).
 #define CROPCORE_ROI_CHANNELS 4
 
 namespace cropcore {
@@ -249,9 +250,9 @@ struct RoiAlignArgs {
   int pooled_height, pooled_width, sampling_ratio, aligned, max_mode, nchw;
   double spatial_scale;
   float spatial_scale_f32;
-  i64 stride[4];  // image strides (batch, row, column, channel), in elements
-  unsigned row_length;  // output elements per row
-  FastDiv by_pooled_height, by_depth;
+  i64 stride[4];         // image strides (batch, row, column, channel), in elements
+  i64 output_stride[4];  // (box, bin row, bin column, channel), in elements
+  FastDiv by_pooled_height, by_chunks;  // chunks: ceil(depth / CROPCORE_ROI_CHANNELS)
 };
 
 #define CROPCORE_ROI_ALIGN_PARAMS(T, C)                                                         \
@@ -259,9 +260,10 @@ struct RoiAlignArgs {
       T* __restrict__ output, int batch, int height, int width, int depth, int pooled_height,   \
       int pooled_width, int sampling_ratio, int aligned, int max_mode, int nchw,                \
       double spatial_scale, float spatial_scale_f32, long long stride_batch,                    \
-      long long stride_row, long long stride_column, long long stride_channel, unsigned rows,  \
-      unsigned groups, unsigned row_length, CROPCORE_DIV_PARAMS(by_pooled_height),              \
-      CROPCORE_DIV_PARAMS(by_depth)
+      long long stride_row, long long stride_column, long long stride_channel,                  \
+      long long output_stride_box, long long output_stride_y, long long output_stride_x,       \
+      long long output_stride_channel, unsigned rows, unsigned groups,                          \
+      CROPCORE_DIV_PARAMS(by_pooled_height), CROPCORE_DIV_PARAMS(by_chunks)
 
 #define CROPCORE_ROI_SHARED_ARGS(a)                                                             \
   a.boxes = boxes;                                                                              \
@@ -283,9 +285,10 @@ struct RoiAlignArgs {
   CROPCORE_ROI_SHARED_ARGS(a);                                                                  \
   a.max_mode = max_mode;                                                                        \
   CROPCORE_IMAGE_STRIDES(a.stride, stride);                                                     \
-  a.row_length = row_length;                                                                    \
+  cropcore::set_strides(a.output_stride, output_stride_box, output_stride_y, output_stride_x,  \
+                        output_stride_channel);                                                 \
   a.by_pooled_height = CROPCORE_DIV(by_pooled_height);                                          \
-  a.by_depth = CROPCORE_DIV(by_depth)
+  a.by_chunks = CROPCORE_DIV(by_chunks)
 
 template <typename C>
 CC_HD RoiBox<C> roi_box_of(const void* boxes, int k, double scale, float scale_f32, int aligned,
@@ -297,32 +300,37 @@ CC_HD RoiBox<C> roi_box_of(const void* boxes, int k, double scale, float scale_f
 }
 
 // -------------------------------------------------------------------------------------------------
-// Forward: one output element (a bin of a box, one channel) per call. A row is (box, bin row) in
-// NHWC, (box, channel, bin row) in NCHW (crop_row's split); a group is (bin column, channel) in
-// NHWC, a bin column in NCHW. The output is C-contiguous in the call's layout.
+// Forward: up to CROPCORE_ROI_CHANNELS output elements (a bin of a box, consecutive channels) per
+// call. A row is (box, bin row) in NHWC, (box, chunk of channels, bin row) in NCHW (crop_row's
+// split over chunks); a group is (bin column, chunk) in NHWC, a bin column in NCHW.
 
 template <typename T, typename C>
 CC_HD void roi_align_element(const RoiAlignArgs& a, const T* image, T* output, unsigned row,
                              unsigned g) {
-  CropRow cr = crop_row(row, a.nchw, a.by_pooled_height, a.by_depth);
-  unsigned pw = g, channel = cr.channel;
+  CropRow cr = crop_row(row, a.nchw, a.by_pooled_height, a.by_chunks);
+  unsigned pw = g, chunk = cr.channel;
   if (!a.nchw) {
-    pw = divide(a.by_depth, g);
-    channel = g - pw * a.by_depth.divisor;
+    pw = divide(a.by_chunks, g);
+    chunk = g - pw * a.by_chunks.divisor;
   }
-  T* out = output + (i64)row * a.row_length + g;
   const int ph = (int)cr.y, k = (int)cr.box;
+  const int channel = (int)chunk * CROPCORE_ROI_CHANNELS;
+  const int n = cc_min(CROPCORE_ROI_CHANNELS, a.depth - channel);
+  const i64 oc = a.output_stride[3];
+  T* out = output + a.output_stride[0] * k + a.output_stride[1] * ph + a.output_stride[2] * pw +
+           oc * channel;
   const int index = a.box_indices[k];
   RoiBox<C> b = roi_box_of<C>(a.boxes, k, a.spatial_scale, a.spatial_scale_f32, a.aligned,
                               a.sampling_ratio, a.pooled_height, a.pooled_width, a.height,
                               a.width);
   if (bad_index(index, a.batch) || roi_too_many(b)) {
-    roi_store(out, (C)quiet_nan());
+    for (int c = 0; c < n; ++c) roi_store(out + oc * c, (C)quiet_nan());
     return;
   }
-  const T* plane = image + a.stride[0] * (i64)index + a.stride[3] * (i64)channel;
-  const i64 sy = a.stride[1], sx = a.stride[2];
-  C acc = (C)0;
+  const i64 sy = a.stride[1], sx = a.stride[2], sc = a.stride[3];
+  const T* plane = image + a.stride[0] * (i64)index + sc * (i64)channel;
+  C acc[CROPCORE_ROI_CHANNELS];
+  for (int c = 0; c < CROPCORE_ROI_CHANNELS; ++c) acc[c] = (C)0;
   bool first = true;
   for (long long iy = 0; iy < b.y.grid; ++iy) {
     RoiSample<C> ys = roi_sample(roi_coord(b.y, ph, iy), a.height);
@@ -341,21 +349,27 @@ CC_HD void roi_align_element(const RoiAlignArgs& a, const T* image, T* output, u
         xl = xs.low;
         xh = xs.high;
       }
-      const C p1 = ieee_mul(w1, roi_value(plane[sy * yl + sx * xl]));
-      const C p2 = ieee_mul(w2, roi_value(plane[sy * yl + sx * xh]));
-      const C p3 = ieee_mul(w3, roi_value(plane[sy * yh + sx * xl]));
-      const C p4 = ieee_mul(w4, roi_value(plane[sy * yh + sx * xh]));
-      if (a.max_mode) {
-        const C val = roi_max(roi_max(roi_max(p1, p2), p3), p4);
-        acc = first ? val : roi_max(acc, val);
-        first = false;
-      } else {
-        acc = ieee_add(acc, ieee_add(ieee_add(ieee_add(p1, p2), p3), p4));
+      const i64 o1 = sy * yl + sx * xl, o2 = sy * yl + sx * xh;
+      const i64 o3 = sy * yh + sx * xl, o4 = sy * yh + sx * xh;
+      for (int c = 0; c < n; ++c) {
+        const T* p = plane + sc * c;
+        const C p1 = ieee_mul(w1, roi_value(p[o1]));
+        const C p2 = ieee_mul(w2, roi_value(p[o2]));
+        const C p3 = ieee_mul(w3, roi_value(p[o3]));
+        const C p4 = ieee_mul(w4, roi_value(p[o4]));
+        if (a.max_mode) {
+          const C val = roi_max(roi_max(roi_max(p1, p2), p3), p4);
+          acc[c] = first ? val : roi_max(acc[c], val);
+        } else {
+          acc[c] = ieee_add(acc[c], ieee_add(ieee_add(ieee_add(p1, p2), p3), p4));
+        }
       }
+      first = false;
     }
   }
-  if (!a.max_mode) acc = ieee_div(acc, (C)(b.samples > 0 ? b.samples : 1));
-  roi_store(out, acc);
+  const C count = (C)(b.samples > 0 ? b.samples : 1);
+  for (int c = 0; c < n; ++c)
+    roi_store(out + oc * c, a.max_mode ? acc[c] : ieee_div(acc[c], count));
 }
 
 // -------------------------------------------------------------------------------------------------
