@@ -10,9 +10,9 @@
 //
 // Compile flags (set by _plan.nvrtc_options and by the nvcc test): --fmad=false -ftz=true
 // --prec-div=true (roi_align's float32 arithmetic is IEEE whatever -ftz says: roi_align.cuh).
-// One of CROPCORE_OP_FORWARD, CROPCORE_OP_GRAD_IMAGE, CROPCORE_OP_GRAD_BOXES, CROPCORE_OP_ROI_ALIGN,
-// CROPCORE_OP_ROI_ALIGN_GRAD (or CROPCORE_ALL_KERNELS) selects the kernels a module contains, so a
-// process compiles only the ops it uses. Kernel names are extern "C":
+// One of CROPCORE_OP_FORWARD, CROPCORE_OP_GRAD_IMAGE, CROPCORE_OP_GRAD_BOXES,
+// CROPCORE_OP_ROI_ALIGN, CROPCORE_OP_ROI_ALIGN_GRAD (or CROPCORE_ALL_KERNELS) selects the kernels a
+// module contains, so a process compiles only the ops it uses. Kernel names are extern "C":
 // cropcore_<op>_<dtype>[_v<VEC>].
 
 #include "crop_and_resize.cuh"

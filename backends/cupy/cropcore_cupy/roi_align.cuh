@@ -1,5 +1,5 @@
-// roi_align (torchvision's and ONNX Runtime's RoiAlign) and its image gradient, one output element
-// at a time. kernels.cu and the host harness run these functions.
+// roi_align (torchvision's and ONNX Runtime's RoiAlign) and its image gradient, a few channels of
+// one output element at a time. kernels.cu and the host harness run these functions.
 //
 // Requirements, in order:
 //
@@ -28,8 +28,9 @@
 //
 // The gradient is a gather, deterministic: a set-up pass finds the rectangle of pixels each box's
 // samples touch (and sets the box's bit in the row masks of the rows it covers, as grad_image.cuh's
-// gather does); then one thread per image-gradient element adds, in torchvision's order, the
-// contributions of every box whose rectangle holds it. No floating-point atomics.
+// gather does); then one thread per pixel and CROPCORE_ROI_CHANNELS channels of the image gradient
+// adds, in torchvision's order, the contributions of every box whose rectangle holds the pixel. No
+// floating-point atomics.
 
 #ifndef CROPCORE_ROI_ALIGN_CUH
 #define CROPCORE_ROI_ALIGN_CUH
@@ -396,7 +397,8 @@ struct RoiGradArgs {
   const T* __restrict__ grads, const C* __restrict__ boxes, const int* __restrict__ box_indices, \
       T* __restrict__ output, int* __restrict__ box_spans, unsigned* __restrict__ row_masks,   \
       int num_boxes, int mask_words, int batch, int height, int width, int depth,               \
-      int pooled_height, int pooled_width, int sampling_ratio, int aligned, int nchw, double spatial_scale, float spatial_scale_f32, \
+      int pooled_height, int pooled_width, int sampling_ratio, int aligned, int nchw,           \
+      double spatial_scale, float spatial_scale_f32,                                            \
       long long grads_stride_box, long long grads_stride_y, long long grads_stride_x,          \
       long long grads_stride_channel, long long output_stride_batch,                            \
       long long output_stride_row, long long output_stride_column,                              \
