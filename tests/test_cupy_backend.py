@@ -1574,7 +1574,7 @@ def _roi_case(rng: np.random.Generator, dtype: str | None = None, data_format: s
     )
     image = random_image(rng, (batch, height, width, depth), dtype)
     n = int(rng.integers(0, 7))
-    scale = float(rng.choice([1.0, 0.5, 0.25, 1 / 16]))
+    scale = float(rng.choice([1.0, 0.5, 0.25, 1 / 16, 0.3]))  # 0.3: rounded to the compute dtype
     extent = np.array([width, height, width, height]) / scale
     boxes = (rng.uniform(-0.3, 1.3, (n, 4)) * extent).astype(dtype)
     kind = rng.random(n)
