@@ -12,6 +12,7 @@
 // is told not to contract a * b + c (-ffp-contract=off), as nvcc is (--fmad=false).
 
 #include "crop_and_resize.cuh"
+#include "roi_align.cuh"
 
 #if !CROPCORE_HAS_FTZ
 #error "the harness knows how to enable flush-to-zero on x86 and aarch64 only"
@@ -22,6 +23,20 @@ struct FlushToZero {
   cropcore_fpenv saved;
   FlushToZero() : saved(cropcore_fp_enter()) {}
   ~FlushToZero() { cropcore_fp_leave(saved); }
+};
+
+// roi_align's modes for the duration of a call: IEEE subnormals (torchvision and ONNX Runtime do
+// not flush), whatever the caller's modes; restored after.
+struct Ieee {
+  cropcore_fpenv saved;
+  Ieee() : saved(cropcore_fp_enter()) {
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
+    _mm_setcsr(saved & ~0x8040u);  // FTZ and DAZ off
+#elif defined(__aarch64__)
+    __asm__ volatile("msr fpcr, %0" : : "r"(saved & ~(1ull << 24)));  // FZ off
+#endif
+  }
+  ~Ieee() { cropcore_fp_leave(saved); }
 };
 
 namespace {
@@ -127,6 +142,30 @@ void reduce_block(float (&sums)[4][CROPCORE_REDUCE_THREADS]) {
     }                                                                                           \
   }
 CROPCORE_IMAGE_TYPES(HARNESS_GRAD_BOXES)
+
+// --- roi_align and its image gradient (set-up, then the gather)
+
+#define HARNESS_ROI(NAME, T, C)                                                                 \
+  extern "C" void cropcore_roi_align_forward_##NAME(CROPCORE_ROI_ALIGN_PARAMS(T, C)) {           \
+    Ieee ieee;                                                                                  \
+    CROPCORE_ROI_ALIGN_ARGS(a);                                                                 \
+    for (unsigned row = 0; row < rows; ++row)                                                   \
+      for (unsigned g = 0; g < groups; ++g)                                                     \
+        cropcore::roi_align_element<T, C>(a, image, output, row, g);                            \
+  }                                                                                             \
+  extern "C" void cropcore_roi_align_grad_setup_##NAME(CROPCORE_ROI_GRAD_PARAMS(T, C)) {         \
+    Ieee ieee;                                                                                  \
+    CROPCORE_ROI_GRAD_ARGS(a);                                                                  \
+    for (int k = 0; k < num_boxes; ++k) cropcore::roi_grad_setup<C>(a, k);                      \
+  }                                                                                             \
+  extern "C" void cropcore_roi_align_grad_gather_##NAME(CROPCORE_ROI_GRAD_PARAMS(T, C)) {        \
+    Ieee ieee;                                                                                  \
+    CROPCORE_ROI_GRAD_ARGS(a);                                                                  \
+    for (unsigned row = 0; row < rows; ++row)                                                   \
+      for (unsigned g = 0; g < groups; ++g)                                                     \
+        cropcore::roi_grad_element<T, C>(a, grads, output, row, g);                             \
+  }
+CROPCORE_ROI_TYPES(HARNESS_ROI)
 
 // --- Helpers tested on their own
 

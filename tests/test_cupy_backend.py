@@ -8,14 +8,17 @@ Most machines that run this suite (CI included) have no GPU, so the backend is t
    deterministic-mode switch are plain Python.
 2. **nvcc**: the CUDA source compiles for every architecture the backend supports, with every
    kernel it can launch, and the compiled code does TensorFlow's rounding (no FMA, flush-to-zero).
-3. **Host harness**: ``crop_and_resize.cuh`` and the op headers it includes -- the functions the
-   kernels run -- compiled for the CPU (tests/cupy_host_harness.cpp), called with the very
-   argument lists the backend builds for the GPU, on thousands of random cases, against the NumPy reference (itself bit-identical with
-   TensorFlow's CPU kernel): bit-identical for the forward op and both image-gradient kernels
-   (the scatter kernel's additions run in TensorFlow's order here), within reordered sums for the
+3. **Host harness**: ``crop_and_resize.cuh`` and the op headers it includes, and
+   ``roi_align.cuh`` -- the functions the kernels run -- compiled for the CPU
+   (tests/cupy_host_harness.cpp), called with the very argument lists the backend builds for the
+   GPU, on thousands of random cases, against the NumPy reference (itself bit-identical with
+   TensorFlow's CPU kernel, and for roi_align with ONNX Runtime's): bit-identical for the forward
+   op and both image-gradient kernels (the scatter kernel's additions run in TensorFlow's order
+   here) and for roi_align and its gradient (IEEE: subnormals kept), within reordered sums for the
    box gradient.
 4. **Device** (skipped here with the probe's reason): the kernels on a GPU against the reference
-   and against the harness, gradients, deterministic repeatability, torch and CuPy interop.
+   and against the harness, gradients, deterministic repeatability, torch and CuPy interop,
+   roi_align and its gradient.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ from cropcore.spec import (
     crop_and_resize_call,
     grad_boxes_call,
     grad_image_call,
+    roi_align_call,
+    roi_align_grad_image_call,
 )
 from cropcore_cupy import _plan
 
@@ -151,6 +156,7 @@ _CTYPES = {
     "i64": ctypes.c_int64,
     "u32": ctypes.c_uint32,
     "f32": ctypes.c_float,
+    "f64": ctypes.c_double,
 }
 
 
@@ -248,6 +254,58 @@ class Harness:
         )
         return output
 
+    def roi_align(self, call) -> np.ndarray:
+        """As cropcore_cupy.kernels.roi_align launches it."""
+        output = np.empty(call.output_shape, call.image.dtype)
+        if output.size == 0:
+            return output
+        host = np.asarray(call.boxes) if _plan.roi_reads_boxes(call) else None
+        error = _plan.roi_samples_error(call, host)
+        if error is not None:
+            raise error
+        self.run(
+            [
+                _plan.roi_align(
+                    call,
+                    image=call.image,
+                    boxes=np.ascontiguousarray(call.boxes),
+                    box_indices=np.ascontiguousarray(call.box_indices),
+                    output=output,
+                    image_strides=self._strides(call.image, call.data_format),
+                    dtype=call.image.dtype.name,
+                )
+            ]
+        )
+        return output
+
+    def roi_align_grad_image(self, call, row_masks: bool = True) -> np.ndarray:
+        """As cropcore_cupy.kernels.roi_align_grad_image launches it; ``row_masks=False`` runs the
+        gather without row masks."""
+        dtype = call.grads.dtype
+        if _plan.total(call.output_shape) == 0 or call.num_boxes == 0:
+            return np.zeros(call.output_shape, dtype)
+        host = np.asarray(call.boxes) if _plan.roi_reads_boxes(call) else None
+        error = _plan.roi_samples_error(call, host)
+        if error is not None:
+            raise error
+        output = np.empty(call.output_shape, dtype)
+        height = call.image_shape.height
+        words = _plan.row_mask_words(call.num_boxes, height, output.nbytes) if row_masks else 0
+        self.run(
+            _plan.roi_align_grad_image(
+                call,
+                grads=call.grads,
+                boxes=np.ascontiguousarray(call.boxes),
+                box_indices=np.ascontiguousarray(call.box_indices),
+                output=output,
+                box_spans=np.empty((call.num_boxes, 5), np.int32),
+                row_masks=np.zeros((height, words), np.uint32) if words else None,
+                grads_strides=self._strides(call.grads, call.data_format),
+                dtype=dtype.name,
+            )
+        )
+        return output
+
     def grad_boxes(self, call) -> np.ndarray:
         n = call.num_boxes
         crop_height, crop_width = call.crop_size
@@ -328,8 +386,9 @@ def test_plugin_is_registered_with_alias_cuda():
     assert set(info.dtypes) == set(DTYPES)
     assert set(info.methods) == set(METHODS)
     assert not info.autograd
-    # the crop_and_resize family and crop2d; roi_align has no CUDA kernel yet
-    assert set(backend.ops) == set(cropcore.ops.OPS) - {"roi_align", "roi_align_grad_image"}
+    # every op: the crop_and_resize family, crop2d, and roi_align with its image gradient
+    assert set(backend.ops) == set(cropcore.ops.OPS)
+    assert {"roi_align", "roi_align_grad_image"} <= set(backend.ops)
     assert "cupy" in [b.name for b in cropcore.backends()]
 
 
@@ -540,7 +599,7 @@ def test_every_launch_names_a_kernel_the_source_defines():
     names = set(_plan.kernel_names())
     source = _plan.source()
     assert '#include "' not in source  # every header pasted in: NVRTC needs no include path
-    assert len(names) == 9 * 3 + 3 * 3 + 9 * 2
+    assert len(names) == 9 * 3 + 3 * 3 + 9 * 2 + 3 + 3 * 2  # ... + roi_align's forward, gradient
     rng = np.random.default_rng(0)
     for dtype in DTYPES:
         for depth in (1, 2, 3, 4, 8):
@@ -567,6 +626,43 @@ def test_every_launch_names_a_kernel_the_source_defines():
                 assert len(launch.args) == len(_plan.PARAMS["forward"]) + 2 * 3
 
 
+_HEADER_PARAMS = {
+    "forward": ("forward.cuh", "CROPCORE_FORWARD_PARAMS"),
+    "grad_image": ("grad_image.cuh", "CROPCORE_GRAD_IMAGE_PARAMS"),
+    "grad_boxes": ("grad_boxes.cuh", "CROPCORE_GRAD_BOXES_PARAMS"),
+    "roi_align": ("roi_align.cuh", "CROPCORE_ROI_ALIGN_PARAMS"),
+    "roi_align_grad": ("roi_align.cuh", "CROPCORE_ROI_GRAD_PARAMS"),
+}
+_C_KINDS = {"int": "i32", "long long": "i64", "unsigned": "u32", "float": "f32", "double": "f64"}
+
+
+@pytest.mark.parametrize("family", sorted(_HEADER_PARAMS))
+def test_abi_params_are_the_headers_parameter_lists(family):
+    """_abi.PARAMS (what the launches pass, in order, with their C types) against the kernel
+    parameter macro each op header defines: a swapped or retyped parameter would pass the GPU
+    garbage."""
+    header, macro = _HEADER_PARAMS[family]
+    text = (PACKAGE / header).read_text()
+    match = re.search(rf"#define {macro}\([^)]*\)((?:[^\n]*\\\n)*[^\n]*)", text)
+    assert match, macro
+    body = match.group(1).replace("\\\n", " ")
+    parsed = []
+    for param in (p.strip() for p in body.split(",")):
+        divider = re.fullmatch(r"CROPCORE_DIV_PARAMS\((\w+)\)", param)
+        if divider:
+            parsed.append((divider.group(1), "div"))
+            continue
+        declaration = param.replace("__restrict__", "").split()
+        name, ctype = declaration[-1], " ".join(declaration[:-1])
+        parsed.append((name, "ptr" if ctype.endswith("*") else _C_KINDS[ctype]))
+    assert tuple(parsed) == _plan.PARAMS[family]
+
+
+def test_roi_channels_per_thread_agree_between_plan_and_header():
+    text = (PACKAGE / "roi_align.cuh").read_text()
+    assert f"#define CROPCORE_ROI_CHANNELS {_plan.ROI_CHANNELS}\n" in text
+
+
 def test_source_is_shipped_as_package_data():
     assert (PACKAGE / "kernels.cu").is_file()
     assert (PACKAGE / "crop_and_resize.cuh").is_file()
@@ -586,6 +682,7 @@ def test_the_source_holds_every_header_byte_for_byte():
         "forward.cuh",
         "grad_boxes.cuh",
         "grad_image.cuh",
+        "roi_align.cuh",
     ]
     for name in headers:
         text = (PACKAGE / name).read_text()
@@ -713,7 +810,11 @@ def test_cuda_source_compiles_for_each_architecture_with_every_kernel(nvcc, tmp_
     assert not missing, f"kernels missing from the {arch} cubin: {missing}"
 
 
-@pytest.mark.parametrize("op", ["forward", "grad_image", "grad_boxes"])
+OP_MODULES = ["forward", "grad_image", "grad_boxes", "roi_align", "roi_align_grad"]
+CROP_AND_RESIZE_MODULES = ("forward", "grad_image", "grad_boxes")
+
+
+@pytest.mark.parametrize("op", OP_MODULES)
 def test_each_op_module_compiles_on_its_own_with_only_its_kernels(nvcc, tmp_path, op):
     ptx = tmp_path / f"{op}.ptx"
     _nvcc(nvcc, ptx, "--ptx", "-arch=compute_75", f"-DCROPCORE_OP_{op.upper()}")
@@ -724,9 +825,11 @@ def test_each_op_module_compiles_on_its_own_with_only_its_kernels(nvcc, tmp_path
 
 
 def test_compiled_code_rounds_like_tensorflows_cpu_kernel(nvcc, tmp_path):
-    """No fused multiply-add anywhere, and every float32 operation flushes subnormals."""
+    """No fused multiply-add anywhere, and every float32 operation flushes subnormals (the
+    crop_and_resize family's modules; roi_align's rounds as torchvision's: the test below)."""
     ptx = tmp_path / "all.ptx"
-    _nvcc(nvcc, ptx, "--ptx", "-arch=compute_90", "-DCROPCORE_ALL_KERNELS")
+    ops = [f"-DCROPCORE_OP_{op.upper()}" for op in CROP_AND_RESIZE_MODULES]
+    _nvcc(nvcc, ptx, "--ptx", "-arch=compute_90", *ops)
     text = ptx.read_text()
     assert not re.search(r"(?<![\w.])fma\.", text), "a fused multiply-add"
     assert not re.search(r"(?<![\w.])mad\.[a-z.]*f(32|64)", text), "a fused multiply-add"
@@ -737,6 +840,35 @@ def test_compiled_code_rounds_like_tensorflows_cpu_kernel(nvcc, tmp_path):
     assert all(op.startswith("div.rn") for op in ops if op.startswith("div")), "inexact division"
     assert "cvt.rn.f32.f64" not in text  # double -> float conversions flush (cvt.rn.ftz)
     assert "cvt.rn.ftz.f32.f64" in text
+
+
+def test_roi_align_code_keeps_subnormals_even_under_cupys_ftz(nvcc, tmp_path):
+    """roi_align rounds as torchvision and ONNX Runtime (IEEE, no flush). CuPy appends -ftz=true
+    to every module's options, so the modules are compiled with it here too: no float32 addition,
+    subtraction, product, quotient or comparison of the two roi_align modules flushes, and none is
+    fused. (The one .ftz product left is float16 -> float32's mantissa * 2**-24, never subnormal;
+    abs and the conversions to integers give the same result either way.)"""
+    ptx = tmp_path / "roi.ptx"
+    _nvcc(
+        nvcc,
+        ptx,
+        "--ptx",
+        "-arch=compute_90",
+        "-DCROPCORE_OP_ROI_ALIGN",
+        "-DCROPCORE_OP_ROI_ALIGN_GRAD",
+        "-ftz=true",
+    )
+    text = ptx.read_text()
+    assert not re.search(r"(?<![\w.])fma\.", text), "a fused multiply-add"
+    assert not re.search(r"(?<![\w.])mad\.[a-z.]*f(32|64)", text), "a fused multiply-add"
+    ops = re.findall(r"(?<![\w.])(?:add|sub|mul|div|setp\.\w+)(?:\.\w+)*\.f32\b", text)
+    assert len(ops) > 100, "no float32 arithmetic found in the PTX"
+    flushing = [op for op in ops if ".ftz" in op]
+    # the float16 -> float32 conversion's product, and cropcore_is_finite's |v| <= FLT_MAX
+    assert set(flushing) <= {"mul.rn.ftz.f32", "setp.gtu.ftz.f32"}, sorted(set(flushing))
+    assert all(op.startswith("div.rn") for op in ops if op.startswith("div")), "inexact division"
+    for kind in ("add.rn.f32", "sub.rn.f32", "mul.rn.f32", "div.rn.f32", "setp.lt.f32"):
+        assert kind in ops, kind
 
 
 @pytest.mark.parametrize("arch", ["75", "90"])
@@ -757,7 +889,7 @@ def test_nvrtc_compiles_every_op_module_as_cupy_does_without_a_device(arch):
     except Exception as exc:
         pytest.skip(f"CuPy's NVRTC is not usable here: {type(exc).__name__}: {exc}")
     cupy_adds = ("-ftz=true", f"-arch=compute_{arch}", "--device-as-default-execution-space")
-    for op in ("forward", "grad_image", "grad_boxes"):
+    for op in OP_MODULES:
         program = program_class(_plan.source(), f"cropcore_{op}.cu", (), (), method="ptx")
         ptx, _ = program.compile((*_plan.nvrtc_options(op), *cupy_adds))
         text = ptx.decode() if isinstance(ptx, bytes) else str(ptx)
@@ -1295,7 +1427,13 @@ from pathlib import Path
 import numpy as np
 
 import test_cupy_backend as t
-from cropcore.spec import crop_and_resize_call, grad_boxes_call, grad_image_call
+from cropcore.spec import (
+    crop_and_resize_call,
+    grad_boxes_call,
+    grad_image_call,
+    roi_align_call,
+    roi_align_grad_image_call,
+)
 
 h = t.Harness(Path(sys.argv[1]))
 for bad in t.BAD_INDICES.values():
@@ -1317,6 +1455,19 @@ for bad in t.BAD_INDICES.values():
                 grads, image, boxes, indices, data_format=data_format, check_values=False
             )
             h.grad_boxes(call)
+    pixel_boxes = boxes * np.float32(10)
+    for data_format in t.FORMATS:
+        for dtype in ("float16", "float64"):
+            image = t.random_image(np.random.default_rng(2), (t.BATCH, 9, 11, 3), dtype)
+            image = np.ascontiguousarray(t.to_format(image, data_format))
+            roi = {"box_indices": indices, "data_format": data_format, "check_values": False}
+            for mode in ("avg", "max"):
+                h.roi_align(roi_align_call(image, pixel_boxes.astype(dtype), (4, 3), mode=mode, **roi))
+            grads = np.ones((len(boxes), 4, 3, 3), dtype)
+            grads = np.ascontiguousarray(t.to_format(grads, data_format))
+            h.roi_align_grad_image(
+                roi_align_grad_image_call(grads, pixel_boxes.astype(dtype), image.shape, **roi)
+            )
 empty = np.zeros((0, 4, 5, 2), np.float32)
 h.crop_and_resize(crop_and_resize_call(empty, [[0, 0, 1, 1]], [0], (3, 2), check_values=False))
 grads = np.ones((1, 3, 2, 2), np.float32)
@@ -1405,6 +1556,278 @@ def test_harness_non_finite_boxes_extrapolate_and_have_no_gradient(
                 assert_bits_equal(got, np.zeros(got.shape, np.float32), f"{crop}")
 
 
+# -- roi_align (torchvision's and ONNX Runtime's arithmetic: IEEE, no flush; roi_align.cuh)
+
+ROI_DTYPES = ["float16", "float32", "float64"]
+ROI_MODES = ["avg", "max"]
+
+
+def _roi_case(rng: np.random.Generator, dtype: str | None = None, data_format: str | None = None):
+    """A random roi_align call: image (a strided view at times), pixel boxes of every kind, and
+    the keyword arguments both ops share (``output_size`` apart)."""
+    dtype = dtype or str(rng.choice(ROI_DTYPES))
+    depth = int(rng.choice([1, 2, 3, 4, 5, 9]))  # 4 channels per thread, and a partial chunk
+    batch, height, width = (
+        int(rng.integers(1, 4)),
+        int(rng.integers(1, 20)),
+        int(rng.integers(1, 20)),
+    )
+    image = random_image(rng, (batch, height, width, depth), dtype)
+    n = int(rng.integers(0, 7))
+    scale = float(rng.choice([1.0, 0.5, 0.25, 1 / 16, 0.3]))  # 0.3: rounded to the compute dtype
+    extent = np.array([width, height, width, height]) / scale
+    boxes = (rng.uniform(-0.3, 1.3, (n, 4)) * extent).astype(dtype)
+    kind = rng.random(n)
+    boxes[kind < 0.15] = boxes[kind < 0.15][:, [2, 3, 0, 1]]  # flipped
+    boxes[(kind >= 0.15) & (kind < 0.25), 2] = boxes[(kind >= 0.15) & (kind < 0.25), 0]  # no width
+    far = (kind >= 0.25) & (kind < 0.3)
+    boxes[far] = np.array([-50, -50, -20, -20], dtype) / scale  # every sample empty
+    if rng.random() < 0.3 and n > 1:
+        boxes[1:] = boxes[0]  # overlapping boxes: many additions per pixel
+    indices = rng.integers(0, batch, n).astype(np.int32)
+    data_format = data_format or str(rng.choice(FORMATS))
+    view = to_format(image, data_format)
+    if data_format == "channels_first" and rng.random() < 0.5:
+        view = np.ascontiguousarray(view)
+    elif data_format == "channels_last" and rng.random() < 0.2:
+        view = view[:, ::-1]  # negative strides
+    kwargs = {
+        "spatial_scale": scale,
+        "sampling_ratio": int(rng.choice([-1, 0, 1, 2, 3])),
+        "aligned": bool(rng.random() < 0.5),
+        "box_indices": indices,
+        "data_format": data_format,
+    }
+    output_size = (int(rng.integers(1, 6)), int(rng.integers(1, 6)))
+    return view, boxes, output_size, kwargs
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_harness_roi_align_is_bit_identical_to_the_reference(harness, seed):
+    """Both modes, the three dtypes, both layouts, strided views, adaptive and fixed grids,
+    aligned or not, boxes flipped, empty, outside and overlapping, NaN/inf/subnormal pixels."""
+    rng = np.random.default_rng(400 + seed)
+    for case in range(150):
+        image, boxes, output_size, kwargs = _roi_case(rng)
+        mode = str(rng.choice(ROI_MODES))
+        call = roi_align_call(image, boxes, output_size, mode=mode, **kwargs)
+        expected = cropcore.roi_align(
+            image, boxes, output_size, mode=mode, backend="numpy", **kwargs
+        )
+        got = harness.roi_align(call)
+        assert_bits_equal(got, expected, f"seed {seed} case {case} {mode} {image.dtype}")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_harness_roi_align_grad_image_is_bit_identical_to_the_reference(harness, seed):
+    """The gather adds in torchvision's order (boxes, bins, samples, corners): the reference's."""
+    rng = np.random.default_rng(500 + seed)
+    for case in range(120):
+        image, boxes, output_size, kwargs = _roi_case(rng)
+        shape = ImageShape(
+            len(boxes),
+            *output_size,
+            image.shape[-1 if kwargs["data_format"] == "channels_last" else 1],
+        )
+        grads = random_image(rng, tuple(shape), image.dtype.name)
+        grads = to_format(grads, kwargs["data_format"])
+        if rng.random() < 0.2 and grads.dtype != np.float16:
+            with np.errstate(invalid="ignore"):  # inf * 1e-38 stays inf; NaN stays NaN
+                grads = grads * np.asarray(1e-38, grads.dtype)  # subnormal products
+        call = roi_align_grad_image_call(grads, boxes, image.shape, **kwargs)
+        expected = cropcore.roi_align_grad_image(
+            grads, boxes, image.shape, backend="numpy", **kwargs
+        )
+        got = harness.roi_align_grad_image(call)
+        assert_bits_equal(got, expected, f"seed {seed} case {case} {grads.dtype}")
+
+
+@pytest.mark.parametrize("data_format", FORMATS)
+def test_harness_roi_align_gather_with_row_masks_visits_every_box_that_reaches_a_row(
+    harness, data_format
+):
+    """150 boxes (five mask words, a partial last one) on two images, flipped, outside the image,
+    of one row, or with a bad index: the masked gather, the unmasked one and the reference agree
+    bit for bit."""
+    rng = np.random.default_rng(18)
+    n, shape = 150, ImageShape(2, 37, 29, 3)
+    boxes = (rng.uniform(-0.3, 1.3, (n, 4)) * np.array([29, 37, 29, 37])).astype(np.float32)
+    boxes[::7, 3] = boxes[::7, 1]  # no height
+    boxes[::11] = boxes[::11][:, [2, 3, 0, 1]]  # flipped
+    boxes[5] = [60, 60, 80, 80]  # wholly outside
+    indices = rng.integers(0, 2, n).astype(np.int32)
+    grads = to_format(rng.standard_normal((n, 5, 6, 3)).astype(np.float32), data_format)
+    image_shape = shape.to_format(data_format)
+    args = {"box_indices": indices, "data_format": data_format, "aligned": True}
+    expected = cropcore.roi_align_grad_image(grads, boxes, image_shape, backend="numpy", **args)
+    call = roi_align_grad_image_call(grads, boxes, image_shape, **args)
+    assert _plan.row_mask_words(n, 37, 2 * 37 * 29 * 3 * 4) == 5
+    assert_bits_equal(harness.roi_align_grad_image(call), expected, "with row masks")
+    unmasked = harness.roi_align_grad_image(call, row_masks=False)
+    assert_bits_equal(unmasked, expected, "without")
+    bad = indices.copy()
+    bad[::3] = 2  # == batch: these boxes add nothing, masked or not
+    call = roi_align_grad_image_call(
+        grads, boxes, image_shape, **{**args, "box_indices": bad}, check_values=False
+    )
+    keep = np.arange(n) % 3 != 0
+    expected = cropcore.roi_align_grad_image(
+        grads[keep], boxes[keep], image_shape, backend="numpy", **{**args, "box_indices": bad[keep]}
+    )
+    assert_bits_equal(harness.roi_align_grad_image(call), expected, "bad indices, masks")
+    assert_bits_equal(harness.roi_align_grad_image(call, row_masks=False), expected, "bad, none")
+
+
+def test_harness_roi_align_keeps_subnormals_as_torchvision_does(harness):
+    """By hand: a 2 x 2 image of 2**-140 (a float32 subnormal), one bin, one sample at the
+    centre: the average of four equal pixels is 2**-140 (with flush-to-zero it would be 0). Its
+    gradient spreads g = 2**-140 as four quarters, 2**-142 each."""
+    tiny = np.float32(2.0**-140)
+    image = np.full((1, 1, 2, 2), tiny, np.float32)
+    box = np.array([[0, 0, 1, 1]], np.float32)
+    args = {"spatial_scale": 1.0, "sampling_ratio": 1, "aligned": False, "box_indices": [0]}
+    for mode, expected in (("avg", tiny), ("max", np.float32(2.0**-142))):
+        got = harness.roi_align(roi_align_call(image, box, (1, 1), mode=mode, **args))
+        assert_bits_equal(got, np.full((1, 1, 1, 1), expected, np.float32), mode)
+    grads = np.full((1, 1, 1, 1), tiny, np.float32)
+    got = harness.roi_align_grad_image(roi_align_grad_image_call(grads, box, (1, 1, 2, 2), **args))
+    assert_bits_equal(got, np.full((1, 1, 2, 2), np.float32(2.0**-142), np.float32))
+
+
+def test_harness_roi_align_onnxruntime_vector_by_hand(harness):
+    """A 4 x 4 ramp (value = 4 * row + column), box [0.5, 0.5, 2.5, 2.5] (x1, y1, x2, y2),
+    output 1 x 1, sampling_ratio 2, aligned=False: samples at 1.0 and 2.0 on each axis, the
+    pixels (1, 1), (1, 2), (2, 1), (2, 2): mean 7.5, max 10.0 (the largest weighted corner,
+    weight 1 at the pixel (2, 2))."""
+    image = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    box = np.array([[0.5, 0.5, 2.5, 2.5]], np.float32)
+    for mode, expected in (("avg", 7.5), ("max", 10.0)):
+        call = roi_align_call(image, box, (1, 1), sampling_ratio=2, mode=mode, box_indices=[0])
+        assert harness.roi_align(call).item() == expected, mode
+
+
+@pytest.mark.parametrize("bad_index", BAD_INDICES.values(), ids=BAD_INDICES.keys())
+@pytest.mark.parametrize("data_format", FORMATS)
+@pytest.mark.parametrize("dtype", ROI_DTYPES)
+def test_harness_roi_align_bad_box_index_gives_nan_and_no_gradient(
+    harness, bad_index, data_format, dtype
+):
+    """docs/decisions.md's unchecked-values rule on roi_align: the bad boxes' bins are NaN and add
+    nothing to the gradient; the good boxes are bit for bit as without them."""
+    rng = np.random.default_rng(15)
+    image = to_format(random_image(rng, (BATCH, 9, 11, 3), dtype), data_format)
+    boxes = (_bad_index_boxes() * np.array([11, 9, 11, 9], np.float32)).astype(dtype)
+    indices = _with_bad(bad_index)
+    kwargs = {"sampling_ratio": -1, "aligned": True, "data_format": data_format}
+    for mode in ROI_MODES:
+        call = roi_align_call(
+            image, boxes, (4, 3), box_indices=indices, mode=mode, check_values=False, **kwargs
+        )
+        got = harness.roi_align(call)
+        reference = cropcore.roi_align(
+            image,
+            _good(boxes),
+            (4, 3),
+            box_indices=_good(GOOD_INDICES),
+            mode=mode,
+            backend="numpy",
+            **kwargs,
+        )
+        expected = np.full(got.shape, np.nan, got.dtype)
+        expected[_good(np.arange(len(boxes)))] = reference
+        assert_bits_equal(got, expected, f"{mode} {bad_index}")
+    grads = rng.standard_normal((len(boxes), 4, 3, 3)).astype(dtype)
+    grads = to_format(grads, data_format)
+    call = roi_align_grad_image_call(
+        grads, boxes, image.shape, box_indices=indices, check_values=False, **kwargs
+    )
+    got = harness.roi_align_grad_image(call)
+    expected = cropcore.roi_align_grad_image(
+        _good(grads),
+        _good(boxes),
+        image.shape,
+        box_indices=_good(GOOD_INDICES),
+        backend="numpy",
+        **kwargs,
+    )
+    assert_bits_equal(got, expected, f"gradient {bad_index}")
+    assert np.isfinite(got).all()
+
+
+def test_roi_align_refuses_more_than_2_31_samples_as_the_reference_does(harness):
+    """Checked boxes: the reference's ValueError, before any launch. Unread device boxes: the
+    kernels make a box of more than 2**31 samples bad (NaN, no gradient) instead of running for
+    hours; a fixed sampling_ratio is checked from the shapes alone."""
+    image = np.zeros((1, 1, 8, 8), np.float32)
+    huge = np.array([[0, 0, 1e30, 1e30], [0, 0, 4, 4]], np.float32)
+    with pytest.raises(ValueError, match="more than 2147483648") as numpy_error:
+        cropcore.roi_align(image, huge, (7, 7), box_indices=[0, 0], backend="numpy")
+    call = roi_align_call(image, huge, (7, 7), box_indices=[0, 0])
+    with pytest.raises(ValueError, match="more than 2147483648") as harness_error:
+        harness.roi_align(call)
+    assert str(harness_error.value) == str(numpy_error.value)
+    unread = roi_align_call(image, huge, (7, 7), box_indices=[0, 0], check_values=False)
+    assert _plan.roi_samples_error(unread, None) is None
+    got = harness.roi_align(
+        roi_align_call(image, huge, (7, 7), box_indices=[0, 0], check_values=False)
+    )
+    assert np.isnan(got[0]).all()
+    expected = cropcore.roi_align(image, huge[1:], (7, 7), box_indices=[0], backend="numpy")
+    assert_bits_equal(got[1:], expected)
+    grads = np.ones((2, 1, 7, 7), np.float32)
+    unread = roi_align_grad_image_call(
+        grads, huge, (1, 1, 8, 8), box_indices=[0, 0], check_values=False
+    )
+    expected = cropcore.roi_align_grad_image(
+        grads[1:], huge[1:], (1, 1, 8, 8), box_indices=[0], backend="numpy"
+    )
+    assert_bits_equal(harness.roi_align_grad_image(unread), expected)
+    fixed = roi_align_call(image, huge, (7, 7), sampling_ratio=10**4, box_indices=[0, 0])
+    error = _plan.roi_samples_error(fixed, None)
+    assert isinstance(error, ValueError)
+    assert "9800000000 samples" in str(error)
+
+
+def test_roi_align_calls_are_declined_only_beyond_the_kernels_counts(cropcore_env):
+    cropcore_env.set("CROPCORE_MAX_OUTPUT_BYTES", str(2**62))
+    image = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), (2, 256, 64, 64), (0,) * 4)
+    boxes = np.zeros((300, 4), np.float32)
+    indices = np.zeros(300, np.int32)
+    call = roi_align_call(image, boxes, (7, 7), box_indices=indices)
+    assert cropcore_cupy.cropcore_backend_declines(call) is None
+    grads = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), (300, 256, 7, 7), (0,) * 4)
+    call = roi_align_grad_image_call(grads, boxes, image.shape, box_indices=indices)
+    assert cropcore_cupy.cropcore_backend_declines(call) is None
+    wide = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), (1, 1, 4, 2**24 + 1), (0,) * 4)
+    call = roi_align_call(wide, boxes[:1], (2, 2), box_indices=indices[:1])
+    assert "exceeds 2**24" in cropcore_cupy.cropcore_backend_declines(call)
+    deep = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), (1, 2**16, 4, 4), (0,) * 4)
+    many = np.zeros((2**10, 4), np.float32)
+    call = roi_align_call(
+        deep, many, (2**6, 2), box_indices=np.zeros(2**10, np.int32), check_values=False
+    )
+    assert "num_boxes * pooled_height * depth" in cropcore_cupy.cropcore_backend_declines(call)
+
+
+def test_harness_passes_the_roi_align_conformance_category(harness):
+    """The roi-align category -- ONNX Runtime's recorded vectors in both layouts, float16, and the
+    image gradient against the reference -- exactly, through cropcore's API."""
+    conformance = pytest.importorskip("cropcore_conformance")
+    name = "cupy_harness_roi"
+    module = _harness_backend(harness, name, deterministic=True)
+    registry.register(module, name=name)
+    try:
+        report = conformance.run(name, categories=["roi-align"])
+    finally:
+        registry.unregister(name)
+    failures = "\n".join(f"  {r.id}: {r.message[:300]}" for r in report.failures[:20])
+    assert report.exit_code == 0, failures
+    passed = [r.id for r in report.results if r.status == "passed"]
+    assert any("/roi_align_grad/" in i for i in passed)
+    assert any(i.endswith("-float16") for i in passed)
+    assert len(passed) >= 400
+
+
 def _harness_backend(harness: Harness, name: str, deterministic: bool):
     """A plugin whose ops run the host harness: the kernels' arithmetic behind cropcore's API."""
     module = types.ModuleType(f"cupy_host_harness_{name}")
@@ -1416,6 +1839,8 @@ def _harness_backend(harness: Harness, name: str, deterministic: bool):
         "cropcore_crop_and_resize_grad_image": lambda call: harness.grad_image(call, deterministic),
         "cropcore_crop_and_resize_grad_boxes": lambda call: harness.grad_boxes(call),
         "cropcore_crop2d": lambda call: call.x[call.slices],
+        "cropcore_roi_align": lambda call: harness.roi_align(call),
+        "cropcore_roi_align_grad_image": lambda call: harness.roi_align_grad_image(call),
         # Exact everywhere the GPU kernels are designed to be (the harness adds the scatter's
         # contributions in TF's order); the box gradient's tree sums as the GPU's do.
         "cropcore_conformance_tolerances": lambda: {"*/grad_boxes/*": "reordered-sums"},
@@ -1747,3 +2172,53 @@ def test_device_backend_passes_the_conformance_suite(cupy, deterministic):
         report = conformance.run("cupy", patterns=patterns, exclude=exclude)
     failures = "\n".join(f"  {r.id}: {r.message[:300]}" for r in report.failures[:20])
     assert report.exit_code == 0, failures
+
+
+@pytest.mark.parametrize("data_format", FORMATS)
+@pytest.mark.parametrize("mode", ROI_MODES)
+@pytest.mark.parametrize("dtype", ROI_DTYPES)
+def test_device_roi_align_is_bit_identical_to_the_reference(cupy, dtype, mode, data_format):
+    """Designed to be exact (IEEE float32 and float64 in torchvision's order): the reference's
+    bits, and the host harness's."""
+    rng = np.random.default_rng(ROI_DTYPES.index(dtype))
+    for _ in range(20):
+        image, boxes, output_size, kwargs = _roi_case(rng, dtype, data_format)
+        expected = cropcore.roi_align(
+            image, boxes, output_size, mode=mode, backend="numpy", **kwargs
+        )
+        got = cropcore.roi_align(
+            cupy.asarray(image), boxes, output_size, mode=mode, backend="cuda", **kwargs
+        )
+        assert isinstance(got, cupy.ndarray)
+        assert_bits_equal(cupy.asnumpy(got), expected, f"{dtype} {mode} {data_format}")
+
+
+@pytest.mark.parametrize("dtype", ROI_DTYPES)
+def test_device_roi_align_grad_image_is_exact_and_repeatable(cupy, dtype):
+    """The gather: no atomics, the reference's order; the same bits on every run."""
+    rng = np.random.default_rng(40 + ROI_DTYPES.index(dtype))
+    boxes = (rng.uniform(0, 1, (500, 4)) * np.array([40, 30, 40, 30])).astype(dtype)
+    indices = rng.integers(0, 2, 500).astype(np.int32)
+    for data_format in FORMATS:
+        grads = rng.standard_normal((500, 7, 7, 8)).astype(dtype)
+        grads = np.ascontiguousarray(to_format(grads, data_format))
+        shape = ImageShape(2, 30, 40, 8).to_format(data_format)
+        args = {"box_indices": indices, "data_format": data_format, "sampling_ratio": 2}
+        expected = cropcore.roi_align_grad_image(grads, boxes, shape, backend="numpy", **args)
+        on_device = cupy.asarray(grads)
+        for _ in range(3):
+            got = cropcore.roi_align_grad_image(on_device, boxes, shape, backend="cuda", **args)
+            assert_bits_equal(cupy.asnumpy(got), expected, f"{dtype} {data_format}")
+
+
+def test_device_roi_align_bad_box_index_gives_nan_without_a_host_read(cupy):
+    """Device-resident box indices are not read: a bad one gives that box NaN bins."""
+    image = cupy.asarray(np.arange(2 * 3 * 8 * 8, dtype=np.float32).reshape(2, 3, 8, 8))
+    boxes = cupy.asarray(np.array([[0, 0, 4, 4], [1, 1, 6, 7]], np.float32))
+    indices = cupy.asarray(np.array([1, 5], np.int32))
+    got = cupy.asnumpy(cropcore.roi_align(image, boxes, (2, 2), box_indices=indices))
+    assert np.isnan(got[1]).all()
+    expected = cropcore.roi_align(
+        cupy.asnumpy(image), [[0, 0, 4, 4]], (2, 2), box_indices=[1], backend="numpy"
+    )
+    assert_bits_equal(got[:1], expected)

@@ -12,15 +12,18 @@ on first use) is imported by the first op hook, and cupy by :func:`cropcore_back
   contraction and with flush-to-zero (see docs/cupy.md): the forward op and the deterministic image
   gradient are designed to be bit-identical with TensorFlow's CPU kernel; the atomic image gradient
   and the box gradient sum in another order.
-- The image gradient is atomic by default; :func:`set_deterministic`, :func:`deterministic`, the
+- roi_align (torchvision's and ONNX Runtime's RoiAlign, avg and max) and its image gradient: IEEE
+  arithmetic in torchvision's order, designed to be bit-identical with the numpy reference; the
+  gradient is a gather, deterministic in every mode.
+- The crop_and_resize image gradient is atomic by default; :func:`set_deterministic`, :func:`deterministic`, the
   environment variable ``CROPCORE_DETERMINISTIC=1`` or ``torch.use_deterministic_algorithms(True)``
   select the deterministic kernel.
 
 Modules and files:
 
 - ``crop_and_resize.cuh`` (including ``common.cuh``, ``forward.cuh``, ``grad_image.cuh``,
-  ``grad_boxes.cuh``, and the core's ``tf_crop_and_resize.h`` for TF's per-sample arithmetic):
-  the device code, shared with the host test harness; ``kernels.cu``: the ``__global__``
+  ``grad_boxes.cuh``, and the core's ``tf_crop_and_resize.h`` for TF's per-sample arithmetic) and
+  ``roi_align.cuh``: the device code, shared with the host test harness; ``kernels.cu``: the ``__global__``
   kernels (all shipped as package data);
 - :mod:`cropcore_cupy._plan` (with ``_limits``, ``_abi``, ``_geometry``, ``_source``): kernel
   choice, argument lists, launch geometry, declines, source assembly (plain Python, testable
@@ -40,7 +43,13 @@ from cropcore import config
 from cropcore.hookspecs import IMAGE_DTYPES, METHODS, BackendInfo, hookimpl
 
 if TYPE_CHECKING:
-    from cropcore.hookspecs import CropAndResizeCall, GradBoxesCall, GradImageCall
+    from cropcore.hookspecs import (
+        CropAndResizeCall,
+        GradBoxesCall,
+        GradImageCall,
+        RoiAlignCall,
+        RoiAlignGradImageCall,
+    )
 
 __all__ = [
     "DETERMINISTIC_ENV",
@@ -51,6 +60,8 @@ __all__ = [
     "cropcore_crop_and_resize",
     "cropcore_crop_and_resize_grad_boxes",
     "cropcore_crop_and_resize_grad_image",
+    "cropcore_roi_align",
+    "cropcore_roi_align_grad_image",
     "deterministic",
     "is_deterministic",
     "set_deterministic",
@@ -192,6 +203,21 @@ def cropcore_crop_and_resize_grad_boxes(call: GradBoxesCall) -> Any:
     from cropcore_cupy import kernels
 
     return kernels.crop_and_resize_grad_boxes(call)
+
+
+@hookimpl
+def cropcore_roi_align(call: RoiAlignCall) -> Any:
+    from cropcore_cupy import kernels
+
+    return kernels.roi_align(call)
+
+
+@hookimpl
+def cropcore_roi_align_grad_image(call: RoiAlignGradImageCall) -> Any:
+    # Always the deterministic gather (docs/decisions.md): the switch above is for crop_and_resize.
+    from cropcore_cupy import kernels
+
+    return kernels.roi_align_grad_image(call)
 
 
 @hookimpl

@@ -6,7 +6,7 @@ Requirements:
   receive, and the ones the host test harness (tests/cupy_host_harness.cpp) receives in the tests.
 - **One place for the kernels' ABI.** :data:`PARAMS` lists each kernel family's parameters in the
   order of the ``CROPCORE_*_PARAMS`` macros of the op headers (``forward.cuh``,
-  ``grad_image.cuh``, ``grad_boxes.cuh``), with their C types; :func:`arguments` checks a call's
+  ``grad_image.cuh``, ``grad_boxes.cuh``, ``roi_align.cuh``), with their C types; :func:`arguments` checks a call's
   values against it.
 """
 
@@ -24,6 +24,7 @@ __all__ = [
     "GRAD_DTYPES",
     "IMAGE_AXES",
     "PARAMS",
+    "ROI_DTYPES",
     "VECTOR_WIDTHS",
     "Launch",
     "arguments",
@@ -45,6 +46,9 @@ CTYPES = {
     "float64": "double",
 }
 GRAD_DTYPES = ("float16", "float32", "float64")
+#: roi_align's dtypes (image and result, grads and image gradient): float16 and float32 computed in
+#: float32, float64 in float64; the kernels take the boxes in that compute dtype.
+ROI_DTYPES = ("float16", "float32", "float64")
 VECTOR_WIDTHS = (1, 2, 4)
 
 #: The axes of the strides a kernel takes, as its parameters name them (``{prefix}_{axis}``):
@@ -52,7 +56,13 @@ VECTOR_WIDTHS = (1, 2, 4)
 IMAGE_AXES = ("batch", "row", "column", "channel")
 GRADS_AXES = ("box", "y", "x", "channel")
 
-_SCALARS = {"i32": np.int32, "i64": np.int64, "u32": np.uint32, "f32": np.float32}
+_SCALARS = {
+    "i32": np.int32,
+    "i64": np.int64,
+    "u32": np.uint32,
+    "f32": np.float32,
+    "f64": np.float64,
+}
 
 
 def _typed(kind: str, *names: str) -> tuple[tuple[str, str], ...]:
@@ -65,7 +75,7 @@ def _stride_params(prefix: str, axes: tuple[str, ...]) -> tuple[tuple[str, str],
 
 #: Each kernel family's parameters, in the order of the op headers' CROPCORE_*_PARAMS:
 #: (name, kind) with kind ``ptr`` (an array, or None for a null pointer), ``i32``, ``i64``,
-#: ``u32``, ``f32``, or ``div`` (a ``fast_divider`` triple: u32 divisor, u32 magic, i32 shift).
+#: ``u32``, ``f32``, ``f64``, or ``div`` (a ``fast_divider`` triple: u32 divisor, u32 magic, i32 shift).
 PARAMS: dict[str, tuple[tuple[str, str], ...]] = {
     "forward": (
         *_typed("ptr", "image", "boxes", "box_indices", "crops"),
@@ -107,7 +117,33 @@ PARAMS: dict[str, tuple[tuple[str, str], ...]] = {
         *_typed("u32", "elements", "chunk", "chunks"),
         *_typed("div", "by_row_elements", "by_depth"),
     ),
+    "roi_align": (
+        *_typed("ptr", "image", "boxes", "box_indices", "output"),
+        *_typed("i32", "batch", "height", "width", "depth", "pooled_height", "pooled_width"),
+        *_typed("i32", "sampling_ratio", "aligned", "max_mode", "nchw"),
+        *_typed("f64", "spatial_scale"),
+        *_typed("f32", "spatial_scale_f32"),
+        *_stride_params("stride", IMAGE_AXES),
+        *_stride_params("output_stride", GRADS_AXES),
+        *_typed("u32", "rows", "groups"),
+        *_typed("div", "by_pooled_height", "by_chunks"),
+    ),
+    "roi_align_grad": (
+        *_typed("ptr", "grads", "boxes", "box_indices", "output", "box_spans", "row_masks"),
+        *_typed("i32", "num_boxes", "mask_words", "batch", "height", "width", "depth"),
+        *_typed("i32", "pooled_height", "pooled_width", "sampling_ratio", "aligned", "nchw"),
+        *_typed("f64", "spatial_scale"),
+        *_typed("f32", "spatial_scale_f32"),
+        *_stride_params("grads_stride", GRADS_AXES),
+        *_stride_params("output_stride", IMAGE_AXES),
+        *_typed("u32", "rows", "groups"),
+        *_typed("div", "by_height", "by_chunks"),
+    ),
 }
+
+#: The kernel families in the order :func:`family` tries their name prefixes (the longer of two
+#: prefixes first: ``roi_align_grad`` before ``roi_align``).
+_FAMILIES = ("forward", "grad_image", "grad_boxes", "roi_align_grad", "roi_align")
 
 
 def kernel_names() -> list[str]:
@@ -119,12 +155,18 @@ def kernel_names() -> list[str]:
         for kind in ("scatter", "setup", "gather")
     ]
     names += [f"cropcore_grad_boxes_{kind}{dtype}" for dtype in CTYPES for kind in ("", "finish_")]
+    names += [f"cropcore_roi_align_forward_{dtype}" for dtype in ROI_DTYPES]
+    names += [
+        f"cropcore_roi_align_grad_{kind}_{dtype}"
+        for dtype in ROI_DTYPES
+        for kind in ("setup", "gather")
+    ]
     return names
 
 
 def family(kernel: str) -> str:
     """The :data:`PARAMS` key of a kernel name."""
-    for name in ("forward", "grad_image", "grad_boxes"):
+    for name in _FAMILIES:
         if kernel.startswith(f"cropcore_{name}_"):
             return name
     raise ValueError(f"not a cropcore kernel: {kernel!r}")

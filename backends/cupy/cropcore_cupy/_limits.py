@@ -37,6 +37,8 @@ def decline_reason(call: Any) -> str | None:
             f"image height {shape.height} or width {shape.width} exceeds 2**24, beyond which "
             "float32 sample coordinates cannot address every pixel"
         )
+    if call.op in ("roi_align", "roi_align_grad_image"):
+        return _roi_decline_reason(call)
     crop_height, crop_width = call.crop_size
     num_boxes, depth = call.num_boxes, shape.depth
     checks = [
@@ -46,6 +48,28 @@ def decline_reason(call: Any) -> str | None:
     if call.op == "crop_and_resize_grad_boxes":
         checks.append(("crop_height * crop_width * depth", crop_height * crop_width * depth))
     if call.op == "crop_and_resize_grad_image":
+        checks += [
+            ("batch * height * depth", shape.batch * shape.height * max(depth, 1)),
+            ("width * depth", shape.width * depth),
+        ]
+    for name, value in checks:
+        reason = _count(name, value)
+        if reason:
+            return reason
+    return None
+
+
+def _roi_decline_reason(call: Any) -> str | None:
+    """roi_align's counts: the forward's rows and groups, and the gradient's (as the crop ops')."""
+    shape = call.image_shape
+    pooled_height, pooled_width = call.output_size
+    num_boxes, depth = call.num_boxes, shape.depth
+    checks = [
+        ("num_boxes * pooled_height * depth", num_boxes * pooled_height * max(depth, 1)),
+        ("pooled_width * depth", pooled_width * depth),
+        ("num_boxes", num_boxes),
+    ]
+    if call.op == "roi_align_grad_image":
         checks += [
             ("batch * height * depth", shape.batch * shape.height * max(depth, 1)),
             ("width * depth", shape.width * depth),

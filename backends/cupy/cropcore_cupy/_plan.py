@@ -7,7 +7,7 @@ Requirements:
   GPU kernels receive, and the ones the host test harness (tests/cupy_host_harness.cpp, which
   compiles the kernels' own arithmetic for the CPU) receives in the tests.
 - **One name to import.** The launch builders (:func:`forward`, :func:`grad_image`,
-  :func:`grad_boxes`) live here; the parts they are built from live in their own modules and are
+  :func:`grad_boxes`, :func:`roi_align`, :func:`roi_align_grad_image`) live here; the parts they are built from live in their own modules and are
   re-exported, so that callers write ``_plan.<name>`` for all of them:
 
   - :mod:`cropcore_cupy._limits`: what the kernels decline (index widths, image sizes);
@@ -23,12 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from cropcore.roi_samples import MAX_SAMPLES, samples_of
 from cropcore_cupy._abi import (
     CTYPES,
     GRAD_DTYPES,
     GRADS_AXES,
     IMAGE_AXES,
     PARAMS,
+    ROI_DTYPES,
     VECTOR_WIDTHS,
     Launch,
     arguments,
@@ -75,6 +77,8 @@ __all__ = [
     "MIN_COMPUTE_CAPABILITY",
     "NVRTC_OPTIONS",
     "PARAMS",
+    "ROI_CHANNELS",
+    "ROI_DTYPES",
     "VECTOR_WIDTHS",
     "Launch",
     "arguments",
@@ -90,6 +94,10 @@ __all__ = [
     "launch_shape",
     "logical_strides",
     "nvrtc_options",
+    "roi_align",
+    "roi_align_grad_image",
+    "roi_reads_boxes",
+    "roi_samples_error",
     "rows_and_groups",
     "source",
     "stride_values",
@@ -310,3 +318,161 @@ def grad_boxes(
             Launch(finish, "grad_boxes", (num_boxes, 1, 1), block, arguments(finish, values))
         )
     return launches
+
+
+# --------------------------------------------------------------------------------------------------
+# roi_align
+
+
+#: Channels one roi_align thread computes side by side, forward and image gradient (roi_align.cuh's
+#: CROPCORE_ROI_CHANNELS).
+ROI_CHANNELS = 4
+
+
+def roi_reads_boxes(call: Any) -> bool:
+    """Whether the samples check reads the call's box values: only where cropcore has read them on
+    the host already (``values_checked``) and the grid is adaptive (a fixed one needs shapes only).
+    """
+    return bool(call.values_checked) and call.sampling_ratio <= 0
+
+
+def roi_samples_error(call: Any, host_boxes: Any) -> ValueError | None:
+    """The error of a roi_align call that would take more than ``MAX_SAMPLES`` samples, or None.
+
+    ``host_boxes``: the call's boxes as a NumPy array, or None where they are on the device and
+    unread; then only a fixed ``sampling_ratio`` is checked (from the shapes), and the kernels
+    treat an adaptive box of more than 2**31 samples as bad (docs/cupy.md).
+    """
+    pooled_height, pooled_width = call.output_size
+    if call.sampling_ratio > 0:
+        per_box = call.sampling_ratio**2 * pooled_height * pooled_width
+        total = per_box * call.num_boxes
+    elif host_boxes is None:
+        return None
+    else:
+        total = samples_of(
+            host_boxes,
+            call.spatial_scale,
+            call.aligned,
+            call.output_size,
+            call.sampling_ratio,
+            np.dtype(host_boxes.dtype),
+        )
+    if total <= MAX_SAMPLES:
+        return None
+    return ValueError(
+        f"roi_align would take {total} samples (output bins x samples per bin over every "
+        f"box), more than {MAX_SAMPLES}: the boxes are huge for an adaptive sampling_ratio; "
+        "pass a positive sampling_ratio"
+    )
+
+
+def _roi_values(call: Any, boxes: Any, box_indices: Any) -> dict[str, Any]:
+    """The parameters both roi_align kernel families take from the call."""
+    batch, height, width, depth = (int(d) for d in call.image_shape)
+    pooled_height, pooled_width = call.output_size
+    return {
+        "boxes": boxes,
+        "box_indices": box_indices,
+        "batch": batch,
+        "height": height,
+        "width": width,
+        "depth": depth,
+        "pooled_height": pooled_height,
+        "pooled_width": pooled_width,
+        "sampling_ratio": max(int(call.sampling_ratio), 0),
+        "aligned": int(call.aligned),
+        "nchw": _nchw(call.data_format),
+        "spatial_scale": float(call.spatial_scale),
+        "spatial_scale_f32": np.float32(call.spatial_scale),
+    }
+
+
+def roi_align(
+    call: Any,
+    *,
+    image: Any,
+    boxes: Any,
+    box_indices: Any,
+    output: Any,
+    image_strides: Sequence[int],
+    dtype: str,
+) -> Launch:
+    """The roi_align launch: one thread per :data:`ROI_CHANNELS` channels of each output bin.
+
+    ``boxes``: ``(num_boxes, 4)`` C-contiguous in the compute dtype (float64 for a float64
+    ``image``, else float32); ``box_indices``: int32; ``image_strides``: (batch, row, column,
+    channel) in elements; ``output``: a new C-contiguous array of ``call.output_shape`` and
+    ``dtype`` (the image's: float16, float32 or float64).
+    """
+    depth = int(call.image_shape.depth)
+    pooled_height, pooled_width = call.output_size
+    nchw = _nchw(call.data_format)
+    chunks = -(-depth // ROI_CHANNELS)  # each thread computes this many channels side by side
+    rows, groups = rows_and_groups(call.num_boxes, pooled_height, pooled_width, chunks, nchw)
+    out_strides = contiguous_strides(
+        (call.num_boxes, pooled_height, pooled_width, depth), call.data_format
+    )
+    kernel = f"cropcore_roi_align_forward_{dtype}"
+    values = {
+        "image": image,
+        **_roi_values(call, boxes, box_indices),
+        "output": output,
+        "max_mode": int(call.mode == "max"),
+        **stride_values("stride", IMAGE_AXES, image_strides),
+        **stride_values("output_stride", GRADS_AXES, out_strides),
+        "rows": rows,
+        "groups": groups,
+        "by_pooled_height": fast_divider(pooled_height),
+        "by_chunks": fast_divider(max(1, chunks)),
+    }
+    grid, block = launch_shape(rows, groups)
+    return Launch(kernel, "roi_align", grid, block, arguments(kernel, values))
+
+
+def roi_align_grad_image(
+    call: Any,
+    *,
+    grads: Any,
+    boxes: Any,
+    box_indices: Any,
+    output: Any,
+    box_spans: Any,
+    row_masks: Any = None,
+    grads_strides: Sequence[int],
+    dtype: str,
+) -> list[Launch]:
+    """The roi_align image-gradient launches: a box set-up (filling ``box_spans``, int32
+    ``(num_boxes, 5)``, and ``row_masks`` when given: zeroed uint32 ``(height,``
+    :func:`row_mask_words` ``)``), then one thread per :data:`ROI_CHANNELS` channels of
+    each pixel of ``output`` (C-contiguous in the call's layout, ``call.output_shape``,
+    ``dtype``: the grads'), which it writes whole (no zeroing). The sums run in torchvision's order: deterministic, no floating-point atomics.
+    """
+    batch, height, width, depth = (int(d) for d in call.image_shape)
+    nchw = _nchw(call.data_format)
+    out_strides = contiguous_strides((batch, height, width, depth), call.data_format)
+    chunks = -(-depth // ROI_CHANNELS)  # each thread sums this many channels side by side
+    rows, groups = rows_and_groups(batch, height, width, chunks, nchw)
+    values = {
+        "grads": grads,
+        **_roi_values(call, boxes, box_indices),
+        "output": output,
+        "box_spans": box_spans,
+        "row_masks": row_masks,
+        "mask_words": int(row_masks.shape[1]) if row_masks is not None else 0,
+        "num_boxes": call.num_boxes,
+        **stride_values("grads_stride", GRADS_AXES, grads_strides),
+        **stride_values("output_stride", IMAGE_AXES, out_strides),
+        "rows": rows,
+        "groups": groups,
+        "by_height": fast_divider(height),
+        "by_chunks": fast_divider(max(1, chunks)),
+    }
+    setup = f"cropcore_roi_align_grad_setup_{dtype}"
+    gather = f"cropcore_roi_align_grad_gather_{dtype}"
+    setup_grid = (max(1, -(-call.num_boxes // BLOCK)), 1, 1)
+    grid, block = launch_shape(rows, groups)
+    return [
+        Launch(setup, "roi_align_grad", setup_grid, (BLOCK, 1, 1), arguments(setup, values)),
+        Launch(gather, "roi_align_grad", grid, block, arguments(gather, values)),
+    ]

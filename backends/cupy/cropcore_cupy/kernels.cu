@@ -4,20 +4,26 @@
 // One fused kernel per op: CropAndResize is one launch; CropAndResizeGradImage is one launch on a
 // zeroed result (scatter, atomic) or a box set-up plus one launch (gather, deterministic);
 // CropAndResizeGradBoxes is one launch, plus one that combines per-chunk sums when a box has more
-// than one chunk. Launch geometry, argument order and the choice of kernel are in _plan.py (and
-// the modules it re-exports: _abi.py, _geometry.py).
+// than one chunk. roi_align (roi_align.cuh) is one launch; its image gradient a box set-up plus one
+// gather launch (deterministic, no floating-point atomics). Launch geometry, argument order and the
+// choice of kernel are in _plan.py (and the modules it re-exports: _abi.py, _geometry.py).
 //
 // Compile flags (set by _plan.nvrtc_options and by the nvcc test): --fmad=false -ftz=true
-// --prec-div=true. One of CROPCORE_OP_FORWARD, CROPCORE_OP_GRAD_IMAGE, CROPCORE_OP_GRAD_BOXES (or
-// CROPCORE_ALL_KERNELS) selects the kernels a module contains, so a process compiles only the ops it
-// uses. Kernel names are extern "C": cropcore_<op>_<dtype>[_v<VEC>].
+// --prec-div=true (roi_align's float32 arithmetic is IEEE whatever -ftz says: roi_align.cuh).
+// One of CROPCORE_OP_FORWARD, CROPCORE_OP_GRAD_IMAGE, CROPCORE_OP_GRAD_BOXES,
+// CROPCORE_OP_ROI_ALIGN, CROPCORE_OP_ROI_ALIGN_GRAD (or CROPCORE_ALL_KERNELS) selects the kernels a
+// module contains, so a process compiles only the ops it uses. Kernel names are extern "C":
+// cropcore_<op>_<dtype>[_v<VEC>].
 
 #include "crop_and_resize.cuh"
+#include "roi_align.cuh"
 
 #if defined(CROPCORE_ALL_KERNELS)
 #define CROPCORE_OP_FORWARD
 #define CROPCORE_OP_GRAD_IMAGE
 #define CROPCORE_OP_GRAD_BOXES
+#define CROPCORE_OP_ROI_ALIGN
+#define CROPCORE_OP_ROI_ALIGN_GRAD
 #endif
 
 namespace cropcore {
@@ -132,6 +138,28 @@ __device__ void grad_boxes_finish_kernel(const GradBoxesArgs& a) {
   if (lane < 4) a.output[(i64)k * 4 + lane] = sums[lane][0];
 }
 
+template <typename T, typename C>
+__device__ void roi_align_kernel(const RoiAlignArgs& a, const T* image, T* output, unsigned rows,
+                                 unsigned groups) {
+  CROPCORE_FOR_ROWS(row, rows) {
+    CROPCORE_FOR_GROUPS(g, groups) { roi_align_element<T, C>(a, image, output, row, g); }
+  }
+}
+
+template <typename C>
+__device__ void roi_grad_setup_kernel(const RoiGradArgs& a) {
+  for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < a.num_boxes; k += gridDim.x * blockDim.x)
+    roi_grad_setup<C>(a, k);
+}
+
+template <typename T, typename C>
+__device__ void roi_grad_gather_kernel(const RoiGradArgs& a, const T* grads, T* output,
+                                       unsigned rows, unsigned groups) {
+  CROPCORE_FOR_ROWS(row, rows) {
+    CROPCORE_FOR_GROUPS(g, groups) { roi_grad_element<T, C>(a, grads, output, row, g); }
+  }
+}
+
 }  // namespace cropcore
 
 // -------------------------------------------------------------------------------------------------
@@ -178,4 +206,28 @@ CROPCORE_GRAD_TYPES(CROPCORE_GRAD_IMAGE_KERNELS)
     cropcore::grad_boxes_finish_kernel(a);                                                      \
   }
 CROPCORE_IMAGE_TYPES(CROPCORE_GRAD_BOXES_KERNELS)
+#endif
+
+#ifdef CROPCORE_OP_ROI_ALIGN
+#define CROPCORE_ROI_ALIGN_KERNELS(NAME, T, C)                                                  \
+  extern "C" __global__ void cropcore_roi_align_forward_##NAME(CROPCORE_ROI_ALIGN_PARAMS(T, C)) { \
+    CROPCORE_ROI_ALIGN_ARGS(a);                                                                 \
+    cropcore::roi_align_kernel<T, C>(a, image, output, rows, groups);                           \
+  }
+CROPCORE_ROI_TYPES(CROPCORE_ROI_ALIGN_KERNELS)
+#endif
+
+#ifdef CROPCORE_OP_ROI_ALIGN_GRAD
+#define CROPCORE_ROI_GRAD_KERNELS(NAME, T, C)                                                   \
+  extern "C" __global__ void cropcore_roi_align_grad_setup_##NAME(                              \
+      CROPCORE_ROI_GRAD_PARAMS(T, C)) {                                                         \
+    CROPCORE_ROI_GRAD_ARGS(a);                                                                  \
+    cropcore::roi_grad_setup_kernel<C>(a);                                                      \
+  }                                                                                             \
+  extern "C" __global__ void cropcore_roi_align_grad_gather_##NAME(                             \
+      CROPCORE_ROI_GRAD_PARAMS(T, C)) {                                                         \
+    CROPCORE_ROI_GRAD_ARGS(a);                                                                  \
+    cropcore::roi_grad_gather_kernel<T, C>(a, grads, output, rows, groups);                     \
+  }
+CROPCORE_ROI_TYPES(CROPCORE_ROI_GRAD_KERNELS)
 #endif

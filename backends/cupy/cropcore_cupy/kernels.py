@@ -16,10 +16,22 @@ from typing import Any
 import cupy
 import numpy as np
 
-from cropcore.hookspecs import CropAndResizeCall, GradBoxesCall, GradImageCall
+from cropcore.hookspecs import (
+    CropAndResizeCall,
+    GradBoxesCall,
+    GradImageCall,
+    RoiAlignCall,
+    RoiAlignGradImageCall,
+)
 from cropcore_cupy import _plan
 
-__all__ = ["crop_and_resize", "crop_and_resize_grad_boxes", "crop_and_resize_grad_image"]
+__all__ = [
+    "crop_and_resize",
+    "crop_and_resize_grad_boxes",
+    "crop_and_resize_grad_image",
+    "roi_align",
+    "roi_align_grad_image",
+]
 
 _lock = threading.Lock()
 _modules: dict[str, Any] = {}
@@ -161,4 +173,70 @@ def crop_and_resize_grad_boxes(call: GradBoxesCall) -> Any:
         partial = cupy.empty((num_boxes, chunks, 4), cupy.float32) if chunks > 1 else None
         dtype = values["image"].dtype.name
         _run(_plan.grad_boxes(**values, partial=partial, output=output, dtype=dtype))
+    return output
+
+
+def _roi_boxes(device: Any, call: RoiAlignCall | RoiAlignGradImageCall, dtype: Any) -> Any:
+    """The call's boxes on ``device`` in the compute dtype, after the samples check.
+
+    Boxes cropcore read on the host (``values_checked``) are read again here, only for an adaptive
+    grid, to refuse more than 2**31 samples as the other backends do; unread device boxes are not
+    (the kernels treat a box of more than 2**31 samples as bad instead: no synchronisation).
+    """
+    host = None
+    if _plan.roi_reads_boxes(call):
+        host = cupy.asnumpy(call.boxes) if isinstance(call.boxes, cupy.ndarray) else call.boxes
+        host = np.asarray(host)
+    error = _plan.roi_samples_error(call, host)
+    if error is not None:
+        raise error
+    return _on(device, call.boxes, dtype)
+
+
+def roi_align(call: RoiAlignCall) -> Any:
+    device = call.image.device
+    with device:
+        output = cupy.empty(call.output_shape, call.image.dtype)
+        if output.size == 0:
+            return output
+        compute = cupy.float64 if call.image.dtype == cupy.float64 else cupy.float32
+        boxes = _roi_boxes(device, call, compute)
+        image, strides = _strided(call.image, device, call.data_format)
+        launch = _plan.roi_align(
+            call,
+            image=image,
+            boxes=boxes,
+            box_indices=_on(device, call.box_indices, cupy.int32),
+            output=output,
+            image_strides=strides,
+            dtype=image.dtype.name,
+        )
+        _run([launch])
+    return output
+
+
+def roi_align_grad_image(call: RoiAlignGradImageCall) -> Any:
+    device = call.grads.device
+    dtype = call.grads.dtype
+    with device:
+        if _plan.total(call.output_shape) == 0 or call.num_boxes == 0:
+            return cupy.zeros(call.output_shape, dtype)
+        compute = cupy.float64 if dtype == cupy.float64 else cupy.float32
+        boxes = _roi_boxes(device, call, compute)
+        grads, strides = _strided(call.grads, device, call.data_format)
+        output = cupy.empty(call.output_shape, dtype)  # the gather writes every element
+        height = call.image_shape.height
+        words = _plan.row_mask_words(call.num_boxes, height, output.nbytes)
+        launches = _plan.roi_align_grad_image(
+            call,
+            grads=grads,
+            boxes=boxes,
+            box_indices=_on(device, call.box_indices, cupy.int32),
+            output=output,
+            box_spans=cupy.empty((call.num_boxes, 5), cupy.int32),
+            row_masks=cupy.zeros((height, words), cupy.uint32) if words else None,
+            grads_strides=strides,
+            dtype=dtype.name,
+        )
+        _run(launches)
     return output
