@@ -278,3 +278,18 @@ def test_the_max_mode_has_no_gradient():
     # the forward op itself runs under jit
     out = jax.jit(lambda x: cropcore.roi_align(x, boxes, 2, mode="max"))(image)
     assert out.shape == (1, 1, 2, 2)
+
+
+def test_subnormal_values_are_flushed_on_xla_cpu_unlike_the_reference():
+    """The documented difference (docs/jax.md, "roi_align"): XLA:CPU computes with flush-to-zero
+    and denormals-are-zero, torchvision and ONNX Runtime with gradual underflow. A whole box on an
+    image of one subnormal value: the reference averages it back to that value, XLA reads 0."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("flush-to-zero is XLA:CPU's")
+    tiny = np.float32(1e-39)  # below float32's smallest normal, 2**-126
+    image = np.full((1, 1, 4, 4), tiny, F32)
+    boxes = np.array([[0, 0.0, 0.0, 3.0, 3.0]], F32)
+    expected = cropcore.roi_align(image, boxes, 2, backend="numpy")
+    got = np.asarray(cropcore.roi_align(jnp.asarray(image), boxes, 2))
+    assert (expected == tiny).all()
+    assert (got == 0).all()
