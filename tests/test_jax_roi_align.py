@@ -293,3 +293,40 @@ def test_subnormal_values_are_flushed_on_xla_cpu_unlike_the_reference():
     got = np.asarray(cropcore.roi_align(jnp.asarray(image), boxes, 2))
     assert (expected == tiny).all()
     assert (got == 0).all()
+
+
+def test_jax_grad_of_a_float16_nhwc_image_is_the_float16_gradient_op():
+    """float16 is computed in float32 and rounded once, forward and backward."""
+    rng = np.random.default_rng(7)
+    image = rng.standard_normal((2, 9, 8, 3)).astype(np.float16)
+    boxes = np.array([[0, 0.5, 1.0, 6.0, 7.5], [1, 2.0, -1.0, 9.0, 5.0]], F32)
+    weights = rng.standard_normal((2, 3, 2, 3)).astype(np.float16)
+    kwargs = {"sampling_ratio": 2, "aligned": False, "data_format": "channels_last"}
+
+    @jax.jit
+    def loss(image, boxes):
+        out = cropcore.roi_align(image, boxes, (3, 2), 0.5, **kwargs)
+        assert out.dtype == jnp.float16
+        return jnp.sum(out.astype(jnp.float32) * weights.astype(F32))
+
+    got = jax.grad(loss)(jnp.asarray(image), jnp.asarray(boxes))
+    # d loss / d out = float32 weights, rounded to the output's float16 by the cast's transpose
+    expected = cropcore.roi_align_grad_image(
+        weights, boxes, image.shape, 0.5, backend="numpy", **kwargs
+    )
+    assert got.dtype == jnp.float16
+    assert bits_equal(np.asarray(got), expected)
+
+
+def test_vmap_of_grad_gives_each_box_set_its_own_image_gradient():
+    rng = np.random.default_rng(8)
+    image = jnp.asarray(rng.standard_normal((1, 2, 10, 10)).astype(F32))
+    xy = rng.uniform(0, 6, (3, 4, 2))
+    boxes = np.concatenate([np.zeros((3, 4, 1)), xy, xy + 3], -1).astype(F32)
+
+    def grad_of(b):
+        return jax.grad(lambda x: jnp.sum(cropcore.roi_align(x, b, 2, 1.0, 2) ** 2))(image)
+
+    batched = np.asarray(jax.vmap(grad_of)(jnp.asarray(boxes)))
+    for n in range(3):
+        assert bits_equal(batched[n], np.asarray(grad_of(boxes[n])))
