@@ -330,3 +330,29 @@ def test_vmap_of_grad_gives_each_box_set_its_own_image_gradient():
     batched = np.asarray(jax.vmap(grad_of)(jnp.asarray(boxes)))
     for n in range(3):
         assert bits_equal(batched[n], np.asarray(grad_of(boxes[n])))
+
+
+def test_non_finite_traced_boxes_give_the_reference_kernels_result():
+    """Box values nobody checked (under jit): the reference kernel's arithmetic, which makes a
+    non-finite sample empty and a non-finite adaptive grid empty."""
+    from cropcore_numpy.roi_align import roi_align as reference_kernel
+
+    rng = np.random.default_rng(9)
+    image = rng.standard_normal((1, 6, 7, 2)).astype(F32)  # NHWC
+    boxes = np.array([[np.nan, 1, 4, 5], [1, 1, np.inf, 5], [-np.inf, 0, 3, 3], [1, 1, 4, 5]], F32)
+    indices = np.zeros(4, np.int32)
+    for ratio in (-1, 2):
+        forward = jax.jit(
+            lambda b, ratio=ratio: cropcore.roi_align(
+                jnp.asarray(image),
+                b,
+                2,
+                1.0,
+                ratio,
+                True,
+                box_indices=indices,
+                data_format="channels_last",
+            )
+        )
+        expected = reference_kernel(image, boxes, indices, (2, 2), 1.0, ratio, True, "avg")
+        assert bits_equal(np.asarray(forward(jnp.asarray(boxes))), expected), ratio
