@@ -67,6 +67,14 @@ def _fits(c: dict, height: int, width: int) -> np.ndarray:
 # Dispatch
 
 
+def test_the_jax_backend_implements_every_op_roi_align_included():
+    from cropcore.registry import registry
+
+    backend = registry.get("jax")
+    assert {"roi_align", "roi_align_grad_image"} <= set(backend.ops)
+    assert set(backend.ops) == set(cropcore.ops.OPS)
+
+
 def test_a_jax_image_runs_roi_align_on_the_jax_backend_by_default():
     image = jnp.ones((1, 2, 6, 6), jnp.float32)
     boxes = [[0, 1.0, 1.0, 4.0, 4.0]]
