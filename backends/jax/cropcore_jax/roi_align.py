@@ -491,7 +491,7 @@ def run_roi_align(call: RoiAlignCall) -> jax.Array:
     with _x64(call.boxes.dtype):
         scale = jnp.asarray(call.spatial_scale, call.boxes.dtype)
         grid = _grid(call, call.boxes, scale, call.output_size)
-        run = _differentiable
+        run: Any = _differentiable
         if not _traced(call.image, call.boxes, call.box_indices):  # nothing to differentiate
             run = _differentiable.fun
         return run(
