@@ -7,7 +7,10 @@ import jax: the hooks import :mod:`cropcore_jax.ops` the first time they run.
 - :mod:`cropcore_jax.kernels`: the three ops in ``jax.numpy``/``jax.lax``, jitted with their static
   arguments, bit-identical to TensorFlow's CPU kernel on XLA:CPU (docs/jax.md);
 - :mod:`cropcore_jax.ops`: ``crop_and_resize`` as a ``jax.custom_vjp`` whose backward rule is the
-  two gradient kernels, and the functions the hooks call.
+  two gradient kernels, and the functions the hooks call;
+- :mod:`cropcore_jax.roi_align`: ``roi_align`` (torchvision's and ONNX Runtime's) and its image
+  gradient, the kernels and the ``jax.custom_vjp`` that joins them, bit-identical to the
+  reference backend on XLA:CPU.
 
 ``cropcore.crop_and_resize`` and the other public functions take ``jax.Array`` inputs (and
 tracers: inside ``jax.jit``, ``jax.grad``, ``jax.vmap``) and return ``jax.Array`` results on the
@@ -22,7 +25,13 @@ from cropcore import memory
 from cropcore.hookspecs import IMAGE_DTYPES, BackendInfo, hookimpl
 
 if TYPE_CHECKING:
-    from cropcore.hookspecs import CropAndResizeCall, GradBoxesCall, GradImageCall
+    from cropcore.hookspecs import (
+        CropAndResizeCall,
+        GradBoxesCall,
+        GradImageCall,
+        RoiAlignCall,
+        RoiAlignGradImageCall,
+    )
 
 __all__ = [
     "cropcore_backend_check",
@@ -32,6 +41,8 @@ __all__ = [
     "cropcore_crop_and_resize",
     "cropcore_crop_and_resize_grad_boxes",
     "cropcore_crop_and_resize_grad_image",
+    "cropcore_roi_align",
+    "cropcore_roi_align_grad_image",
 ]
 
 
@@ -88,6 +99,22 @@ def cropcore_crop_and_resize_grad_boxes(call: GradBoxesCall) -> Any:
     return _ops().run_grad_boxes(call)
 
 
+def _roi_align() -> Any:
+    import cropcore_jax.roi_align
+
+    return cropcore_jax.roi_align
+
+
+@hookimpl
+def cropcore_roi_align(call: RoiAlignCall) -> Any:
+    return _roi_align().run_roi_align(call)
+
+
+@hookimpl
+def cropcore_roi_align_grad_image(call: RoiAlignGradImageCall) -> Any:
+    return _roi_align().run_roi_align_grad_image(call)
+
+
 @hookimpl
 def cropcore_backend_peak_bytes(call: Any) -> int:
     # XLA fuses the elementwise arithmetic, but the gathered corners, the image gradient's
@@ -102,6 +129,8 @@ def cropcore_backend_peak_bytes(call: Any) -> int:
         on_cpu = all(d.platform == "cpu" for d in anchor.devices())
     if not on_cpu:
         return 0
+    if call.op in ("roi_align", "roi_align_grad_image"):
+        return _roi_peak_bytes(call)
     samples = call.boxes.shape[0] * call.crop_size[0] * call.crop_size[1]
     tables = 64 * call.boxes.shape[0] * (call.crop_size[0] + call.crop_size[1])
     if call.op == "crop_and_resize":
@@ -110,6 +139,22 @@ def cropcore_backend_peak_bytes(call: Any) -> int:
     if call.op == "crop_and_resize_grad_image":
         return memory.nbytes(call.output_shape, call.dtype) + 48 * grads + 32 * samples + tables
     return 48 * grads + tables
+
+
+def _roi_peak_bytes(call: Any) -> int:
+    # roi_align: the image in the compute dtype, the result and about ten result-sized arrays
+    # (four gathers, their products, the running value); its gradient: the image-sized sums and
+    # its copy, and one step's (sample, corner, channel) entries, at most 2**22 of them or one
+    # box's, each value and index with their temporaries (about 32 bytes).
+    shape = call.image_shape
+    image = memory.nbytes(tuple(shape), "float64")
+    bins = call.num_boxes * call.output_size[0] * call.output_size[1]
+    if call.op == "roi_align":
+        return image + 12 * memory.nbytes((bins, shape.depth), "float64") + 64 * bins
+    grid_h, grid_w = _roi_align().grid_bound(call)
+    one_box = call.output_size[0] * call.output_size[1] * grid_h * grid_w * 4 * shape.depth
+    entries = max(min(1 << 22, one_box * call.num_boxes), one_box)
+    return 3 * image + 32 * entries + 64 * bins
 
 
 @hookimpl
