@@ -356,6 +356,75 @@ def test_nchw_with_many_channels_equals_nhwc_bit_for_bit(native, cropcore_env):
     assert torch.equal(boxes_grad_cf, boxes_grad)
 
 
+def _native_or_skip():
+    from cropcore_torch import _native
+
+    if not _native.available():
+        pytest.skip(_native.status())
+    return _native
+
+
+@pytest.mark.parametrize("shape", [(3, 13, 21), (2, 8, 8), (1, 17, 9), (2, 256, 49), (1, 5, 3)])
+def test_the_compiled_transpose_equals_torchs(shape):
+    # 8 x 8 register blocks and the scalar tails (rows and columns not multiples of 8)
+    _native = _native_or_skip()
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(_native._transposed(x, shape[1], shape[2]), x.transpose(1, 2))
+
+
+@pytest.mark.parametrize("depth", [37, 64])
+def test_nchw_gradients_on_threads_equal_nhwc_bit_for_bit(depth, monkeypatch):
+    # NCHW gradients transposed box by box in each thread's scratch (depth 37: the transposes'
+    # scalar tails); every thread's share of the boxes and images must sum as the NHWC call does.
+    _native = _native_or_skip()
+    monkeypatch.setattr(_native, "_MIN_WORK_PER_THREAD", 1)
+    generator = torch.Generator().manual_seed(7)
+    nhwc = torch.randn(3, 10, 12, depth, generator=generator)
+    boxes = torch.rand(25, 4, generator=generator) * 1.2 - 0.1
+    indices = torch.randint(0, 3, (25,), generator=generator)
+    upstream = torch.randn(25, 6, 5, depth, generator=generator)
+    upstream_cf = upstream.permute(0, 3, 1, 2).contiguous()
+    for method in METHODS:
+        expected = cropcore_torch.crop_and_resize_grad_image(
+            upstream, boxes, indices, nhwc.shape, method
+        )
+        got = cropcore_torch.crop_and_resize_grad_image(
+            upstream_cf, boxes, indices, (3, depth, 10, 12), method, data_format="channels_first"
+        )
+        assert torch.equal(got, expected.permute(0, 3, 1, 2))
+    expected = cropcore_torch.crop_and_resize_grad_boxes(
+        upstream, nhwc, boxes, indices, data_format="channels_last"
+    )
+    got = cropcore_torch.crop_and_resize_grad_boxes(
+        upstream_cf, nhwc.permute(0, 3, 1, 2).contiguous(), boxes, indices,
+        data_format="channels_first",
+    )  # fmt: skip
+    assert torch.equal(got, expected)
+
+
+def test_nchw_gradients_are_not_transposed_whole(monkeypatch):
+    # The crop-sized gradient is transposed box by box in cache, not copied through memory.
+    _native = _native_or_skip()
+    transposed = []
+    real = _native._transposed
+
+    def record(x, rows, cols):
+        transposed.append(x.numel())
+        return real(x, rows, cols)
+
+    monkeypatch.setattr(_native, "_transposed", record)
+    image = torch.randn(2, 40, 9, 11)
+    boxes, indices = torch.tensor(BOXES), torch.tensor(INDICES)
+    grads = torch.randn(3, 40, 4, 5)
+    cropcore_torch.crop_and_resize_grad_image(
+        grads, boxes, indices, image.shape, data_format="channels_first"
+    )
+    cropcore_torch.crop_and_resize_grad_boxes(
+        grads, image, boxes, indices, data_format="channels_first"
+    )
+    assert grads.numel() not in transposed
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("function", ["cropcore", "cropcore_torch", "unchecked"])
 def test_the_channels_warning_does_not_break_a_fullgraph_compile(function):

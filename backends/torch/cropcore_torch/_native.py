@@ -24,6 +24,8 @@ Requirements:
   channels-last and sliced tensors are read and written in place; only NCHW tensors with more
   than :data:`_FEW_CHANNELS` channels are first transposed to channels innermost (when that costs
   less than the result), because walking channel planes per sample reads a cache line per value.
+  Crop-sized NCHW tensors (results, float32 gradients) are transposed box by box inside the loops,
+  in a per-thread scratch buffer that stays in cache, by 8 x 8 register blocks.
 - **Threads.** ctypes releases the GIL; large calls are split into chunks of box rows or boxes
   (forward), boxes (box gradient) or images (image gradient: each image's pixels are summed by
   one thread, in TF's order, so the result does not depend on the split), taken in turn by the
@@ -273,6 +275,31 @@ def _channels_innermost(x: Tensor) -> Tensor:
     return x.contiguous()
 
 
+def _box_planes(grads: Tensor) -> bool:
+    """Whether the loops should transpose the NHWC view ``grads`` box by box, in a per-thread
+    scratch buffer: float32 whose boxes are contiguous channel planes (an NCHW gradient), with
+    more than a few channels. That replaces the transposed copy of the whole gradient (as large
+    as the crops, written and read back through memory) by one that stays in cache."""
+    _, crop_height, crop_width, depth = grads.shape
+    return (
+        grads.dtype == torch.float32
+        and depth > _FEW_CHANNELS
+        and grads.stride()[1:] == (crop_width, 1, crop_height * crop_width)
+    )
+
+
+def _scratch_of(size: int | None):
+    """A per-thread scratch factory for :func:`_run_split`: ``size`` float32 values, or NULL."""
+
+    def scratch() -> tuple[int | None, Tensor | None]:
+        if size is None:
+            return None, None
+        buffer = torch.empty(size, dtype=torch.float32)
+        return buffer.data_ptr(), buffer
+
+    return scratch
+
+
 def channels_first(x: Tensor) -> Tensor:
     """The contiguous NCHW copy of a contiguous NHWC float32 tensor ``x`` (a result computed
     channels innermost), by the compiled tiled transpose."""
@@ -390,12 +417,7 @@ def fill_crops(
         function = getattr(lib, f"crop_boxes_{suffix}")
         units, scratch_size = num_boxes, 2 * depth * crop_height * crop_width
 
-    def scratch() -> tuple[int | None, Tensor | None]:
-        if not stream:
-            return None, None  # NULL: written in place
-        buffer = torch.empty(scratch_size, dtype=torch.float32)
-        return buffer.data_ptr(), buffer
-
+    scratch = _scratch_of(scratch_size if stream else None)  # without: written in place
     _check(_run_split(function, fixed, units, out.numel(), scratch), indices, batch)
     return None
 
@@ -413,8 +435,11 @@ def fill_grad_image(
     if not (out.numel() and grads.numel()):
         return None
     # Channels innermost for the loops (a plane-strided walk over the channels of every pixel
-    # would thrash the cache); NCHW callers get a transposed copy.
-    grads = _channels_innermost(grads)
+    # would thrash the cache): an NCHW float32 gradient box by box in the loops' scratch, others
+    # as a transposed copy.
+    planes = _box_planes(grads)
+    if not planes:
+        grads = _channels_innermost(grads)
     fixed = (
         *_strided(grads),
         indices.data_ptr(),
@@ -428,7 +453,8 @@ def fill_grad_image(
         batch,
     )
     function = getattr(lib, "grad_image_f32" if out.dtype == torch.float32 else "grad_image_f64")
-    _check(_run_split(function, fixed, batch, grads.numel()), indices, batch)
+    scratch = _scratch_of(crop_height * crop_width * depth if planes else None)
+    _check(_run_split(function, fixed, batch, grads.numel(), scratch), indices, batch)
     return None
 
 
@@ -444,9 +470,12 @@ def fill_grad_boxes(
     num_boxes, crop_height, crop_width, depth = grads.shape
     if not num_boxes:
         return None
-    # TF's order (rows, columns, channels) walks the channels of every pixel: channels innermost.
+    # TF's order (rows, columns, channels) walks the channels of every pixel: channels innermost
+    # (an NCHW float32 gradient box by box in the loops' scratch).
     image = _channels_innermost(image)
-    grads = _channels_innermost(grads)
+    planes = _box_planes(grads)
+    if not planes:
+        grads = _channels_innermost(grads)
     fixed = (
         *_strided(grads),
         *_strided(image),
@@ -461,5 +490,6 @@ def fill_grad_boxes(
         out.data_ptr(),
     )
     function = getattr(lib, f"grad_boxes_{_SUFFIX[image.dtype]}")
-    _check(_run_split(function, fixed, num_boxes, grads.numel()), indices, batch)
+    scratch = _scratch_of(crop_height * crop_width * depth if planes else None)
+    _check(_run_split(function, fixed, num_boxes, grads.numel(), scratch), indices, batch)
     return None
