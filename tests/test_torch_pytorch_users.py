@@ -402,6 +402,33 @@ def test_nchw_gradients_on_threads_equal_nhwc_bit_for_bit(depth, monkeypatch):
     assert torch.equal(got, expected)
 
 
+@pytest.mark.parametrize("depth", [16, 37])
+@pytest.mark.parametrize("crop_size", [(5, 6), (8, 8), (1, 3)])
+@pytest.mark.parametrize("method", METHODS)
+def test_nchw_crops_with_many_channels_equal_nhwc_bit_for_bit(
+    depth, crop_size, method, monkeypatch
+):
+    # float32 NCHW crops are computed 8 samples x 8 channels at a time and transposed in
+    # registers: groups of samples and channels with tails, extrapolated samples, both methods,
+    # boxes split across threads.
+    _native = _native_or_skip()
+    monkeypatch.setattr(_native, "_MIN_WORK_PER_THREAD", 1)
+    generator = torch.Generator().manual_seed(depth)
+    nhwc = torch.randn(2, 9, 13, depth, generator=generator)
+    nhwc[0, 2, 3] = 1e-40  # a subnormal pixel: flushed (denormals-are-zero) on both paths
+    boxes = torch.rand(21, 4, generator=generator) * 1.4 - 0.2  # some samples outside
+    indices = torch.randint(0, 2, (21,), generator=generator)
+    expected = cropcore_torch.crop_and_resize(
+        nhwc, boxes, indices, crop_size, method, 0.25, data_format="channels_last"
+    )
+    got = cropcore_torch.crop_and_resize(
+        nhwc.permute(0, 3, 1, 2).contiguous(), boxes, indices, crop_size, method, 0.25,
+        data_format="channels_first",
+    )  # fmt: skip
+    assert got.is_contiguous()
+    assert torch.equal(got, expected.permute(0, 3, 1, 2))
+
+
 def test_nchw_gradients_are_not_transposed_whole(monkeypatch):
     # The crop-sized gradient is transposed box by box in cache, not copied through memory.
     _native = _native_or_skip()
