@@ -507,3 +507,73 @@ def test_dispatch_modes_still_see_the_op():
             image, torch.tensor(BOXES), torch.tensor(INDICES), 3, validate=False
         )
     assert "cropcore.crop_and_resize.default" in record.ops
+
+
+def _record_gradient_ops(monkeypatch):
+    """Count the calls through torch's dispatcher to the two gradient ops."""
+    calls = []
+    for name in ("crop_and_resize_grad_image", "crop_and_resize_grad_boxes"):
+        op = getattr(torch.ops.cropcore, name)
+
+        def counted(*args, _op=op, _name=name):
+            calls.append(_name)
+            return _op(*args)
+
+        monkeypatch.setattr(torch.ops.cropcore, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("data_format", FORMATS)
+@pytest.mark.parametrize("method", METHODS)
+def test_eager_backward_skips_the_dispatcher_and_equals_the_ops(data_format, method, monkeypatch):
+    image = _image(data_format, depth=6)
+    boxes, indices = torch.tensor(BOXES), torch.tensor(INDICES)
+    channels_first = data_format == "channels_first"
+    expected_image = torch.ops.cropcore.crop_and_resize_grad_image(
+        torch.ones(3, 6, 4, 5) if channels_first else torch.ones(3, 4, 5, 6),
+        boxes, indices, 2, 7, 9, 6, method, torch.float32, channels_first,
+    )  # fmt: skip
+    calls = _record_gradient_ops(monkeypatch)
+    x = image.clone().requires_grad_()
+    b = boxes.clone().requires_grad_()
+    out = cropcore.crop_and_resize(x, b, indices, (4, 5), method, data_format=data_format)
+    out.sum().backward()
+    assert calls == []
+    assert torch.equal(x.grad, expected_image)
+    expected_boxes = torch.ops.cropcore.crop_and_resize_grad_boxes(
+        torch.ones_like(out), image, boxes, indices, channels_first
+    )
+    assert torch.equal(b.grad, expected_boxes)
+
+
+def test_backward_with_create_graph_still_goes_through_the_ops(monkeypatch):
+    # A double backward needs the gradient ops' own autograd.
+    calls = _record_gradient_ops(monkeypatch)
+    image = _image("channels_last").requires_grad_()
+    out = cropcore.crop_and_resize(image, torch.tensor(BOXES), torch.tensor(INDICES), (4, 5))
+    (grad,) = torch.autograd.grad(out.square().sum(), image, create_graph=True)
+    assert calls == ["crop_and_resize_grad_image"]
+    grad.sum().backward()
+    assert image.grad is not None
+
+
+def test_dispatch_modes_see_the_gradient_ops():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    image = _image("channels_last").requires_grad_()
+    boxes = torch.tensor(BOXES, requires_grad=True)
+    with Record() as record:
+        out = cropcore_torch.crop_and_resize(image, boxes, torch.tensor(INDICES), 3)
+        out.sum().backward()
+    assert "cropcore.crop_and_resize.default" in record.ops
+    assert "cropcore.crop_and_resize_grad_image.default" in record.ops
+    assert "cropcore.crop_and_resize_grad_boxes.default" in record.ops

@@ -28,6 +28,7 @@ the torch kernels of :mod:`cropcore_torch.kernels`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -157,10 +158,16 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward(ctx, grad: Tensor):
     image, boxes, box_indices = ctx.saved_tensors
     grad_image = grad_boxes = None
+    # Without create_graph, a plain eager CPU backward runs the gradient ops' implementations
+    # directly (see _direct): the dispatcher would cost as much as a small call's arithmetic.
+    direct = not torch.is_grad_enabled() and _direct(grad, boxes)
     if ctx.needs_input_grad[0]:
         # bfloat16 (no TensorFlow kernel): accumulated in float32, rounded to bfloat16 once.
         bfloat16 = ctx.image_dtype == torch.bfloat16
-        grad_image = torch.ops.cropcore.crop_and_resize_grad_image(
+        grad_image_op: Callable[..., Tensor] = (
+            _grad_image_impl if direct else torch.ops.cropcore.crop_and_resize_grad_image
+        )
+        grad_image = grad_image_op(
             grad,
             boxes,
             box_indices,
@@ -173,17 +180,36 @@ def _backward(ctx, grad: Tensor):
             grad_image = grad_image.to(torch.bfloat16)
     if ctx.needs_input_grad[1]:
         # TF: "we still approximate grad1 using the gradient derived from bilinear sampling".
-        grad_boxes = torch.ops.cropcore.crop_and_resize_grad_boxes(
-            grad, image, boxes, box_indices, ctx.channels_first
+        grad_boxes_op = (
+            _grad_boxes_impl if direct else torch.ops.cropcore.crop_and_resize_grad_boxes
         )
+        grad_boxes = grad_boxes_op(grad, image, boxes, box_indices, ctx.channels_first)
     return grad_image, grad_boxes, None, None, None, None, None, None
 
 
 _crop_and_resize.register_autograd(_backward, setup_context=_setup_context)
 
 
-@torch.library.custom_op("cropcore::crop_and_resize_grad_image", mutates_args=())
-def _grad_image(
+class _EagerCropAndResize(torch.autograd.Function):
+    """The op with its autograd for plain eager CPU calls that need gradients (see
+    :func:`_eager_autograd`): the op's implementation, context and backward, called without the
+    dispatcher and the custom op's autograd wrapper (together about 40 us of a small call).
+    Everything that must see the op (autocast, tracing, modes, functorch, torch.compile) gets
+    the op."""
+
+    @staticmethod
+    def forward(ctx, image, boxes, box_indices, crop_height, crop_width, method, value, first):
+        inputs = (image, boxes, box_indices, crop_height, crop_width, method, value, first)
+        output = _crop_and_resize_impl(*inputs)
+        _setup_context(ctx, inputs, output)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _backward(ctx, grad)
+
+
+def _grad_image_impl(
     grads: Tensor,
     boxes: Tensor,
     box_indices: Tensor,
@@ -215,6 +241,11 @@ def _grad_image(
     return _own(_native.channels_first(result) if transpose else result)
 
 
+_grad_image = torch.library.custom_op("cropcore::crop_and_resize_grad_image", mutates_args=())(
+    _grad_image_impl
+)
+
+
 @_grad_image.register_fake
 def _grad_image_fake(
     grads, boxes, box_indices, batch, height, width, depth, method, dtype, channels_first
@@ -223,8 +254,7 @@ def _grad_image_fake(
     return grads.new_empty(shape, dtype=dtype)
 
 
-@torch.library.custom_op("cropcore::crop_and_resize_grad_boxes", mutates_args=())
-def _grad_boxes(
+def _grad_boxes_impl(
     grads: Tensor, image: Tensor, boxes: Tensor, box_indices: Tensor, channels_first: bool
 ) -> Tensor:
     image = _checked_image(image)
@@ -238,6 +268,11 @@ def _grad_boxes(
             fill=_native.fill_grad_boxes if _native_for(image) else None,
         )
     )
+
+
+_grad_boxes = torch.library.custom_op("cropcore::crop_and_resize_grad_boxes", mutates_args=())(
+    _grad_boxes_impl
+)
 
 
 @_grad_boxes.register_fake
@@ -308,7 +343,10 @@ def run_crop_and_resize(call: CropAndResizeCall) -> Tensor:
     """
     image = call.image
     boxes, box_indices = _on(image.device, call.boxes, call.box_indices)
-    op = _crop_and_resize_impl if _direct(image, boxes) else torch.ops.cropcore.crop_and_resize
+    if _direct(image, boxes):
+        op = _crop_and_resize_impl if not _needs_grad(image, boxes) else _EagerCropAndResize.apply
+    else:
+        op = torch.ops.cropcore.crop_and_resize
     return op(
         image,
         boxes,
@@ -320,15 +358,18 @@ def run_crop_and_resize(call: CropAndResizeCall) -> Tensor:
     )
 
 
+def _needs_grad(image: Tensor, boxes: Tensor) -> bool:
+    return torch.is_grad_enabled() and (image.requires_grad or boxes.requires_grad)
+
+
 def _direct(image: Tensor, boxes: Tensor) -> bool:
     """Whether the op's implementation may run without the dispatcher: plain CPU tensors in eager
-    mode that need no autograd, with nothing the dispatcher would apply (autocast, a trace, a torch
-    function or dispatch mode, a functorch transform)."""
+    mode, with nothing the dispatcher would apply (autocast, a trace, a torch function or dispatch
+    mode, a functorch transform). With autograd, through :class:`_EagerCropAndResize`."""
     return (
         type(image) is Tensor
         and type(boxes) is Tensor
         and image.is_cpu
-        and not (torch.is_grad_enabled() and (image.requires_grad or boxes.requires_grad))
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
         and not torch.jit.is_tracing()
