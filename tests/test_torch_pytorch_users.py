@@ -577,3 +577,32 @@ def test_dispatch_modes_see_the_gradient_ops():
     assert "cropcore.crop_and_resize.default" in record.ops
     assert "cropcore.crop_and_resize_grad_image.default" in record.ops
     assert "cropcore.crop_and_resize_grad_boxes.default" in record.ops
+
+
+@pytest.mark.parametrize("data_format", FORMATS)
+def test_eager_image_gradient_reuses_the_forward_sample_tables(data_format, monkeypatch):
+    from cropcore_torch import _native
+
+    if not _native.available():
+        pytest.skip(_native.status())
+    computed = []
+    real = _native._sample_tables
+
+    def counted(*args, **kwargs):
+        computed.append(kwargs.get("ratio_first", False))
+        return real(*args, **kwargs)
+
+    image = _image(data_format, depth=6)
+    boxes, indices = torch.tensor(BOXES), torch.tensor(INDICES)
+    x = image.clone().requires_grad_()
+    out = cropcore.crop_and_resize(x, boxes, indices, (4, 5), data_format=data_format)
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    expected = torch.ops.cropcore.crop_and_resize_grad_image(
+        upstream, boxes, indices, *(2, 7, 9, 6), "bilinear", torch.float32,
+        data_format == "channels_first",
+    )  # fmt: skip
+    monkeypatch.setattr(_native, "_sample_tables", counted)
+    x.grad = None
+    cropcore.crop_and_resize(x, boxes, indices, (4, 5), data_format=data_format).backward(upstream)
+    assert computed == [False]  # the forward's, once
+    assert torch.equal(x.grad, expected)

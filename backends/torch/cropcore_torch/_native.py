@@ -375,9 +375,17 @@ def fill_crops(
     box_indices: Tensor,
     method: str,
     extrapolation_value: float,
+    *,
+    keep: list | None = None,
 ) -> None:
-    """:func:`cropcore_torch.kernels.fill_crops` on CPU tensors, in one compiled pass."""
+    """:func:`cropcore_torch.kernels.fill_crops` on CPU tensors, in one compiled pass.
+
+    ``keep``: a list that receives the loops' box indices and sample tables (``None`` for sizes
+    the torch ops run), which :func:`fill_grad_image` of the same boxes can reuse.
+    """
     loops = _loops(boxes, box_indices, image.shape, out.shape)
+    if keep is not None:
+        keep.append(loops)
     if loops is None:
         return kernels.fill_crops(out, image, boxes, box_indices, method, extrapolation_value)
     lib, indices, tables = loops
@@ -423,10 +431,21 @@ def fill_crops(
 
 
 def fill_grad_image(
-    out: Tensor, grads: Tensor, boxes: Tensor, box_indices: Tensor, method: str
+    out: Tensor,
+    grads: Tensor,
+    boxes: Tensor,
+    box_indices: Tensor,
+    method: str,
+    *,
+    loops: _Loops | None = None,
 ) -> None:
-    """:func:`cropcore_torch.kernels.fill_grad_image` for float32/float64 results, compiled."""
-    loops = _loops(boxes, box_indices, out.shape, grads.shape)
+    """:func:`cropcore_torch.kernels.fill_grad_image` for float32/float64 results, compiled.
+
+    ``loops``: what :func:`fill_crops` kept for the forward pass of the same boxes, box indices
+    and image size (the same sample tables; ``grads`` has that forward result's shape).
+    """
+    if loops is None:
+        loops = _loops(boxes, box_indices, out.shape, grads.shape)
     if loops is None:
         return kernels.fill_grad_image(out, grads, boxes, box_indices, method)
     lib, indices, tables = loops

@@ -29,6 +29,7 @@ the torch kernels of :mod:`cropcore_torch.kernels`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -98,8 +99,15 @@ def _crop_and_resize_impl(
     method: str,
     extrapolation_value: float,
     channels_first: bool,
+    *,
+    keep: list | None = None,
 ) -> Tensor:
+    # keep (not part of the op's schema: only _EagerCropAndResize passes it): receives the compiled
+    # loops' sample tables, for the image gradient of the same call to reuse.
     image = _checked_image(image)
+    fill = None
+    if _native_for(image):
+        fill = _native.fill_crops if keep is None else partial(_native.fill_crops, keep=keep)
     return _own(
         kernels.crop_and_resize(
             image,
@@ -109,14 +117,30 @@ def _crop_and_resize_impl(
             method,
             extrapolation_value,
             channels_first,
-            fill=_native.fill_crops if _native_for(image) else None,
+            fill=fill,
         )
     )
 
 
+def _crop_and_resize_op_impl(
+    image: Tensor,
+    boxes: Tensor,
+    box_indices: Tensor,
+    crop_height: int,
+    crop_width: int,
+    method: str,
+    extrapolation_value: float,
+    channels_first: bool,
+) -> Tensor:
+    return _crop_and_resize_impl(
+        image, boxes, box_indices, crop_height, crop_width, method, extrapolation_value,
+        channels_first,
+    )  # fmt: skip
+
+
 # The op; its implementation is also called directly by eager calls (run_crop_and_resize).
 _crop_and_resize = torch.library.custom_op("cropcore::crop_and_resize", mutates_args=())(
-    _crop_and_resize_impl
+    _crop_and_resize_op_impl
 )
 
 
@@ -167,15 +191,15 @@ def _backward(ctx, grad: Tensor):
         grad_image_op: Callable[..., Tensor] = (
             _grad_image_impl if direct else torch.ops.cropcore.crop_and_resize_grad_image
         )
-        grad_image = grad_image_op(
-            grad,
-            boxes,
-            box_indices,
-            *ctx.image_shape,
-            ctx.method,
-            torch.float32 if bfloat16 else ctx.image_dtype,
-            ctx.channels_first,
-        )
+        args = (
+            grad, boxes, box_indices, *ctx.image_shape, ctx.method,
+            torch.float32 if bfloat16 else ctx.image_dtype, ctx.channels_first,
+        )  # fmt: skip
+        tables = getattr(ctx, "tables", None)  # the forward's, from _EagerCropAndResize
+        if direct and tables is not None:
+            grad_image = _grad_image_impl(*args, loops=tables)
+        else:
+            grad_image = grad_image_op(*args)
         if bfloat16:
             grad_image = grad_image.to(torch.bfloat16)
     if ctx.needs_input_grad[1]:
@@ -200,8 +224,11 @@ class _EagerCropAndResize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, image, boxes, box_indices, crop_height, crop_width, method, value, first):
         inputs = (image, boxes, box_indices, crop_height, crop_width, method, value, first)
-        output = _crop_and_resize_impl(*inputs)
+        keep: list = []
+        output = _crop_and_resize_impl(*inputs, keep=keep)
         _setup_context(ctx, inputs, output)
+        # The compiled loops' sample tables and checked box indices: the image gradient's too.
+        ctx.tables = keep[0] if keep and ctx.needs_input_grad[0] else None
         return output
 
     @staticmethod
@@ -220,7 +247,10 @@ def _grad_image_impl(
     method: str,
     dtype: torch.dtype,
     channels_first: bool,
+    *,
+    loops: Any = None,
 ) -> Tensor:
+    # loops (not part of the op's schema): the forward's tables, kept by _native.fill_crops
     if dtype not in _GRAD_DTYPES:
         raise TypeError(f"dtype must be float16, float32 or float64, got {dtype}")
     # The compiled loops accumulate in float32 or float64; float16 sums go through torch.
@@ -236,13 +266,38 @@ def _grad_image_impl(
         method,
         dtype,
         channels_first and not transpose,
-        fill=_native.fill_grad_image if native else None,
+        fill=_grad_image_fill(native, loops),
     )
     return _own(_native.channels_first(result) if transpose else result)
 
 
+def _grad_image_fill(native: bool, loops: Any) -> Callable[..., None] | None:
+    if not native:
+        return None
+    if loops is None:
+        return _native.fill_grad_image
+    return partial(_native.fill_grad_image, loops=loops)
+
+
+def _grad_image_op_impl(
+    grads: Tensor,
+    boxes: Tensor,
+    box_indices: Tensor,
+    batch: int,
+    height: int,
+    width: int,
+    depth: int,
+    method: str,
+    dtype: torch.dtype,
+    channels_first: bool,
+) -> Tensor:
+    return _grad_image_impl(
+        grads, boxes, box_indices, batch, height, width, depth, method, dtype, channels_first
+    )
+
+
 _grad_image = torch.library.custom_op("cropcore::crop_and_resize_grad_image", mutates_args=())(
-    _grad_image_impl
+    _grad_image_op_impl
 )
 
 
