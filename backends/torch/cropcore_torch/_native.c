@@ -75,16 +75,21 @@ static inline void prefetch_block(const float* p, i64 n) {
 static void transpose_f32(const float* s, i64 D, i64 P, float* t) {
     i64 d_done = 0; /* rows of s already transposed by 8 x 8 blocks */
 #if defined(__AVX__)
+    /* Tiles of 64 x 64 (16 KB read, 16 KB written: both stay in L1), 8 x 8 blocks inside. */
     d_done = D & ~(i64)7;
-    for (i64 d0 = 0; d0 < d_done; d0 += 16) {
-        const i64 d1 = d0 + 16 < d_done ? d0 + 16 : d_done;
-        i64 i = 0;
-        for (; i + 8 <= P; i += 8)
-            for (i64 d = d0; d < d1; d += 8) transpose8_f32(s + d * P + i, P, t + i * D + d, D);
-        for (; i < P; ++i) { /* the last P % 8 columns of s */
-            float* row = t + i * D;
-            for (i64 d = d0; d < d1; ++d) row[d] = s[d * P + i];
+    const i64 p_done = P & ~(i64)7;
+    for (i64 i0 = 0; i0 < p_done; i0 += 64) {
+        const i64 i1 = i0 + 64 < p_done ? i0 + 64 : p_done;
+        for (i64 d0 = 0; d0 < d_done; d0 += 64) {
+            const i64 d1 = d0 + 64 < d_done ? d0 + 64 : d_done;
+            for (i64 i = i0; i < i1; i += 8)
+                for (i64 d = d0; d < d1; d += 8)
+                    transpose8_f32(s + d * P + i, P, t + i * D + d, D);
         }
+    }
+    for (i64 i = p_done; i < P; ++i) { /* the last P % 8 columns of s */
+        float* row = t + i * D;
+        for (i64 d = 0; d < d_done; ++d) row[d] = s[d * P + i];
     }
 #endif
     for (i64 d0 = d_done; d0 < D; d0 += 16) {
