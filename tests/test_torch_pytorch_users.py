@@ -606,3 +606,14 @@ def test_eager_image_gradient_reuses_the_forward_sample_tables(data_format, monk
     cropcore.crop_and_resize(x, boxes, indices, (4, 5), data_format=data_format).backward(upstream)
     assert computed == [False]  # the forward's, once
     assert torch.equal(x.grad, expected)
+
+
+def test_a_one_channel_result_is_not_copied_to_channels_first():
+    from cropcore_torch import _native
+
+    nhwc = torch.randn(2, 5, 6, 1)
+    planes = _native.channels_first(nhwc)
+    assert planes.shape == (2, 1, 5, 6)
+    assert planes.is_contiguous()
+    assert planes.data_ptr() == nhwc.data_ptr()
+    assert torch.equal(planes, nhwc.permute(0, 3, 1, 2))

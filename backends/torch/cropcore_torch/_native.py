@@ -304,8 +304,11 @@ def channels_first(x: Tensor) -> Tensor:
     """The contiguous NCHW copy of a contiguous NHWC float32 tensor ``x`` (a result computed
     channels innermost), by the compiled tiled transpose."""
     n, height, width, depth = x.shape
+    planes = x.permute(0, 3, 1, 2)
+    if planes.is_contiguous():  # one channel (or one pixel): the same memory, nothing to move
+        return planes
     if not (n and height * width and depth):
-        return x.permute(0, 3, 1, 2).contiguous()
+        return planes.contiguous()
     return _transposed(x, height * width, depth).view(n, depth, height, width)
 
 
