@@ -393,8 +393,9 @@ for _op in (_crop_and_resize, _grad_image, _grad_boxes):
 def run_crop_and_resize(call: CropAndResizeCall) -> Tensor:
     """The op ``cropcore::crop_and_resize`` on a canonical call (boxes moved to the image's device).
 
-    A plain eager CPU call that needs no autograd runs the op's implementation directly: the same
-    function the dispatcher would reach, without its cost (about 25 us of a small call).
+    A plain eager CPU call runs the op's implementation directly: the same function the
+    dispatcher would reach, without its cost (about 25 us of a small call); with autograd, through
+    :class:`_EagerCropAndResize`.
     """
     image = call.image
     boxes, box_indices = _on(image.device, call.boxes, call.box_indices)
