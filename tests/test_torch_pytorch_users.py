@@ -617,3 +617,14 @@ def test_a_one_channel_result_is_not_copied_to_channels_first():
     assert planes.is_contiguous()
     assert planes.data_ptr() == nhwc.data_ptr()
     assert torch.equal(planes, nhwc.permute(0, 3, 1, 2))
+
+
+def test_boxes_changed_in_place_before_the_eager_backward_are_refused():
+    # The image gradient reuses the forward's sample tables: boxes changed in between must not
+    # silently give the old boxes' gradient (autograd's version check on the saved boxes).
+    image = _image("channels_last").requires_grad_()
+    boxes = torch.tensor(BOXES)
+    out = cropcore.crop_and_resize(image, boxes, torch.tensor(INDICES), (4, 5))
+    boxes.add_(0.01)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
