@@ -628,3 +628,17 @@ def test_boxes_changed_in_place_before_the_eager_backward_are_refused():
     boxes.add_(0.01)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.sum().backward()
+
+
+def test_a_result_that_is_a_view_of_its_whole_base_is_returned_as_the_base():
+    # An NHWC result (an identity permute of its memory) or an NCHW one (the permute of the
+    # permute back): no new tensor over the same storage is needed, the base is that tensor.
+    from cropcore_torch import ops
+
+    memory = torch.empty(2, 3, 4, 5)
+    assert ops._own(memory.permute(0, 1, 2, 3)) is memory
+    assert ops._own(memory.permute(0, 2, 3, 1).permute(0, 3, 1, 2)) is memory
+    sliced = ops._own(memory[1:])  # a part of its base: a tensor of its own over that storage
+    assert sliced._base is None
+    assert sliced.data_ptr() == memory[1:].data_ptr()
+    assert sliced.shape == (1, 3, 4, 5)

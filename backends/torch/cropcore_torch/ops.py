@@ -82,8 +82,16 @@ def _own(result: Tensor) -> Tensor:
     (``crops.sub_(mean)``, ``nn.ReLU(inplace=True)`` after the layer); ``Tensor.set_`` makes a
     tensor without a base, over the same storage, which it allows. No data is copied.
     """
-    if result._base is None:
+    base = result._base
+    if base is None:
         return result
+    if (  # a view with the whole of its base's geometry (an identity permute): the base itself
+        base.shape == result.shape
+        and base.stride() == result.stride()
+        and base.storage_offset() == result.storage_offset()
+        and base.dtype == result.dtype
+    ):
+        return base
     own = result.new_empty((0,))
     return own.set_(
         result.untyped_storage(), result.storage_offset(), result.shape, result.stride()
