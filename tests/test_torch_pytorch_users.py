@@ -356,6 +356,102 @@ def test_nchw_with_many_channels_equals_nhwc_bit_for_bit(native, cropcore_env):
     assert torch.equal(boxes_grad_cf, boxes_grad)
 
 
+def _native_or_skip():
+    from cropcore_torch import _native
+
+    if not _native.available():
+        pytest.skip(_native.status())
+    return _native
+
+
+@pytest.mark.parametrize("shape", [(3, 13, 21), (2, 8, 8), (1, 17, 9), (2, 256, 49), (1, 5, 3)])
+def test_the_compiled_transpose_equals_torchs(shape):
+    # 8 x 8 register blocks and the scalar tails (rows and columns not multiples of 8)
+    _native = _native_or_skip()
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(_native._transposed(x, shape[1], shape[2]), x.transpose(1, 2))
+
+
+@pytest.mark.parametrize("depth", [37, 64])
+def test_nchw_gradients_on_threads_equal_nhwc_bit_for_bit(depth, monkeypatch):
+    # NCHW gradients transposed box by box in each thread's scratch (depth 37: the transposes'
+    # scalar tails); every thread's share of the boxes and images must sum as the NHWC call does.
+    _native = _native_or_skip()
+    monkeypatch.setattr(_native, "_MIN_WORK_PER_THREAD", 1)
+    generator = torch.Generator().manual_seed(7)
+    nhwc = torch.randn(3, 10, 12, depth, generator=generator)
+    boxes = torch.rand(25, 4, generator=generator) * 1.2 - 0.1
+    indices = torch.randint(0, 3, (25,), generator=generator)
+    upstream = torch.randn(25, 6, 5, depth, generator=generator)
+    upstream_cf = upstream.permute(0, 3, 1, 2).contiguous()
+    for method in METHODS:
+        expected = cropcore_torch.crop_and_resize_grad_image(
+            upstream, boxes, indices, nhwc.shape, method
+        )
+        got = cropcore_torch.crop_and_resize_grad_image(
+            upstream_cf, boxes, indices, (3, depth, 10, 12), method, data_format="channels_first"
+        )
+        assert torch.equal(got, expected.permute(0, 3, 1, 2))
+    expected = cropcore_torch.crop_and_resize_grad_boxes(
+        upstream, nhwc, boxes, indices, data_format="channels_last"
+    )
+    got = cropcore_torch.crop_and_resize_grad_boxes(
+        upstream_cf, nhwc.permute(0, 3, 1, 2).contiguous(), boxes, indices,
+        data_format="channels_first",
+    )  # fmt: skip
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("depth", [16, 37])
+@pytest.mark.parametrize("crop_size", [(5, 6), (8, 8), (1, 3)])
+@pytest.mark.parametrize("method", METHODS)
+def test_nchw_crops_with_many_channels_equal_nhwc_bit_for_bit(
+    depth, crop_size, method, monkeypatch
+):
+    # float32 NCHW crops are computed 8 samples x 8 channels at a time and transposed in
+    # registers: groups of samples and channels with tails, extrapolated samples, both methods,
+    # boxes split across threads.
+    _native = _native_or_skip()
+    monkeypatch.setattr(_native, "_MIN_WORK_PER_THREAD", 1)
+    generator = torch.Generator().manual_seed(depth)
+    nhwc = torch.randn(2, 9, 13, depth, generator=generator)
+    nhwc[0, 2, 3] = 1e-40  # a subnormal pixel: flushed (denormals-are-zero) on both paths
+    boxes = torch.rand(21, 4, generator=generator) * 1.4 - 0.2  # some samples outside
+    indices = torch.randint(0, 2, (21,), generator=generator)
+    expected = cropcore_torch.crop_and_resize(
+        nhwc, boxes, indices, crop_size, method, 0.25, data_format="channels_last"
+    )
+    got = cropcore_torch.crop_and_resize(
+        nhwc.permute(0, 3, 1, 2).contiguous(), boxes, indices, crop_size, method, 0.25,
+        data_format="channels_first",
+    )  # fmt: skip
+    assert got.is_contiguous()
+    assert torch.equal(got, expected.permute(0, 3, 1, 2))
+
+
+def test_nchw_gradients_are_not_transposed_whole(monkeypatch):
+    # The crop-sized gradient is transposed box by box in cache, not copied through memory.
+    _native = _native_or_skip()
+    transposed = []
+    real = _native._transposed
+
+    def record(x, rows, cols):
+        transposed.append(x.numel())
+        return real(x, rows, cols)
+
+    monkeypatch.setattr(_native, "_transposed", record)
+    image = torch.randn(2, 40, 9, 11)
+    boxes, indices = torch.tensor(BOXES), torch.tensor(INDICES)
+    grads = torch.randn(3, 40, 4, 5)
+    cropcore_torch.crop_and_resize_grad_image(
+        grads, boxes, indices, image.shape, data_format="channels_first"
+    )
+    cropcore_torch.crop_and_resize_grad_boxes(
+        grads, image, boxes, indices, data_format="channels_first"
+    )
+    assert grads.numel() not in transposed
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("function", ["cropcore", "cropcore_torch", "unchecked"])
 def test_the_channels_warning_does_not_break_a_fullgraph_compile(function):
@@ -411,3 +507,138 @@ def test_dispatch_modes_still_see_the_op():
             image, torch.tensor(BOXES), torch.tensor(INDICES), 3, validate=False
         )
     assert "cropcore.crop_and_resize.default" in record.ops
+
+
+def _record_gradient_ops(monkeypatch):
+    """Count the calls through torch's dispatcher to the two gradient ops."""
+    calls = []
+    for name in ("crop_and_resize_grad_image", "crop_and_resize_grad_boxes"):
+        op = getattr(torch.ops.cropcore, name)
+
+        def counted(*args, _op=op, _name=name):
+            calls.append(_name)
+            return _op(*args)
+
+        monkeypatch.setattr(torch.ops.cropcore, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("data_format", FORMATS)
+@pytest.mark.parametrize("method", METHODS)
+def test_eager_backward_skips_the_dispatcher_and_equals_the_ops(data_format, method, monkeypatch):
+    image = _image(data_format, depth=6)
+    boxes, indices = torch.tensor(BOXES), torch.tensor(INDICES)
+    channels_first = data_format == "channels_first"
+    expected_image = torch.ops.cropcore.crop_and_resize_grad_image(
+        torch.ones(3, 6, 4, 5) if channels_first else torch.ones(3, 4, 5, 6),
+        boxes, indices, 2, 7, 9, 6, method, torch.float32, channels_first,
+    )  # fmt: skip
+    calls = _record_gradient_ops(monkeypatch)
+    x = image.clone().requires_grad_()
+    b = boxes.clone().requires_grad_()
+    out = cropcore.crop_and_resize(x, b, indices, (4, 5), method, data_format=data_format)
+    out.sum().backward()
+    assert calls == []
+    assert torch.equal(x.grad, expected_image)
+    expected_boxes = torch.ops.cropcore.crop_and_resize_grad_boxes(
+        torch.ones_like(out), image, boxes, indices, channels_first
+    )
+    assert torch.equal(b.grad, expected_boxes)
+
+
+def test_backward_with_create_graph_still_goes_through_the_ops(monkeypatch):
+    # A double backward needs the gradient ops' own autograd.
+    calls = _record_gradient_ops(monkeypatch)
+    image = _image("channels_last").requires_grad_()
+    out = cropcore.crop_and_resize(image, torch.tensor(BOXES), torch.tensor(INDICES), (4, 5))
+    (grad,) = torch.autograd.grad(out.square().sum(), image, create_graph=True)
+    assert calls == ["crop_and_resize_grad_image"]
+    grad.sum().backward()
+    assert image.grad is not None
+
+
+def test_dispatch_modes_see_the_gradient_ops():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    image = _image("channels_last").requires_grad_()
+    boxes = torch.tensor(BOXES, requires_grad=True)
+    with Record() as record:
+        out = cropcore_torch.crop_and_resize(image, boxes, torch.tensor(INDICES), 3)
+        out.sum().backward()
+    assert "cropcore.crop_and_resize.default" in record.ops
+    assert "cropcore.crop_and_resize_grad_image.default" in record.ops
+    assert "cropcore.crop_and_resize_grad_boxes.default" in record.ops
+
+
+@pytest.mark.parametrize("data_format", FORMATS)
+def test_eager_image_gradient_reuses_the_forward_sample_tables(data_format, monkeypatch):
+    from cropcore_torch import _native
+
+    if not _native.available():
+        pytest.skip(_native.status())
+    computed = []
+    real = _native._sample_tables
+
+    def counted(*args, **kwargs):
+        computed.append(kwargs.get("ratio_first", False))
+        return real(*args, **kwargs)
+
+    image = _image(data_format, depth=6)
+    boxes, indices = torch.tensor(BOXES), torch.tensor(INDICES)
+    x = image.clone().requires_grad_()
+    out = cropcore.crop_and_resize(x, boxes, indices, (4, 5), data_format=data_format)
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    expected = torch.ops.cropcore.crop_and_resize_grad_image(
+        upstream, boxes, indices, *(2, 7, 9, 6), "bilinear", torch.float32,
+        data_format == "channels_first",
+    )  # fmt: skip
+    monkeypatch.setattr(_native, "_sample_tables", counted)
+    x.grad = None
+    cropcore.crop_and_resize(x, boxes, indices, (4, 5), data_format=data_format).backward(upstream)
+    assert computed == [False]  # the forward's, once
+    assert torch.equal(x.grad, expected)
+
+
+def test_a_one_channel_result_is_not_copied_to_channels_first():
+    from cropcore_torch import _native
+
+    nhwc = torch.randn(2, 5, 6, 1)
+    planes = _native.channels_first(nhwc)
+    assert planes.shape == (2, 1, 5, 6)
+    assert planes.is_contiguous()
+    assert planes.data_ptr() == nhwc.data_ptr()
+    assert torch.equal(planes, nhwc.permute(0, 3, 1, 2))
+
+
+def test_boxes_changed_in_place_before_the_eager_backward_are_refused():
+    # The image gradient reuses the forward's sample tables: boxes changed in between must not
+    # silently give the old boxes' gradient (autograd's version check on the saved boxes).
+    image = _image("channels_last").requires_grad_()
+    boxes = torch.tensor(BOXES)
+    out = cropcore.crop_and_resize(image, boxes, torch.tensor(INDICES), (4, 5))
+    boxes.add_(0.01)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
+def test_a_result_that_is_a_view_of_its_whole_base_is_returned_as_the_base():
+    # An NHWC result (an identity permute of its memory) or an NCHW one (the permute of the
+    # permute back): no new tensor over the same storage is needed, the base is that tensor.
+    from cropcore_torch import ops
+
+    memory = torch.empty(2, 3, 4, 5)
+    assert ops._own(memory.permute(0, 1, 2, 3)) is memory
+    assert ops._own(memory.permute(0, 2, 3, 1).permute(0, 3, 1, 2)) is memory
+    sliced = ops._own(memory[1:])  # a part of its base: a tensor of its own over that storage
+    assert sliced._base is None
+    assert sliced.data_ptr() == memory[1:].data_ptr()
+    assert sliced.shape == (1, 3, 4, 5)

@@ -75,9 +75,9 @@ def _signatures() -> dict[str, list]:
     crop = [_PTR, _I64, _I64, _I64, _I64, _I64, _PTR, _I64, _I64, _I64, *_TABLES, _INT, _F32]
     crop += [_PTR, _I64, _I64, _I64, _I64, _PTR, _I64, _I64]
     boxes = [_PTR, _I64, _I64, _I64, _I64, _PTR, _I64, _I64, _I64, _I64, _I64, _I64, _I64]
-    boxes += [_PTR, _I64, _I64, _I64, *_TABLES, _PTR, _I64, _I64]
+    boxes += [_PTR, _I64, _I64, _I64, *_TABLES, _PTR, _PTR, _I64, _I64]
     image = [_PTR, _I64, _I64, _I64, _I64, _PTR, _I64, _I64, _I64, _I64, *_TABLES, _INT]
-    image += [_PTR, _I64, _I64, _I64, _I64, _I64, _I64, _I64]
+    image += [_PTR, _I64, _I64, _I64, _I64, _I64, _PTR, _I64, _I64]
     names = {f"crop_{s}": crop for s in _SUFFIX.values()}
     names.update({f"crop_boxes_{s}": crop for s in _SUFFIX.values()})
     names.update({f"grad_boxes_{s}": boxes for s in _SUFFIX.values()})

@@ -24,6 +24,8 @@ Requirements:
   channels-last and sliced tensors are read and written in place; only NCHW tensors with more
   than :data:`_FEW_CHANNELS` channels are first transposed to channels innermost (when that costs
   less than the result), because walking channel planes per sample reads a cache line per value.
+  Crop-sized NCHW tensors (results, float32 gradients) are transposed box by box inside the loops,
+  in a per-thread scratch buffer that stays in cache, by 8 x 8 register blocks.
 - **Threads.** ctypes releases the GIL; large calls are split into chunks of box rows or boxes
   (forward), boxes (box gradient) or images (image gradient: each image's pixels are summed by
   one thread, in TF's order, so the result does not depend on the split), taken in turn by the
@@ -273,12 +275,40 @@ def _channels_innermost(x: Tensor) -> Tensor:
     return x.contiguous()
 
 
+def _box_planes(grads: Tensor) -> bool:
+    """Whether the loops should transpose the NHWC view ``grads`` box by box, in a per-thread
+    scratch buffer: float32 whose boxes are contiguous channel planes (an NCHW gradient), with
+    more than a few channels. That replaces the transposed copy of the whole gradient (as large
+    as the crops, written and read back through memory) by one that stays in cache."""
+    _, crop_height, crop_width, depth = grads.shape
+    return (
+        grads.dtype == torch.float32
+        and depth > _FEW_CHANNELS
+        and grads.stride()[1:] == (crop_width, 1, crop_height * crop_width)
+    )
+
+
+def _scratch_of(size: int | None):
+    """A per-thread scratch factory for :func:`_run_split`: ``size`` float32 values, or NULL."""
+
+    def scratch() -> tuple[int | None, Tensor | None]:
+        if size is None:
+            return None, None
+        buffer = torch.empty(size, dtype=torch.float32)
+        return buffer.data_ptr(), buffer
+
+    return scratch
+
+
 def channels_first(x: Tensor) -> Tensor:
     """The contiguous NCHW copy of a contiguous NHWC float32 tensor ``x`` (a result computed
     channels innermost), by the compiled tiled transpose."""
     n, height, width, depth = x.shape
+    planes = x.permute(0, 3, 1, 2)
+    if planes.is_contiguous():  # one channel (or one pixel): the same memory, nothing to move
+        return planes
     if not (n and height * width and depth):
-        return x.permute(0, 3, 1, 2).contiguous()
+        return planes.contiguous()
     return _transposed(x, height * width, depth).view(n, depth, height, width)
 
 
@@ -348,9 +378,17 @@ def fill_crops(
     box_indices: Tensor,
     method: str,
     extrapolation_value: float,
+    *,
+    keep: list | None = None,
 ) -> None:
-    """:func:`cropcore_torch.kernels.fill_crops` on CPU tensors, in one compiled pass."""
+    """:func:`cropcore_torch.kernels.fill_crops` on CPU tensors, in one compiled pass.
+
+    ``keep``: a list that receives the loops' box indices and sample tables (``None`` for sizes
+    the torch ops run), which :func:`fill_grad_image` of the same boxes can reuse.
+    """
     loops = _loops(boxes, box_indices, image.shape, out.shape)
+    if keep is not None:
+        keep.append(loops)
     if loops is None:
         return kernels.fill_crops(out, image, boxes, box_indices, method, extrapolation_value)
     lib, indices, tables = loops
@@ -390,21 +428,27 @@ def fill_crops(
         function = getattr(lib, f"crop_boxes_{suffix}")
         units, scratch_size = num_boxes, 2 * depth * crop_height * crop_width
 
-    def scratch() -> tuple[int | None, Tensor | None]:
-        if not stream:
-            return None, None  # NULL: written in place
-        buffer = torch.empty(scratch_size, dtype=torch.float32)
-        return buffer.data_ptr(), buffer
-
+    scratch = _scratch_of(scratch_size if stream else None)  # without: written in place
     _check(_run_split(function, fixed, units, out.numel(), scratch), indices, batch)
     return None
 
 
 def fill_grad_image(
-    out: Tensor, grads: Tensor, boxes: Tensor, box_indices: Tensor, method: str
+    out: Tensor,
+    grads: Tensor,
+    boxes: Tensor,
+    box_indices: Tensor,
+    method: str,
+    *,
+    loops: _Loops | None = None,
 ) -> None:
-    """:func:`cropcore_torch.kernels.fill_grad_image` for float32/float64 results, compiled."""
-    loops = _loops(boxes, box_indices, out.shape, grads.shape)
+    """:func:`cropcore_torch.kernels.fill_grad_image` for float32/float64 results, compiled.
+
+    ``loops``: what :func:`fill_crops` kept for the forward pass of the same boxes, box indices
+    and image size (the same sample tables; ``grads`` has that forward result's shape).
+    """
+    if loops is None:
+        loops = _loops(boxes, box_indices, out.shape, grads.shape)
     if loops is None:
         return kernels.fill_grad_image(out, grads, boxes, box_indices, method)
     lib, indices, tables = loops
@@ -413,8 +457,11 @@ def fill_grad_image(
     if not (out.numel() and grads.numel()):
         return None
     # Channels innermost for the loops (a plane-strided walk over the channels of every pixel
-    # would thrash the cache); NCHW callers get a transposed copy.
-    grads = _channels_innermost(grads)
+    # would thrash the cache): an NCHW float32 gradient box by box in the loops' scratch, others
+    # as a transposed copy.
+    planes = _box_planes(grads)
+    if not planes:
+        grads = _channels_innermost(grads)
     fixed = (
         *_strided(grads),
         indices.data_ptr(),
@@ -428,7 +475,8 @@ def fill_grad_image(
         batch,
     )
     function = getattr(lib, "grad_image_f32" if out.dtype == torch.float32 else "grad_image_f64")
-    _check(_run_split(function, fixed, batch, grads.numel()), indices, batch)
+    scratch = _scratch_of(crop_height * crop_width * depth if planes else None)
+    _check(_run_split(function, fixed, batch, grads.numel(), scratch), indices, batch)
     return None
 
 
@@ -444,9 +492,12 @@ def fill_grad_boxes(
     num_boxes, crop_height, crop_width, depth = grads.shape
     if not num_boxes:
         return None
-    # TF's order (rows, columns, channels) walks the channels of every pixel: channels innermost.
+    # TF's order (rows, columns, channels) walks the channels of every pixel: channels innermost
+    # (an NCHW float32 gradient box by box in the loops' scratch).
     image = _channels_innermost(image)
-    grads = _channels_innermost(grads)
+    planes = _box_planes(grads)
+    if not planes:
+        grads = _channels_innermost(grads)
     fixed = (
         *_strided(grads),
         *_strided(image),
@@ -461,5 +512,6 @@ def fill_grad_boxes(
         out.data_ptr(),
     )
     function = getattr(lib, f"grad_boxes_{_SUFFIX[image.dtype]}")
-    _check(_run_split(function, fixed, num_boxes, grads.numel()), indices, batch)
+    scratch = _scratch_of(crop_height * crop_width * depth if planes else None)
+    _check(_run_split(function, fixed, num_boxes, grads.numel(), scratch), indices, batch)
     return None

@@ -28,6 +28,8 @@ the torch kernels of :mod:`cropcore_torch.kernels`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -80,8 +82,16 @@ def _own(result: Tensor) -> Tensor:
     (``crops.sub_(mean)``, ``nn.ReLU(inplace=True)`` after the layer); ``Tensor.set_`` makes a
     tensor without a base, over the same storage, which it allows. No data is copied.
     """
-    if result._base is None:
+    base = result._base
+    if base is None:
         return result
+    if (  # a view with the whole of its base's geometry (an identity permute): the base itself
+        base.shape == result.shape
+        and base.stride() == result.stride()
+        and base.storage_offset() == result.storage_offset()
+        and base.dtype == result.dtype
+    ):
+        return base
     own = result.new_empty((0,))
     return own.set_(
         result.untyped_storage(), result.storage_offset(), result.shape, result.stride()
@@ -97,8 +107,15 @@ def _crop_and_resize_impl(
     method: str,
     extrapolation_value: float,
     channels_first: bool,
+    *,
+    keep: list | None = None,
 ) -> Tensor:
+    # keep (not part of the op's schema: only _EagerCropAndResize passes it): receives the compiled
+    # loops' sample tables, for the image gradient of the same call to reuse.
     image = _checked_image(image)
+    fill = None
+    if _native_for(image):
+        fill = _native.fill_crops if keep is None else partial(_native.fill_crops, keep=keep)
     return _own(
         kernels.crop_and_resize(
             image,
@@ -108,14 +125,30 @@ def _crop_and_resize_impl(
             method,
             extrapolation_value,
             channels_first,
-            fill=_native.fill_crops if _native_for(image) else None,
+            fill=fill,
         )
     )
 
 
+def _crop_and_resize_op_impl(
+    image: Tensor,
+    boxes: Tensor,
+    box_indices: Tensor,
+    crop_height: int,
+    crop_width: int,
+    method: str,
+    extrapolation_value: float,
+    channels_first: bool,
+) -> Tensor:
+    return _crop_and_resize_impl(
+        image, boxes, box_indices, crop_height, crop_width, method, extrapolation_value,
+        channels_first,
+    )  # fmt: skip
+
+
 # The op; its implementation is also called directly by eager calls (run_crop_and_resize).
 _crop_and_resize = torch.library.custom_op("cropcore::crop_and_resize", mutates_args=())(
-    _crop_and_resize_impl
+    _crop_and_resize_op_impl
 )
 
 
@@ -157,33 +190,61 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward(ctx, grad: Tensor):
     image, boxes, box_indices = ctx.saved_tensors
     grad_image = grad_boxes = None
+    # Without create_graph, a plain eager CPU backward runs the gradient ops' implementations
+    # directly (see _direct): the dispatcher would cost as much as a small call's arithmetic.
+    direct = not torch.is_grad_enabled() and _direct(grad, boxes)
     if ctx.needs_input_grad[0]:
         # bfloat16 (no TensorFlow kernel): accumulated in float32, rounded to bfloat16 once.
         bfloat16 = ctx.image_dtype == torch.bfloat16
-        grad_image = torch.ops.cropcore.crop_and_resize_grad_image(
-            grad,
-            boxes,
-            box_indices,
-            *ctx.image_shape,
-            ctx.method,
-            torch.float32 if bfloat16 else ctx.image_dtype,
-            ctx.channels_first,
+        grad_image_op: Callable[..., Tensor] = (
+            _grad_image_impl if direct else torch.ops.cropcore.crop_and_resize_grad_image
         )
+        args = (
+            grad, boxes, box_indices, *ctx.image_shape, ctx.method,
+            torch.float32 if bfloat16 else ctx.image_dtype, ctx.channels_first,
+        )  # fmt: skip
+        tables = getattr(ctx, "tables", None)  # the forward's, from _EagerCropAndResize
+        if direct and tables is not None:
+            grad_image = _grad_image_impl(*args, loops=tables)
+        else:
+            grad_image = grad_image_op(*args)
         if bfloat16:
             grad_image = grad_image.to(torch.bfloat16)
     if ctx.needs_input_grad[1]:
         # TF: "we still approximate grad1 using the gradient derived from bilinear sampling".
-        grad_boxes = torch.ops.cropcore.crop_and_resize_grad_boxes(
-            grad, image, boxes, box_indices, ctx.channels_first
+        grad_boxes_op = (
+            _grad_boxes_impl if direct else torch.ops.cropcore.crop_and_resize_grad_boxes
         )
+        grad_boxes = grad_boxes_op(grad, image, boxes, box_indices, ctx.channels_first)
     return grad_image, grad_boxes, None, None, None, None, None, None
 
 
 _crop_and_resize.register_autograd(_backward, setup_context=_setup_context)
 
 
-@torch.library.custom_op("cropcore::crop_and_resize_grad_image", mutates_args=())
-def _grad_image(
+class _EagerCropAndResize(torch.autograd.Function):
+    """The op with its autograd for plain eager CPU calls that need gradients (see
+    :func:`_eager_autograd`): the op's implementation, context and backward, called without the
+    dispatcher and the custom op's autograd wrapper (together about 40 us of a small call).
+    Everything that must see the op (autocast, tracing, modes, functorch, torch.compile) gets
+    the op."""
+
+    @staticmethod
+    def forward(ctx, image, boxes, box_indices, crop_height, crop_width, method, value, first):
+        inputs = (image, boxes, box_indices, crop_height, crop_width, method, value, first)
+        keep: list = []
+        output = _crop_and_resize_impl(*inputs, keep=keep)
+        _setup_context(ctx, inputs, output)
+        # The compiled loops' sample tables and checked box indices: the image gradient's too.
+        ctx.tables = keep[0] if keep and ctx.needs_input_grad[0] else None
+        return output
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _backward(ctx, grad)
+
+
+def _grad_image_impl(
     grads: Tensor,
     boxes: Tensor,
     box_indices: Tensor,
@@ -194,7 +255,10 @@ def _grad_image(
     method: str,
     dtype: torch.dtype,
     channels_first: bool,
+    *,
+    loops: Any = None,
 ) -> Tensor:
+    # loops (not part of the op's schema): the forward's tables, kept by _native.fill_crops
     if dtype not in _GRAD_DTYPES:
         raise TypeError(f"dtype must be float16, float32 or float64, got {dtype}")
     # The compiled loops accumulate in float32 or float64; float16 sums go through torch.
@@ -210,9 +274,39 @@ def _grad_image(
         method,
         dtype,
         channels_first and not transpose,
-        fill=_native.fill_grad_image if native else None,
+        fill=_grad_image_fill(native, loops),
     )
     return _own(_native.channels_first(result) if transpose else result)
+
+
+def _grad_image_fill(native: bool, loops: Any) -> Callable[..., None] | None:
+    if not native:
+        return None
+    if loops is None:
+        return _native.fill_grad_image
+    return partial(_native.fill_grad_image, loops=loops)
+
+
+def _grad_image_op_impl(
+    grads: Tensor,
+    boxes: Tensor,
+    box_indices: Tensor,
+    batch: int,
+    height: int,
+    width: int,
+    depth: int,
+    method: str,
+    dtype: torch.dtype,
+    channels_first: bool,
+) -> Tensor:
+    return _grad_image_impl(
+        grads, boxes, box_indices, batch, height, width, depth, method, dtype, channels_first
+    )
+
+
+_grad_image = torch.library.custom_op("cropcore::crop_and_resize_grad_image", mutates_args=())(
+    _grad_image_op_impl
+)
 
 
 @_grad_image.register_fake
@@ -223,8 +317,7 @@ def _grad_image_fake(
     return grads.new_empty(shape, dtype=dtype)
 
 
-@torch.library.custom_op("cropcore::crop_and_resize_grad_boxes", mutates_args=())
-def _grad_boxes(
+def _grad_boxes_impl(
     grads: Tensor, image: Tensor, boxes: Tensor, box_indices: Tensor, channels_first: bool
 ) -> Tensor:
     image = _checked_image(image)
@@ -238,6 +331,11 @@ def _grad_boxes(
             fill=_native.fill_grad_boxes if _native_for(image) else None,
         )
     )
+
+
+_grad_boxes = torch.library.custom_op("cropcore::crop_and_resize_grad_boxes", mutates_args=())(
+    _grad_boxes_impl
+)
 
 
 @_grad_boxes.register_fake
@@ -303,12 +401,16 @@ for _op in (_crop_and_resize, _grad_image, _grad_boxes):
 def run_crop_and_resize(call: CropAndResizeCall) -> Tensor:
     """The op ``cropcore::crop_and_resize`` on a canonical call (boxes moved to the image's device).
 
-    A plain eager CPU call that needs no autograd runs the op's implementation directly: the same
-    function the dispatcher would reach, without its cost (about 25 us of a small call).
+    A plain eager CPU call runs the op's implementation directly: the same function the
+    dispatcher would reach, without its cost (about 25 us of a small call); with autograd, through
+    :class:`_EagerCropAndResize`.
     """
     image = call.image
     boxes, box_indices = _on(image.device, call.boxes, call.box_indices)
-    op = _crop_and_resize_impl if _direct(image, boxes) else torch.ops.cropcore.crop_and_resize
+    if _direct(image, boxes):
+        op = _crop_and_resize_impl if not _needs_grad(image, boxes) else _EagerCropAndResize.apply
+    else:
+        op = torch.ops.cropcore.crop_and_resize
     return op(
         image,
         boxes,
@@ -320,15 +422,18 @@ def run_crop_and_resize(call: CropAndResizeCall) -> Tensor:
     )
 
 
+def _needs_grad(image: Tensor, boxes: Tensor) -> bool:
+    return torch.is_grad_enabled() and (image.requires_grad or boxes.requires_grad)
+
+
 def _direct(image: Tensor, boxes: Tensor) -> bool:
     """Whether the op's implementation may run without the dispatcher: plain CPU tensors in eager
-    mode that need no autograd, with nothing the dispatcher would apply (autocast, a trace, a torch
-    function or dispatch mode, a functorch transform)."""
+    mode, with nothing the dispatcher would apply (autocast, a trace, a torch function or dispatch
+    mode, a functorch transform). With autograd, through :class:`_EagerCropAndResize`."""
     return (
         type(image) is Tensor
         and type(boxes) is Tensor
         and image.is_cpu
-        and not (torch.is_grad_enabled() and (image.requires_grad or boxes.requires_grad))
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
         and not torch.jit.is_tracing()
