@@ -80,48 +80,70 @@ def _forward(
     dtype = np.float64 if image.dtype == torch.float64 else np.float32
     t = _TORCH[dtype]
     k = boxes.shape[0]
-    out = torch.zeros((k, pooled_height, pooled_width, depth), dtype=t, device=image.device)
+    device = image.device
+    out = torch.zeros((k, pooled_height, pooled_width, depth), dtype=t, device=device)
     if k and depth:
         size = (pooled_height, pooled_width)
         y, x, grid_h, grid_w = _tables(
-            boxes, height, width, size, spatial_scale, sampling_ratio, aligned, dtype, image.device
+            boxes, height, width, size, spatial_scale, sampling_ratio, aligned, dtype, device
         )
         y_in, y_low, y_high, y_frac, y_rest = y
         x_in, x_low, x_high, x_frac, x_rest = x
         pixels = nhwc.to(t).reshape(batch * height * width, depth)
-        indices = box_indices.to(image.device, torch.int64)
+        indices = box_indices.to(device, torch.int64)
         bad = (indices < 0) | (indices >= batch)  # unchecked (device) indices: a NaN crop
         base = indices.clamp(0, max(batch - 1, 0))[:, None, None] * (height * width)
-        gh = torch.from_numpy(grid_h).to(image.device)
-        gw = torch.from_numpy(grid_w).to(image.device)
-        zero = torch.zeros((), dtype=t, device=image.device)
-        started = torch.zeros(
-            (k, pooled_height, pooled_width), dtype=torch.bool, device=image.device
+        gh = torch.from_numpy(grid_h).to(device)
+        gw = torch.from_numpy(grid_w).to(device)
+        every_sample_real = bool(
+            (grid_h == y_low.shape[2]).all() and (grid_w == x_low.shape[2]).all()
         )
-        for iy in range(y_low.shape[2]):
-            for ix in range(x_low.shape[2]):
-                real = (iy < gh)[:, None, None] & (ix < gw)[:, None, None]
-                real = real.expand(k, pooled_height, pooled_width)
-                inside = y_in[:, :, iy, None] & x_in[:, None, :, ix]
+        zero = torch.zeros((), dtype=t, device=device)
+        started = torch.zeros((k, pooled_height, pooled_width), dtype=torch.bool, device=device)
+        # boxes in chunks whose terms stay in the cache (each term is a pass over the chunk)
+        step = max(1, _CHUNK_ELEMENTS // 4 // max(1, pooled_height * pooled_width * depth))
+        samples = [(iy, ix) for iy in range(y_low.shape[2]) for ix in range(x_low.shape[2])]
+        corners = [
+            (ya, wy, xa, wx)
+            for ya, wy in ((y_low, y_rest), (y_high, y_frac))
+            for xa, wx in ((x_low, x_rest), (x_high, x_frac))
+        ]
+        tables = []  # per sample: which bins it is real for, its four weights and pixel rows
+        for iy, ix in samples:
+            real = (iy < gh)[:, None, None] & (ix < gw)[:, None, None]
+            real = real.expand(k, pooled_height, pooled_width)
+            inside = y_in[:, :, iy, None] & x_in[:, None, :, ix]
+            weights, rows = [], []
+            for ya, wy, xa, wx in corners:
+                weights.append(torch.where(inside, wy[:, :, iy, None] * wx[:, None, :, ix], zero))
+                row = ya[:, :, iy, None] * width + xa[:, None, :, ix]
+                rows.append((base + torch.where(inside, row, 0)).reshape(k, -1))
+            tables.append((real, weights, rows))
+        for first in range(0, k, step):  # chunk by chunk, each sample in turn
+            n = slice(first, min(first + step, k))
+            shape = (n.stop - n.start, pooled_height, pooled_width, depth)
+            chunk = out[n]
+            for real, weights, rows in tables:
                 terms = []
-                for ya, wy in ((y_low, y_rest), (y_high, y_frac)):
-                    for xa, wx in ((x_low, x_rest), (x_high, x_frac)):
-                        w = torch.where(inside, wy[:, :, iy, None] * wx[:, None, :, ix], zero)
-                        row = ya[:, :, iy, None] * width + xa[:, None, :, ix]
-                        row = torch.where(inside, row, 0)
-                        terms.append(w[..., None] * pixels[base + row])
+                for w, row in zip(weights, rows, strict=True):
+                    term = pixels.index_select(0, row[n].reshape(-1)).view(shape)
+                    terms.append(term.mul_(w[n][..., None]))
                 if max_mode:
                     val = _std_max(_std_max(_std_max(terms[0], terms[1]), terms[2]), terms[3])
-                    first = (real & ~started)[..., None]
-                    later = torch.where(real[..., None], _std_max(out, val), out)
-                    out = torch.where(first, val, later)
-                    started = started | real
+                    r = real[n]
+                    first_sample = (r & ~started[n])[..., None]
+                    later = torch.where(r[..., None], _std_max(chunk, val), chunk)
+                    chunk.copy_(torch.where(first_sample, val, later))
+                    started[n] |= r
                 else:
-                    term = ((terms[0] + terms[1]) + terms[2]) + terms[3]
-                    out = torch.where(real[..., None], out + term, out)
+                    term = terms[0].add_(terms[1]).add_(terms[2]).add_(terms[3])
+                    if every_sample_real:
+                        chunk.add_(term)
+                    else:
+                        chunk.copy_(torch.where(real[n][..., None], chunk + term, chunk))
         if not max_mode:
             count = np.maximum(grid_h * grid_w, 1).astype(dtype)
-            out = out / torch.from_numpy(count).to(image.device)[:, None, None, None]
+            out.div_(torch.from_numpy(count).to(device)[:, None, None, None])
         out = torch.where(bad[:, None, None, None], torch.nan, out)
     out = out.to(image.dtype)
     return out.permute(0, 3, 1, 2).contiguous() if channels_first else out
@@ -144,7 +166,9 @@ def _grad(
     dtype = np.float64 if grads.dtype == torch.float64 else np.float32
     t = _TORCH[dtype]
     device = grads.device
-    acc = torch.zeros((batch * height * width, depth), dtype=t, device=device)
+    pixels = batch * height * width
+    # one row more than the image: empty samples and bad unchecked indices add there, unread
+    acc = torch.zeros((pixels + 1, depth), dtype=t, device=device)
     if k and depth:
         y, x, grid_h, grid_w = _tables(
             boxes, height, width, (pooled_h, pooled_w), spatial_scale, sampling_ratio, aligned,
@@ -158,28 +182,26 @@ def _grad(
         good = (indices >= 0) & (indices < batch)  # a bad unchecked index adds nothing
         gy, gx = y_low.shape[2], x_low.shape[2]
         per_box = pooled_h * pooled_w * max(gy * gx, 1) * 4 * depth
-        step = max(1, _CHUNK_ELEMENTS // max(per_box, 1))
+        step = max(1, _CHUNK_ELEMENTS // 4 // max(per_box, 1))
         for first in range(0, k, step):
             n = slice(first, min(first + step, k))
             # (box, ph, pw, iy, ix): torchvision's order of samples, then the four corners
             inside = y_in[n][:, :, None, :, None] & x_in[n][:, None, :, None, :]
             inside = inside & good[n][:, None, None, None, None]
-            rows, values = [], []
+            base = indices[n].clamp(0, max(batch - 1, 0))[:, None, None, None, None]
+            base = base * (height * width)
+            rows, weights = [], []
             for ya, wy in ((y_low, y_rest), (y_high, y_frac)):
                 for xa, wx in ((x_low, x_rest), (x_high, x_frac)):
-                    w = wy[n][:, :, None, :, None] * wx[n][:, None, :, None, :]
-                    rows.append(ya[n][:, :, None, :, None] * width + xa[n][:, None, :, None, :])
-                    values.append(
-                        (g[n][:, :, :, None, None, :] * w[..., None])
-                        / count[n][:, None, None, None, None, None]
-                    )
-            base = indices[n].clamp(0, max(batch - 1, 0))[:, None, None, None, None, None]
-            base = base * (height * width)
-            row = torch.stack(rows, dim=-1) + base
-            value = torch.stack(values, dim=-2)
-            keep = inside[..., None].expand(row.shape)
-            acc.index_add_(0, row[keep], value[keep])
-    out = acc.reshape(batch, height, width, depth).to(grads.dtype)
+                    weights.append(wy[n][:, :, None, :, None] * wx[n][:, None, :, None, :])
+                    row = base + ya[n][:, :, None, :, None] * width + xa[n][:, None, :, None, :]
+                    rows.append(torch.where(inside, row, pixels))
+            row = torch.stack(rows, dim=-1)
+            w = torch.stack(weights, dim=-1)
+            value = g[n][:, :, :, None, None, None, :] * w[..., None]
+            value.div_(count[n][:, None, None, None, None, None, None])
+            acc.index_add_(0, row.reshape(-1), value.reshape(-1, depth))
+    out = acc[:pixels].reshape(batch, height, width, depth).to(grads.dtype)
     return out.permute(0, 3, 1, 2).contiguous() if channels_first else out
 
 
