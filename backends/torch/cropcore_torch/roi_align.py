@@ -125,8 +125,9 @@ def _forward(
         flat = out.view(k, bins, depth)
         # Every sample and corner in one gather, one multiplication and three additions per
         # chunk of boxes (each operation starts and joins a thread team, which costs milliseconds
-        # on a loaded machine); chunks of about 4 MB of terms, which stay in the cache.
-        step = max(1, _CHUNK_ELEMENTS // 4 // max(1, count_s * 4 * bins * depth))
+        # on a loaded machine, so that few large ones beat many that fit in the cache): chunks
+        # of about 64 MB of terms.
+        step = max(1, 4 * _CHUNK_ELEMENTS // max(1, count_s * 4 * bins * depth))
         for first in range(0, k if samples else 0, step):
             n = slice(first, min(first + step, k))
             m = n.stop - n.start
