@@ -427,8 +427,8 @@ def implementations_for(config: BenchConfig, notes: list[str]) -> list[Implement
             found.append(tensorflow_implementation(tf))
         else:
             notes.append(
-                "TensorFlow is not installed (or does not import): no ratios to TF; forward results are "
-                "compared with the numpy backend's"
+                "TensorFlow is not installed (or does not import): no ratios to TF; crop_and_resize "
+                "forward results are compared with the numpy backend's"
             )
         torchvision = _import_roi_align()
         if not isinstance(torchvision, str):
