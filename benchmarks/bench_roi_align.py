@@ -5,6 +5,10 @@
 NCHW float32 features 2 x 256 x 200 x 272, 1000 boxes, spatial_scale 1/4, sampling_ratio 2,
 aligned; 7 x 7 and 14 x 14. Checks that the results are bit-identical, then prints the best of
 five interleaved runs (ms) of each. Needs onnx and onnxruntime (the test extra) and numba.
+
+``cropcore bench --workloads maskrcnn-7 maskrcnn-14`` times the same workload with every backend
+that implements roi_align, torchvision where it loads, medians and bit checks (docs/cli.md); this
+script adds ONNX Runtime on one thread.
 """
 
 from __future__ import annotations

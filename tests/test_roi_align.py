@@ -453,6 +453,34 @@ def test_backend_is_bit_identical_to_the_reference(backend, data_format, dtype):
 
 @pytest.mark.parametrize("backend", ["numba", "torch"])
 @pytest.mark.parametrize("data_format", ["channels_first", "channels_last"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("sampling_ratio", [3, -1])
+def test_parallel_gradient_divides_where_the_count_is_no_power_of_two(
+    backend, data_format, dtype, sampling_ratio
+):
+    """The parallel kernels with 9 samples per bin (or an adaptive grid: 1 to 16), 37 channels
+    (vector loops with remainders) and boxes over the borders (corners that are one pixel)."""
+    _backend_or_skip(backend)
+    rng = np.random.default_rng(23)
+    image = rng.standard_normal((2, 37, 24, 20)).astype(dtype)
+    if data_format == "channels_last":
+        image = np.ascontiguousarray(image.transpose(0, 2, 3, 1))
+    xy = rng.uniform(-6, 26, (200, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(0.5, 16, (200, 2))], 1).astype(dtype)
+    kwargs = {"box_indices": rng.integers(0, 2, 200), "data_format": data_format}
+    args = (boxes, 5, 1.0, sampling_ratio, True)
+    results = [cropcore.roi_align(image, *args, backend=b, **kwargs) for b in (backend, "numpy")]
+    assert bits_equal(*results)
+    grads = rng.standard_normal(results[0].shape).astype(dtype)
+    results = [
+        cropcore.roi_align_grad_image(grads, boxes, image.shape, *args[2:], backend=b, **kwargs)
+        for b in (backend, "numpy")
+    ]
+    assert bits_equal(*results)
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+@pytest.mark.parametrize("data_format", ["channels_first", "channels_last"])
 def test_backend_parallel_kernels_are_bit_identical_to_the_reference(backend, data_format):
     """Calls large enough for the parallel kernels, with many boxes on the same pixels (the order
     of the gradient's sums shows)."""

@@ -1,5 +1,12 @@
 """``cropcore bench``: every available backend side by side with TensorFlow's kernel, in one process.
 
+roi_align workloads (``maskrcnn-7``, ``maskrcnn-14``) time roi_align and its image gradient on the
+backends that implement it, beside ONNX Runtime's RoiAlign and torchvision's roi_align (and its
+backward kernel) where they run; a reference that cannot run keeps its rows, saying why. Their
+forward results are compared bit for bit with ONNX Runtime's, gradients with the numpy backend's;
+their ratios are to the faster reference (for the image gradient without a reference gradient:
+to the faster reference's forward).
+
 Requirements:
 
 - One entry point: the ``cropcore bench`` command (:mod:`cropcore.bench.command`, added to the
@@ -55,10 +62,12 @@ from cropcore.bench.command import (
 from cropcore.bench.errors import BenchError, MissingDependencyError
 from cropcore.bench.implementations import (
     Implementation,
+    absent_implementation,
     available_backends,
     check_backends,
     cropcore_implementation,
     implementations_for,
+    onnxruntime_implementation,
     roi_align_rois,
     tensorflow_implementation,
     torchvision_implementation,
@@ -84,7 +93,16 @@ from cropcore.bench.timing import (
     reference_for,
     time_case,
 )
-from cropcore.bench.workloads import BYTE_MODEL, OPS, WORKLOADS, Workload, custom_workload
+from cropcore.bench.workloads import (
+    BYTE_MODEL,
+    DEFAULT_WORKLOADS,
+    OPS,
+    ROI_OPS,
+    WORKLOADS,
+    Workload,
+    custom_workload,
+    maskrcnn_workload,
+)
 
 __all__ = [
     "BYTE_MODEL",
@@ -92,12 +110,14 @@ __all__ = [
     "DEFAULT_MAX_SECONDS",
     "DEFAULT_REPEAT",
     "DEFAULT_WARMUP",
+    "DEFAULT_WORKLOADS",
     "DESCRIPTION",
     "EPILOG",
     "JSON_SCHEMA",
     "MIN_ROUNDS",
     "OPS",
     "QUICK",
+    "ROI_OPS",
     "WORKLOADS",
     "BenchConfig",
     "BenchError",
@@ -107,6 +127,7 @@ __all__ = [
     "Report",
     "Result",
     "Workload",
+    "absent_implementation",
     "add_arguments",
     "available_backends",
     "case_steps",
@@ -116,7 +137,9 @@ __all__ = [
     "custom_workload",
     "implementations_for",
     "machine_info",
+    "maskrcnn_workload",
     "measure_copy_bandwidth",
+    "onnxruntime_implementation",
     "print_report",
     "reference_for",
     "roi_align_rois",

@@ -25,7 +25,13 @@ from cropcore.bench.run import (
     run_benchmark,
 )
 from cropcore.bench.timing import COPY_BYTES, MIN_ROUNDS
-from cropcore.bench.workloads import OPS, WORKLOADS, Workload, custom_workload
+from cropcore.bench.workloads import (
+    DEFAULT_WORKLOADS,
+    OPS,
+    WORKLOADS,
+    Workload,
+    custom_workload,
+)
 from cropcore.spec import IMAGE_DTYPES
 
 __all__ = ["DESCRIPTION", "EPILOG", "QUICK", "add_arguments", "config_from_args", "run_command"]
@@ -73,7 +79,10 @@ def _positive_float(text: str) -> float:
 DESCRIPTION = """\
 Time crop_and_resize and its two gradients on every available cropcore backend,
 side by side in one process, with TensorFlow's CPU kernel and torchvision's
-roi_align as reference points where they are installed.
+roi_align as reference points where they are installed; on the roi_align
+workloads (maskrcnn-7, maskrcnn-14), roi_align and its image gradient beside
+ONNX Runtime's RoiAlign and torchvision's roi_align (a row says why either is
+absent).
 
 Every implementation is timed in interleaved rounds (one call each per round,
 the order rotating) after warm-up calls that also pay any compilation (numba
@@ -89,13 +98,18 @@ EPILOG = """workloads:
   roi           2x64x64x256 float32 feature map, 512 boxes -> 14x14
   augmentation  8x512x512x3 uint8 photos, 64 boxes -> 224x224
   tiny          1x16x16x1 float32, 4 boxes -> 7x7 (per-call overhead)
+  maskrcnn-7    roi_align: 2x256x200x272 NCHW float32, 1000 boxes, scale 1/4,
+                sampling_ratio 2, aligned -> 7x7 (forward, grad_image)
+  maskrcnn-14   the same -> 14x14
   custom        --shape N,H,W,C [--boxes K] [--crop H,W] [--dtype D]
+  (default: roi, augmentation and tiny; name the maskrcnn ones)
 
 examples:
   cropcore bench
   cropcore bench --workloads tiny roi --repeat 10
   cropcore bench --shape 4,128,128,64 --boxes 300 --crop 7,7 --ops forward
   cropcore bench --workloads tiny --quick --backends numpy numba --out /tmp/bench
+  cropcore bench --workloads maskrcnn-7 maskrcnn-14 --backends numba torch --repeat 10
 """
 
 
@@ -106,7 +120,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         choices=list(WORKLOADS),
         metavar="NAME",
-        help=f"named workloads: {', '.join(WORKLOADS)} (default: all, or none with --shape)",
+        help=f"named workloads: {', '.join(WORKLOADS)} (default: {', '.join(DEFAULT_WORKLOADS)}, "
+        "or none with --shape)",
     )
     parser.add_argument(
         "--ops", nargs="+", choices=OPS, metavar="OP", help=f"ops: {', '.join(OPS)} (default: all)"
@@ -197,7 +212,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     }
     workloads: list[Workload] = []
     if args.workloads or args.shape is None:
-        workloads = [WORKLOADS[name] for name in dict.fromkeys(args.workloads or WORKLOADS)]
+        names = args.workloads or DEFAULT_WORKLOADS
+        workloads = [WORKLOADS[name] for name in dict.fromkeys(names)]
     if args.shape is not None:
         custom = custom_workload(
             args.shape,

@@ -1,7 +1,9 @@
-"""What is timed: cropcore's backends, and TensorFlow and torchvision as reference points.
+"""What is timed: cropcore's backends, and TensorFlow, torchvision and ONNX Runtime as references.
 
-Requirements: importing this imports no framework. TensorFlow, torch and torchvision are imported
-by :func:`implementations_for`, only when they are installed and references are wanted.
+Requirements: importing this imports no framework. TensorFlow, torch, torchvision, onnx and
+onnxruntime are imported by :func:`implementations_for`, only when they are installed and
+references are wanted. On roi_align workloads, a reference that cannot run here (torchvision whose
+C++ ops do not load, ONNX Runtime not installed) keeps its row, which says why it is absent.
 
 Each implementation prepares its inputs once (outside the timings) and returns a no-argument
 callable, the call that is timed.
@@ -19,7 +21,7 @@ import numpy as np
 
 import cropcore
 from cropcore.bench.errors import BenchError
-from cropcore.bench.workloads import OPS, Workload
+from cropcore.bench.workloads import OPS, ROI_OPS, Workload
 from cropcore.registry import registry
 
 if TYPE_CHECKING:
@@ -27,11 +29,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Implementation",
+    "absent_implementation",
     "available_backends",
     "check_backends",
     "cropcore_implementation",
     "implementations_for",
     "jax_implementation",
+    "onnxruntime_implementation",
     "roi_align_rois",
     "tensorflow_implementation",
     "torchvision_implementation",
@@ -46,11 +50,15 @@ class Implementation:
         name: its label in the table, the chart and the JSON file.
         kind: ``"cropcore"`` or ``"reference"``.
         prepare: ``prepare(workload, op)`` makes the inputs and returns the call to time.
-        ops: the ops it implements.
-        as_numpy: turns a call's result into a NumPy array in NHWC, for the bit check.
-        compared: whether its results are checked against the reference (``False`` for
-            torchvision's ``roi_align``, whose semantics differ).
+        ops: the ops it implements on crop_and_resize workloads.
+        as_numpy: turns a call's result into a NumPy array in the workload's layout (NHWC for
+            crop_and_resize, NCHW for roi_align), for the bit check.
+        compared: whether its results on crop_and_resize workloads are checked against the
+            reference (``False`` for torchvision's ``roi_align``, whose semantics differ there;
+            on roi_align workloads every result is checked).
         note: a remark for the report.
+        roi_ops: the ops it implements on roi_align workloads.
+        unavailable: why it cannot run here ("" if it can): its rows say so, untimed.
     """
 
     name: str
@@ -60,6 +68,12 @@ class Implementation:
     as_numpy: Callable[[Any], np.ndarray] = np.asarray
     compared: bool = True
     note: str = ""
+    roi_ops: tuple[str, ...] = ()
+    unavailable: str = ""
+
+    def runs(self, workload: Workload, op: str) -> bool:
+        """Whether it has a row for ``op`` on ``workload`` (timed, or saying why not)."""
+        return op in (self.roi_ops if workload.family == "roi_align" else self.ops)
 
 
 def cropcore_implementation(backend: str) -> Implementation:
@@ -67,6 +81,8 @@ def cropcore_implementation(backend: str) -> Implementation:
 
     def prepare(workload: Workload, op: str) -> Callable[[], Any]:
         image, boxes, box_indices = workload.inputs()
+        if workload.family == "roi_align":
+            return _roi_align_call(workload, op, image, boxes, box_indices, backend)
         if op == "forward":
             return lambda: cropcore.crop_and_resize(
                 image, boxes, box_indices, workload.crop_size, backend=backend
@@ -80,7 +96,83 @@ def cropcore_implementation(backend: str) -> Implementation:
             grads, image, boxes, box_indices, backend=backend
         )
 
-    return Implementation(backend, "cropcore", prepare)
+    found = registry.get(registry.resolve(backend) or backend)
+    roi_ops = ROI_OPS if found is not None and "roi_align" in found.ops else ()
+    return Implementation(backend, "cropcore", prepare, roi_ops=roi_ops)
+
+
+def _roi_align_call(
+    workload: Workload,
+    op: str,
+    image: np.ndarray,
+    boxes: np.ndarray,
+    box_indices: np.ndarray,
+    backend: str,
+) -> Callable[[], Any]:
+    """``cropcore.roi_align`` (or its image gradient) on a roi_align workload's NCHW inputs."""
+    args = (workload.spatial_scale, workload.sampling_ratio, workload.aligned)
+    if op == "forward":
+        return lambda: cropcore.roi_align(
+            image, boxes, workload.crop_size, *args, box_indices=box_indices, backend=backend
+        )
+    grads = workload.grads()
+    return lambda: cropcore.roi_align_grad_image(
+        grads, boxes, image.shape, *args, box_indices=box_indices, backend=backend
+    )
+
+
+def _pixel_rois(boxes: np.ndarray, box_indices: np.ndarray) -> np.ndarray:
+    """float32 ``(K, 5)`` rois ``[index, x1, y1, x2, y2]``: torchvision's box form."""
+    return np.concatenate([box_indices[:, None].astype(np.float32), boxes], axis=1)
+
+
+def onnxruntime_implementation(onnxruntime: Any, onnx: Any) -> Implementation:
+    """ONNX Runtime's CPU ``RoiAlign`` (opset 16, default threads): a one-node graph per workload,
+    its session made outside the timings. roi_align workloads' forward only (ONNX has no
+    gradient). Its results are torchvision's, so they are the forward's bit reference."""
+
+    def prepare(workload: Workload, op: str) -> Callable[[], Any]:
+        image, boxes, box_indices = workload.inputs()
+        helper, proto = onnx.helper, onnx.TensorProto
+        node = helper.make_node(
+            "RoiAlign",
+            ["X", "rois", "batch_indices"],
+            ["Y"],
+            mode="avg",
+            output_height=workload.crop_size[0],
+            output_width=workload.crop_size[1],
+            sampling_ratio=workload.sampling_ratio if workload.sampling_ratio > 0 else 0,
+            spatial_scale=workload.spatial_scale,
+            coordinate_transformation_mode="half_pixel"
+            if workload.aligned
+            else "output_half_pixel",
+        )
+        inputs = [
+            helper.make_tensor_value_info("X", proto.FLOAT, None),
+            helper.make_tensor_value_info("rois", proto.FLOAT, None),
+            helper.make_tensor_value_info("batch_indices", proto.INT64, None),
+        ]
+        output = [helper.make_tensor_value_info("Y", proto.FLOAT, None)]
+        model = helper.make_model(
+            helper.make_graph([node], "roi_align", inputs, output),
+            opset_imports=[helper.make_opsetid("", 16)],
+        )
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        session = onnxruntime.InferenceSession(
+            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        feeds = {"X": image, "rois": boxes, "batch_indices": box_indices.astype(np.int64)}
+        return lambda: session.run(None, feeds)[0]
+
+    return Implementation(
+        "onnxruntime",
+        "reference",
+        prepare,
+        ops=(),
+        roi_ops=("forward",),
+        note=f"ONNX Runtime {onnxruntime.__version__}: CPU RoiAlign, opset 16, default threads",
+    )
 
 
 def jax_implementation(notes: list[str]) -> Implementation:
@@ -194,34 +286,68 @@ def roi_align_rois(
     return rois.astype(np.float32)
 
 
-def torchvision_implementation(torch: Any, roi_align: Callable[..., Any]) -> Implementation:
-    """torchvision's ``roi_align`` on the same crops: a reference point for speed, not for values.
+def torchvision_implementation(
+    torch: Any, roi_align: Callable[..., Any], roi_align_backward: Callable[..., Any] | None = None
+) -> Implementation:
+    """torchvision's ``roi_align`` (and its backward kernel, ``_roi_align_backward``).
 
+    On crop_and_resize workloads, the same crops: a reference point for speed, not for values.
     Its inputs are made beforehand, outside the timings: the image as a contiguous float32 NCHW
     tensor (``roi_align`` takes floating images only) and the boxes as pixel rois
     (:func:`roi_align_rois`). It averages bins instead of sampling points and clamps at the border
-    instead of extrapolating, so its result is not bit-compared.
+    instead of extrapolating, so its result is not bit-compared there.
+
+    On roi_align workloads, the op itself (forward and, given ``roi_align_backward``, the image
+    gradient kernel that autograd calls), bit-compared like every implementation.
     """
 
     def prepare(workload: Workload, op: str) -> Callable[[], Any]:
         image, boxes, box_indices = workload.inputs()
+        if workload.family == "roi_align":
+            x = torch.from_numpy(image)
+            rois = torch.from_numpy(_pixel_rois(boxes, box_indices))
+            size = tuple(workload.crop_size)
+            scale, ratio = workload.spatial_scale, workload.sampling_ratio
+            if op == "forward":
+                return lambda: roi_align(x, rois, size, scale, ratio, workload.aligned)
+            assert roi_align_backward is not None
+            grads = torch.from_numpy(workload.grads())
+            n, c, h, w = image.shape
+            return lambda: roi_align_backward(
+                grads, rois, scale, size[0], size[1], n, c, h, w, ratio, workload.aligned
+            )
         nchw = np.ascontiguousarray(image.transpose(0, 3, 1, 2), dtype=np.float32)
         x = torch.from_numpy(nchw)
         rois = torch.from_numpy(
             roi_align_rois(boxes, box_indices, workload.image_shape[1:3], workload.crop_size)
         )
         size = tuple(workload.crop_size)
-        return lambda: roi_align(x, rois, size, spatial_scale=1.0, sampling_ratio=1, aligned=True)
+        return lambda: roi_align(
+            x, rois, size, spatial_scale=1.0, sampling_ratio=1, aligned=True
+        ).permute(0, 2, 3, 1)  # a view, NHWC as TF's
 
     return Implementation(
         "torchvision.roi_align",
         "reference",
         prepare,
         ops=("forward",),
-        as_numpy=lambda t: t.permute(0, 2, 3, 1).numpy(),
+        as_numpy=lambda t: t.numpy(),
         compared=False,
-        note="roi_align(aligned=True, sampling_ratio=1) on float32 NCHW, boxes converted to "
-        "pixel rois whose samples fall on TF's: a reference point for speed, not bit-compared",
+        note="on crop_and_resize workloads, roi_align(aligned=True, sampling_ratio=1) on float32 "
+        "NCHW, boxes converted to pixel rois whose samples fall on TF's: a reference point for "
+        "speed, not bit-compared; on roi_align workloads, roi_align and _roi_align_backward",
+        roi_ops=ROI_OPS if roi_align_backward is not None else ("forward",),
+    )
+
+
+def absent_implementation(name: str, reason: str, roi_ops: tuple[str, ...]) -> Implementation:
+    """A reference that cannot run here: its rows on roi_align workloads say why."""
+
+    def prepare(workload: Workload, op: str) -> Callable[[], Any]:
+        raise BenchError(reason)
+
+    return Implementation(
+        name, "reference", prepare, ops=(), roi_ops=roi_ops, note=reason, unavailable=reason
     )
 
 
@@ -234,13 +360,32 @@ def _import_tensorflow() -> Any | None:
     return tf
 
 
-def _import_roi_align() -> tuple[Any, Callable[..., Any]] | None:
+def _import_roi_align() -> tuple[Any, Callable[..., Any], Callable[..., Any]] | str:
+    """torch, torchvision's ``roi_align`` and its backward kernel; or why they cannot run here."""
     try:
         import torch
         from torchvision.ops import roi_align
-    except Exception:  # not installed, or its C++ ops do not load against this torch
-        return None
-    return torch, roi_align
+    except Exception as exc:  # not installed, or it does not import against this torch
+        return f"torchvision does not import: {type(exc).__name__}: {exc}"
+    try:  # its C++ ops load lazily: call them once on a tiny input
+        x = torch.zeros((1, 1, 2, 2))
+        rois = torch.tensor([[0.0, 0.0, 0.0, 1.0, 1.0]])
+        roi_align(x, rois, (1, 1), 1.0, 1, True)
+        backward = torch.ops.torchvision._roi_align_backward
+        backward(torch.ones((1, 1, 1, 1)), rois, 1.0, 1, 1, 1, 1, 2, 2, 1, True)
+    except Exception as exc:
+        return f"torchvision's C++ ops do not load here: {type(exc).__name__}: {exc}"
+    return torch, roi_align, backward
+
+
+def _import_onnxruntime() -> tuple[Any, Any] | str:
+    """onnxruntime and onnx; or why they cannot run here."""
+    try:
+        import onnx
+        import onnxruntime
+    except Exception as exc:
+        return f"ONNX Runtime is not installed: {type(exc).__name__}: {exc}"
+    return onnxruntime, onnx
 
 
 def available_backends() -> list[str]:
@@ -282,17 +427,21 @@ def implementations_for(config: BenchConfig, notes: list[str]) -> list[Implement
             found.append(tensorflow_implementation(tf))
         else:
             notes.append(
-                "TensorFlow is not installed (or does not import): no ratios to TF; forward results are "
-                "compared with the numpy backend's"
+                "TensorFlow is not installed (or does not import): no ratios to TF; crop_and_resize "
+                "forward results are compared with the numpy backend's"
             )
         torchvision = _import_roi_align()
-        if torchvision is not None:
+        if not isinstance(torchvision, str):
             found.append(torchvision_implementation(*torchvision))
             notes.append(f"torchvision.roi_align: {found[-1].note}")
         else:
-            notes.append(
-                "torchvision (with working C++ ops) is not installed: no roi_align reference"
-            )
+            notes.append(f"no torchvision reference: {torchvision}")
+            found.append(absent_implementation("torchvision.roi_align", torchvision, ROI_OPS))
+        ort = _import_onnxruntime()
+        if not isinstance(ort, str):
+            found.append(onnxruntime_implementation(*ort))
+        else:
+            found.append(absent_implementation("onnxruntime", ort, ("forward",)))
     backends = config.backends if config.backends is not None else available_backends()
     found += [
         jax_implementation(notes) if name == "jax" else cropcore_implementation(name)

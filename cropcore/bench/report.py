@@ -88,7 +88,7 @@ def print_report(report: Report, console: Any) -> None:
     )
     for name in ("workload", "op", "implementation"):
         table.add_column(name)
-    for name in ("rounds", "median", "IQR", "min", "vs TF", "GB/s", "of copy"):
+    for name in ("rounds", "median", "IQR", "min", "vs TF/ref", "GB/s", "of copy"):
         table.add_column(name, justify="right")
     table.add_column("bit check")
     previous = None
@@ -97,13 +97,15 @@ def print_report(report: Report, console: Any) -> None:
             table.add_section()
         previous = (r.workload, r.op)
         if r.error:
+            absent = r.kind == "reference" and r.error.startswith("absent: ")
             table.add_row(
                 r.workload, r.op, escape(r.implementation), "", "", "", "", "", "", "",
-                f"[red]error:[/] {escape(r.error[:100])}",
+                f"[yellow]{escape(r.error[:160])}[/]" if absent
+                else f"[red]error:[/] {escape(r.error[:100])}",
             )  # fmt: skip
             continue
-        tf_median = report.tf_median(r.workload, r.op)
-        ratio = f"{tf_median / r.median:.2f}x" if tf_median and r.times else ""
+        baseline = report.baseline(r.workload, r.op)
+        ratio = f"{baseline[1] / r.median:.2f}x" if baseline and r.times else ""
         share = r.gbps / report.copy.gbps
         table.add_row(
             r.workload,
@@ -121,11 +123,19 @@ def print_report(report: Report, console: Any) -> None:
     console.print(table)
     say(
         "median: of the rounds; IQR: interquartile range (75th - 25th percentile) of the "
-        "per-call times; vs TF: TensorFlow's median / this median (above 1: faster than TF); "
+        "per-call times; vs TF/ref: TensorFlow's median / this median (above 1: faster than TF); "
+        "on roi_align workloads, the faster reference's (ONNX Runtime, torchvision) median / this "
+        "median, and for grad_image, where no reference gradient ran, the faster reference's "
+        "forward median / this median; "
         "GB/s: the byte model's bytes per call / median; of copy: that GB/s as a share of the "
         "copy bandwidth above."
     )
     say(f"byte model: {BYTE_MODEL}.")
+    for workload in report.config.workloads:
+        for op in workload.ops:
+            baseline = report.baseline(workload.name, op)
+            if workload.family == "roi_align" and op in report.config.ops and baseline:
+                say(f"{workload.name} {op}: ratios to {baseline[0]}")
     for note in report.notes:
         say(f"note: {note}")
 
@@ -140,7 +150,7 @@ def write_json(report: Report, path: str | os.PathLike[str]) -> Path:
 def _chart_data(report: Report) -> tuple[list[str], list[str], dict[str, list[float]], str]:
     """Case labels, implementation names, one value per case and implementation, the axis label."""
     cases = list(dict.fromkeys((r.workload, r.op) for r in report.results))
-    with_tf = any(report.tf_median(*case) for case in cases)
+    with_tf = any(report.baseline(*case) for case in cases)
     names = [
         impl.name
         for impl in report.implementations
@@ -150,17 +160,18 @@ def _chart_data(report: Report) -> tuple[list[str], list[str], dict[str, list[fl
     values: dict[str, list[float]] = {name: [] for name in names}
     timings = {(r.workload, r.op, r.implementation): r for r in report.results}
     for case in cases:
-        tf_median = report.tf_median(*case)
+        baseline = report.baseline(*case)
         for name in names:
             r = timings.get((*case, name))
             if r is None or not r.times:
                 values[name].append(math.nan)
             elif with_tf:
-                values[name].append(tf_median / r.median if tf_median else math.nan)
+                values[name].append(baseline[1] / r.median if baseline else math.nan)
             else:
                 values[name].append(r.median * 1e3)
     label = (
-        "speed-up over TensorFlow (TF median / median, log scale; > 1: faster)"
+        "speed-up over TensorFlow (TF median / median, log scale; > 1: faster; roi_align: "
+        "over the faster reference)"
         if with_tf
         else "median time per call, ms (log scale)"
     )

@@ -114,6 +114,29 @@ class Report:
                 return r.median
         return None
 
+    def baseline(self, workload: str, op: str) -> tuple[str, float] | None:
+        """What the "vs TF/ref" ratios divide: ``(label, median seconds)``, if it ran.
+
+        crop_and_resize workloads: TensorFlow's median. roi_align workloads: the faster
+        reference (ONNX Runtime, torchvision) on this op; for the image gradient, where no
+        reference's gradient ran (ONNX has none), the faster reference's forward on the same
+        workload (docs/decisions.md).
+        """
+        family = {w.name: w.family for w in self.config.workloads}.get(workload)
+        if family != "roi_align":
+            tf_median = self.tf_median(workload, op)
+            return ("tensorflow", tf_median) if tf_median else None
+        for wanted, suffix in ((op, ""), ("forward", " forward")):
+            timed = [
+                r
+                for r in self.results
+                if (r.workload, r.op, r.kind) == (workload, wanted, "reference") and r.times
+            ]
+            if timed:
+                fastest = min(timed, key=lambda r: r.median)
+                return fastest.implementation + suffix, fastest.median
+        return None
+
     @property
     def ok(self) -> bool:
         """Every cropcore backend ran and matched its reference bit for bit."""
@@ -138,7 +161,10 @@ class Report:
                     "backends": self.config.backends,
                     "references": self.config.references,
                     "statistics": "median of the rounds; spread = interquartile range "
-                    "(75th - 25th percentile); ratio_to_tensorflow = TF median / median",
+                    "(75th - 25th percentile); ratio_to_tensorflow = TF median / median; "
+                    "baseline.ratio = the baseline's median / median (crop_and_resize: "
+                    "TensorFlow; roi_align: the faster reference on the op, and for grad_image "
+                    "without a reference gradient, the faster reference's forward)",
                     "byte_model": BYTE_MODEL,
                 },
                 "machine": self.machine,
@@ -148,21 +174,36 @@ class Report:
                     for i in self.implementations
                 ],
                 "workloads": [w.as_dict() for w in self.config.workloads],
-                "results": [
-                    r.as_dict(self.tf_median(r.workload, r.op), self.copy.gbps)
-                    for r in self.results
-                ],
+                "results": [self._result_dict(r) for r in self.results],
                 "notes": self.notes,
                 "ok": self.ok,
             }
         )
 
+    def _result_dict(self, r: Result) -> dict[str, Any]:
+        fields = r.as_dict(self.tf_median(r.workload, r.op), self.copy.gbps)
+        baseline = self.baseline(r.workload, r.op)
+        fields["baseline"] = (
+            {
+                "against": baseline[0],
+                "median_s": baseline[1],
+                "ratio": baseline[1] / r.median if r.times else None,
+            }
+            if baseline
+            else None
+        )
+        return fields
+
 
 def case_steps(config: BenchConfig, implementations: Sequence[Implementation]) -> int:
     """How many steps :func:`run_benchmark` reports through ``on_step`` (a progress bar's total):
     one for the copy bandwidth, one per warm-up of an implementation, one per round."""
-    per_op = {op: sum(op in impl.ops for impl in implementations) for op in config.ops}
-    return 1 + len(config.workloads) * sum(per_op[op] + config.repeat for op in config.ops)
+    return 1 + sum(
+        sum(impl.runs(workload, op) for impl in implementations) + config.repeat
+        for workload in config.workloads
+        for op in config.ops
+        if op in workload.ops
+    )
 
 
 def run_benchmark(
@@ -198,6 +239,8 @@ def run_benchmark(
     results: list[Result] = []
     for workload in config.workloads:
         for op in config.ops:
+            if op not in workload.ops:  # roi_align has no box gradient
+                continue
             results += time_case(
                 workload,
                 op,

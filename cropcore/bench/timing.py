@@ -189,14 +189,17 @@ def _max_abs_difference(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.nanmax(difference)) if difference.size else 0.0
 
 
-def reference_for(op: str, names: Sequence[str]) -> str:
+def reference_for(op: str, names: Sequence[str], family: str = "crop_and_resize") -> str:
     """Whose result the others are compared with, bit for bit.
 
     TensorFlow's forward result. Not TF's gradients: its image gradient is accumulated from several
     threads without synchronisation, so its bits vary from run to run; the numpy backend (held
     bit-exact to TF run single-threaded by cropcore's tests) follows TF's single-threaded order.
+    On roi_align workloads: ONNX Runtime's forward result (which is torchvision's), the numpy
+    backend's gradient (ONNX has none; torchvision's CPU backward adds in the same order).
     """
-    return "tensorflow" if op == "forward" and "tensorflow" in names else "numpy"
+    forward_reference = "onnxruntime" if family == "roi_align" else "tensorflow"
+    return forward_reference if op == "forward" and forward_reference in names else "numpy"
 
 
 def _numpy_result(workload: Workload, op: str) -> np.ndarray | None:
@@ -232,8 +235,11 @@ def time_case(
     Returns:
         One result per implementation of ``op``, in the order of ``implementations``.
     """
-    chosen = [impl for impl in implementations if op in impl.ops]
-    reference = reference_for(op, [impl.name for impl in chosen])
+    chosen = [impl for impl in implementations if impl.runs(workload, op)]
+    absent = {impl.name for impl in chosen if impl.unavailable}
+    reference = reference_for(
+        op, [impl.name for impl in chosen if impl.name not in absent], workload.family
+    )
     bytes_moved = workload.bytes_moved(op)
     label = f"{workload.name} {op}"
     results = {
@@ -247,6 +253,10 @@ def time_case(
         expected = _numpy_result(workload, op)
     for impl in sorted(chosen, key=lambda impl: impl.name != reference):  # the reference first
         result = results[impl.name]
+        if impl.unavailable:
+            result.error = f"absent: {impl.unavailable}"
+            step(f"{label}: {impl.name} is absent", 1)
+            continue
         step(f"{label}: warming up {impl.name}", 0)
         try:
             call = impl.prepare(workload, op)
@@ -265,7 +275,7 @@ def time_case(
         if impl.name == reference:
             expected = output
         elif expected is not None:
-            if impl.compared:
+            if impl.compared or workload.family == "roi_align":
                 result.checked_against = reference
                 result.identical = _identical(output, expected)
             same = result.identical

@@ -9,8 +9,8 @@ results are bit-identical to the reference backend and to ONNX Runtime:
   :mod:`cropcore.roi_samples`'s, computed on the host from the boxes (a device synchronisation for
   CUDA boxes: this first version reads them);
 - forward: for each sample ``(iy, ix)`` in order, ``out = out + (((w1 * v1 + w2 * v2) + w3 * v3) +
-  w4 * v4)`` over every box, bin and channel at once, then ``out / count``; max mode: the
-  ``std::max`` chain;
+  w4 * v4)`` over every bin and channel of a chunk of boxes at once (the corners of every sample
+  gathered with one ``index_select``), then ``out / count``; max mode: the ``std::max`` chain;
 - image gradient: ``(g * w) / count`` per corner, added with ``index_add_`` in torchvision's order
   (boxes, bins, samples, corners), which torch's CPU ``index_add_`` keeps (it adds the rows one
   after another); on CUDA its atomics add in any order (the ``reordered-sums`` tolerance).
@@ -80,48 +80,80 @@ def _forward(
     dtype = np.float64 if image.dtype == torch.float64 else np.float32
     t = _TORCH[dtype]
     k = boxes.shape[0]
-    out = torch.zeros((k, pooled_height, pooled_width, depth), dtype=t, device=image.device)
+    device = image.device
+    out = torch.zeros((k, pooled_height, pooled_width, depth), dtype=t, device=device)
     if k and depth:
         size = (pooled_height, pooled_width)
         y, x, grid_h, grid_w = _tables(
-            boxes, height, width, size, spatial_scale, sampling_ratio, aligned, dtype, image.device
+            boxes, height, width, size, spatial_scale, sampling_ratio, aligned, dtype, device
         )
         y_in, y_low, y_high, y_frac, y_rest = y
         x_in, x_low, x_high, x_frac, x_rest = x
         pixels = nhwc.to(t).reshape(batch * height * width, depth)
-        indices = box_indices.to(image.device, torch.int64)
+        indices = box_indices.to(device, torch.int64)
         bad = (indices < 0) | (indices >= batch)  # unchecked (device) indices: a NaN crop
         base = indices.clamp(0, max(batch - 1, 0))[:, None, None] * (height * width)
-        gh = torch.from_numpy(grid_h).to(image.device)
-        gw = torch.from_numpy(grid_w).to(image.device)
-        zero = torch.zeros((), dtype=t, device=image.device)
-        started = torch.zeros(
-            (k, pooled_height, pooled_width), dtype=torch.bool, device=image.device
+        gh = torch.from_numpy(grid_h).to(device)
+        gw = torch.from_numpy(grid_w).to(device)
+        every_sample_real = bool(
+            (grid_h == y_low.shape[2]).all() and (grid_w == x_low.shape[2]).all()
         )
-        for iy in range(y_low.shape[2]):
-            for ix in range(x_low.shape[2]):
-                real = (iy < gh)[:, None, None] & (ix < gw)[:, None, None]
-                real = real.expand(k, pooled_height, pooled_width)
-                inside = y_in[:, :, iy, None] & x_in[:, None, :, ix]
-                terms = []
-                for ya, wy in ((y_low, y_rest), (y_high, y_frac)):
-                    for xa, wx in ((x_low, x_rest), (x_high, x_frac)):
-                        w = torch.where(inside, wy[:, :, iy, None] * wx[:, None, :, ix], zero)
-                        row = ya[:, :, iy, None] * width + xa[:, None, :, ix]
-                        row = torch.where(inside, row, 0)
-                        terms.append(w[..., None] * pixels[base + row])
-                if max_mode:
-                    val = _std_max(_std_max(_std_max(terms[0], terms[1]), terms[2]), terms[3])
-                    first = (real & ~started)[..., None]
-                    later = torch.where(real[..., None], _std_max(out, val), out)
-                    out = torch.where(first, val, later)
-                    started = started | real
-                else:
-                    term = ((terms[0] + terms[1]) + terms[2]) + terms[3]
-                    out = torch.where(real[..., None], out + term, out)
+        zero = torch.zeros((), dtype=t, device=device)
+        started_flat = torch.zeros(
+            (k, pooled_height * pooled_width), dtype=torch.bool, device=device
+        )
+        samples = [(iy, ix) for iy in range(y_low.shape[2]) for ix in range(x_low.shape[2])]
+        corners = [
+            (ya, wy, xa, wx)
+            for ya, wy in ((y_low, y_rest), (y_high, y_frac))
+            for xa, wx in ((x_low, x_rest), (x_high, x_frac))
+        ]
+        bins = pooled_height * pooled_width
+        reals, weights, rows = [], [], []  # per sample (and corner), in torchvision's order
+        for iy, ix in samples:
+            real = (iy < gh)[:, None, None] & (ix < gw)[:, None, None]
+            reals.append(real.expand(k, pooled_height, pooled_width).reshape(k, bins))
+            inside = y_in[:, :, iy, None] & x_in[:, None, :, ix]
+            for ya, wy, xa, wx in corners:
+                weights.append(torch.where(inside, wy[:, :, iy, None] * wx[:, None, :, ix], zero))
+                row = ya[:, :, iy, None] * width + xa[:, None, :, ix]
+                rows.append(base + torch.where(inside, row, 0))
+        count_s = len(samples)
+        if samples:
+            weight = torch.stack(weights).reshape(count_s, 4, k, bins, 1)
+            row = torch.stack(rows).reshape(count_s * 4, k, bins)
+        flat = out.view(k, bins, depth)
+        # Every sample and corner in one gather, one multiplication and three additions per
+        # chunk of boxes (each operation starts and joins a thread team, which costs milliseconds
+        # on a loaded machine, so that few large ones beat many that fit in the cache): chunks
+        # of about 64 MB of terms.
+        step = max(1, 4 * _CHUNK_ELEMENTS // max(1, count_s * 4 * bins * depth))
+        for first in range(0, k if samples else 0, step):
+            n = slice(first, min(first + step, k))
+            m = n.stop - n.start
+            terms = pixels.index_select(0, row[:, n].reshape(-1))
+            terms = terms.view(count_s, 4, m, bins, depth).mul_(weight[:, :, n])
+            chunk = flat[n]
+            if max_mode:
+                for s_, real in enumerate(reals):
+                    t0, t1, t2, t3 = terms[s_]
+                    val = _std_max(_std_max(_std_max(t0, t1), t2), t3)
+                    r = real[n]
+                    first_sample = (r & ~started_flat[n])[..., None]
+                    later = torch.where(r[..., None], _std_max(chunk, val), chunk)
+                    chunk.copy_(torch.where(first_sample, val, later))
+                    started_flat[n] |= r
+            else:
+                # ((w1 v1 + w2 v2) + w3 v3) + w4 v4 for every sample at once, then in turn
+                term = terms[:, 0].add_(terms[:, 1]).add_(terms[:, 2]).add_(terms[:, 3])
+                for s_, real in enumerate(reals):
+                    if every_sample_real:
+                        chunk.add_(term[s_])
+                    else:
+                        chunk.copy_(torch.where(real[n][..., None], chunk + term[s_], chunk))
         if not max_mode:
             count = np.maximum(grid_h * grid_w, 1).astype(dtype)
-            out = out / torch.from_numpy(count).to(image.device)[:, None, None, None]
+            out.div_(torch.from_numpy(count).to(device)[:, None, None, None])
         out = torch.where(bad[:, None, None, None], torch.nan, out)
     out = out.to(image.dtype)
     return out.permute(0, 3, 1, 2).contiguous() if channels_first else out
@@ -144,7 +176,9 @@ def _grad(
     dtype = np.float64 if grads.dtype == torch.float64 else np.float32
     t = _TORCH[dtype]
     device = grads.device
-    acc = torch.zeros((batch * height * width, depth), dtype=t, device=device)
+    pixels = batch * height * width
+    # one row more than the image: empty samples and bad unchecked indices add there, unread
+    acc = torch.zeros((pixels + 1, depth), dtype=t, device=device)
     if k and depth:
         y, x, grid_h, grid_w = _tables(
             boxes, height, width, (pooled_h, pooled_w), spatial_scale, sampling_ratio, aligned,
@@ -158,28 +192,26 @@ def _grad(
         good = (indices >= 0) & (indices < batch)  # a bad unchecked index adds nothing
         gy, gx = y_low.shape[2], x_low.shape[2]
         per_box = pooled_h * pooled_w * max(gy * gx, 1) * 4 * depth
-        step = max(1, _CHUNK_ELEMENTS // max(per_box, 1))
+        step = max(1, _CHUNK_ELEMENTS // 4 // max(per_box, 1))
         for first in range(0, k, step):
             n = slice(first, min(first + step, k))
             # (box, ph, pw, iy, ix): torchvision's order of samples, then the four corners
             inside = y_in[n][:, :, None, :, None] & x_in[n][:, None, :, None, :]
             inside = inside & good[n][:, None, None, None, None]
-            rows, values = [], []
+            base = indices[n].clamp(0, max(batch - 1, 0))[:, None, None, None, None]
+            base = base * (height * width)
+            rows, weights = [], []
             for ya, wy in ((y_low, y_rest), (y_high, y_frac)):
                 for xa, wx in ((x_low, x_rest), (x_high, x_frac)):
-                    w = wy[n][:, :, None, :, None] * wx[n][:, None, :, None, :]
-                    rows.append(ya[n][:, :, None, :, None] * width + xa[n][:, None, :, None, :])
-                    values.append(
-                        (g[n][:, :, :, None, None, :] * w[..., None])
-                        / count[n][:, None, None, None, None, None]
-                    )
-            base = indices[n].clamp(0, max(batch - 1, 0))[:, None, None, None, None, None]
-            base = base * (height * width)
-            row = torch.stack(rows, dim=-1) + base
-            value = torch.stack(values, dim=-2)
-            keep = inside[..., None].expand(row.shape)
-            acc.index_add_(0, row[keep], value[keep])
-    out = acc.reshape(batch, height, width, depth).to(grads.dtype)
+                    weights.append(wy[n][:, :, None, :, None] * wx[n][:, None, :, None, :])
+                    row = base + ya[n][:, :, None, :, None] * width + xa[n][:, None, :, None, :]
+                    rows.append(torch.where(inside, row, pixels))
+            row = torch.stack(rows, dim=-1)
+            w = torch.stack(weights, dim=-1)
+            value = g[n][:, :, :, None, None, None, :] * w[..., None]
+            value.div_(count[n][:, None, None, None, None, None, None])
+            acc.index_add_(0, row.reshape(-1), value.reshape(-1, depth))
+    out = acc[:pixels].reshape(batch, height, width, depth).to(grads.dtype)
     return out.permute(0, 3, 1, 2).contiguous() if channels_first else out
 
 
