@@ -84,6 +84,13 @@ def _signatures() -> dict[str, list]:
     names.update({"grad_image_f32": image, "grad_image_f64": image})
     names["samples"] = [_PTR, _I64, _I64, _I64, _I64, _INT, _PTR, _PTR, _PTR, _PTR, _PTR]
     names["planes_to_channels_f32"] = [_PTR, _I64, _I64, _I64, _PTR, _I64, _I64]
+    roi_tables = [_PTR] * 10 + [_PTR, _PTR, _PTR]  # y, x tables; grid_h, grid_w, count
+    roi = [_PTR, _I64, _I64, _I64, _I64, _PTR, _I64, _I64, _I64, _I64, *roi_tables]
+    roi_grad = [_PTR, _I64, _I64, _I64, _I64, _PTR, _I64, _I64, _I64, _I64, _I64]
+    roi_grad += [*roi_tables, _PTR, _INT, _PTR, _PTR, _I64, _I64]
+    for suffix in ("f32", "f64"):
+        names[f"roi_forward_{suffix}"] = [*roi, _INT, _INT, _PTR, _PTR, _I64, _I64]
+        names[f"roi_grad_{suffix}"] = roi_grad
     return names
 
 

@@ -418,3 +418,161 @@ DEFINE_GRAD_BOXES(f64, double, LOAD_CAST)
 
 DEFINE_GRAD_IMAGE(f32, float)
 DEFINE_GRAD_IMAGE(f64, double)
+
+/* roi_align (torchvision's arithmetic, as cropcore_numba.roi_align's kernels, operation for
+   operation): no flush-to-zero here (torchvision and ONNX Runtime compute with IEEE subnormals),
+   so these functions do not enter TF's floating-point modes. T is the compute dtype (float for
+   float16 and float32 images, double for float64). Tables are cropcore.roi_samples' (C-contiguous):
+   y_* (N, PH, GY), x_* (N, PW, GX); inside as uint8; frac and rest in T. */
+
+#define ROI_STD_MAX(a, b) ((a) < (b) ? (b) : (a)) /* C++'s std::max(a, b) */
+
+/* Forward, boxes [n0, n1): image NHWC contiguous (B, H, W, D) in T; out (N, bins, D), or
+   (N, D, bins) when channels_first, in T, every element written; tile: bins * D of T (the box,
+   channels innermost). count[k]: max(grid_h * grid_w, 1). A box whose image index is outside
+   [0, B) gets NaN (the torch ops' rule for unchecked indices; nothing of the image is read). */
+#define DEFINE_ROI_FORWARD(SUF, T)                                                             \
+i64 roi_forward_##SUF(const T* image, i64 B, i64 H, i64 W, i64 D, const int32_t* box_ind,     \
+                      i64 PH, i64 PW, i64 GY, i64 GX,                                         \
+                      const uint8_t* y_in, const i64* y_low, const i64* y_high,               \
+                      const T* y_frac, const T* y_rest,                                       \
+                      const uint8_t* x_in, const i64* x_low, const i64* x_high,               \
+                      const T* x_frac, const T* x_rest,                                       \
+                      const i64* grid_h, const i64* grid_w, const T* count, int max_mode,     \
+                      int channels_first, T* out, T* tile, i64 n0, i64 n1) {                  \
+    const i64 bins = PH * PW;                                                                 \
+    const T zero = 0;                                                                         \
+    for (i64 k = n0; k < n1; ++k) {                                                           \
+        const i64 b = box_ind[k];                                                             \
+        T* o = out + k * bins * D;                                                            \
+        if (b < 0 || b >= B) {                                                                \
+            for (i64 i = 0; i < bins * D; ++i) o[i] = (T)NAN;                                 \
+            continue;                                                                         \
+        }                                                                                     \
+        const T* img = image + b * H * W * D;                                                 \
+        const i64 gh = grid_h[k], gw = grid_w[k];                                             \
+        for (i64 ph = 0; ph < PH; ++ph) {                                                     \
+            const i64 ry = (k * PH + ph) * GY;                                                \
+            for (i64 pw = 0; pw < PW; ++pw) {                                                 \
+                const i64 rx = (k * PW + pw) * GX;                                            \
+                T* restrict row = tile + (ph * PW + pw) * D;                                  \
+                for (i64 c = 0; c < D; ++c) row[c] = zero;                                    \
+                int first = 1;                                                                \
+                for (i64 iy = 0; iy < gh; ++iy) {                                             \
+                    for (i64 ix = 0; ix < gw; ++ix) {                                         \
+                        T w1 = zero, w2 = zero, w3 = zero, w4 = zero;                         \
+                        i64 yl = 0, yh = 0, xl = 0, xh = 0;                                   \
+                        if (y_in[ry + iy] && x_in[rx + ix]) {                                 \
+                            const T hy = y_rest[ry + iy], ly = y_frac[ry + iy];               \
+                            const T hx = x_rest[rx + ix], lx = x_frac[rx + ix];               \
+                            w1 = hy * hx, w2 = hy * lx, w3 = ly * hx, w4 = ly * lx;           \
+                            yl = y_low[ry + iy], yh = y_high[ry + iy];                        \
+                            xl = x_low[rx + ix], xh = x_high[rx + ix];                        \
+                        }                                                                     \
+                        const T* restrict v1 = img + (yl * W + xl) * D;                       \
+                        const T* restrict v2 = img + (yl * W + xh) * D;                       \
+                        const T* restrict v3 = img + (yh * W + xl) * D;                       \
+                        const T* restrict v4 = img + (yh * W + xh) * D;                       \
+                        if (max_mode) {                                                       \
+                            for (i64 c = 0; c < D; ++c) {                                     \
+                                const T p1 = w1 * v1[c], p2 = w2 * v2[c];                     \
+                                const T p3 = w3 * v3[c], p4 = w4 * v4[c];                     \
+                                const T val = ROI_STD_MAX(                                    \
+                                    ROI_STD_MAX(ROI_STD_MAX(p1, p2), p3), p4);                \
+                                row[c] = first ? val : ROI_STD_MAX(row[c], val);              \
+                            }                                                                 \
+                        } else {                                                              \
+                            for (i64 c = 0; c < D; ++c)                                       \
+                                row[c] += ((w1 * v1[c] + w2 * v2[c]) + w3 * v3[c])            \
+                                          + w4 * v4[c];                                       \
+                        }                                                                     \
+                        first = 0;                                                            \
+                    }                                                                         \
+                }                                                                             \
+                if (!max_mode) {                                                              \
+                    const T n = count[k];                                                     \
+                    for (i64 c = 0; c < D; ++c) row[c] = row[c] / n;                          \
+                }                                                                             \
+            }                                                                                 \
+        }                                                                                     \
+        if (channels_first) {                                                                 \
+            for (i64 c = 0; c < D; ++c)                                                       \
+                for (i64 i = 0; i < bins; ++i) o[c * bins + i] = tile[i * D + c];             \
+        } else {                                                                              \
+            memcpy(o, tile, (size_t)(bins * D) * sizeof(T));                                  \
+        }                                                                                     \
+    }                                                                                         \
+    return -1;                                                                                \
+}
+
+DEFINE_ROI_FORWARD(f32, float)
+DEFINE_ROI_FORWARD(f64, double)
+
+/* Image gradient, channels [c0, c1): acc (B, H, W, D), T, NHWC contiguous, zeroed) += roi_align's
+   image gradient of grads (N, bins, D), or (N, D, bins) when channels_first, in T: per corner
+   acc += (g * w) / count, in torchvision's order (boxes, bins, samples, corners). Each channel
+   is summed by one call, in that order, so the result does not depend on how the channels are
+   split over threads. inverse[k]: 1 / count[k] where count[k] is a power of two (then
+   x / count == x * inverse exactly), else 0. scratch: bins * (c1 - c0) of T (the box's gradient,
+   channels innermost). Boxes without samples or with an image index outside [0, B) add nothing. */
+#define DEFINE_ROI_GRAD(SUF, T)                                                                \
+i64 roi_grad_##SUF(const T* grads, i64 B, i64 H, i64 W, i64 D, const int32_t* box_ind, i64 N, \
+                   i64 PH, i64 PW, i64 GY, i64 GX,                                            \
+                   const uint8_t* y_in, const i64* y_low, const i64* y_high,                  \
+                   const T* y_frac, const T* y_rest,                                          \
+                   const uint8_t* x_in, const i64* x_low, const i64* x_high,                  \
+                   const T* x_frac, const T* x_rest,                                          \
+                   const i64* grid_h, const i64* grid_w, const T* count, const T* inverse,    \
+                   int channels_first, T* acc, T* scratch, i64 c0, i64 c1) {                  \
+    const i64 bins = PH * PW, width = c1 - c0;                                                \
+    const T zero = 0;                                                                         \
+    for (i64 k = 0; k < N; ++k) {                                                             \
+        const i64 b = box_ind[k], gh = grid_h[k], gw = grid_w[k];                             \
+        if (b < 0 || b >= B || gh * gw == 0) continue;                                        \
+        for (i64 i = 0; i < bins; ++i)                                                        \
+            for (i64 c = 0; c < width; ++c)                                                   \
+                scratch[i * width + c] = channels_first ? grads[(k * D + c0 + c) * bins + i]  \
+                                                        : grads[(k * bins + i) * D + c0 + c]; \
+        T* img = acc + b * H * W * D + c0;                                                    \
+        const T n = count[k], scale = inverse[k];                                             \
+        for (i64 ph = 0; ph < PH; ++ph) {                                                     \
+            const i64 ry = (k * PH + ph) * GY;                                                \
+            for (i64 pw = 0; pw < PW; ++pw) {                                                 \
+                const i64 rx = (k * PW + pw) * GX;                                            \
+                const T* gi = scratch + (ph * PW + pw) * width;                               \
+                for (i64 iy = 0; iy < gh; ++iy) {                                             \
+                    if (!y_in[ry + iy]) continue;                                             \
+                    const T hy = y_rest[ry + iy], ly = y_frac[ry + iy];                       \
+                    const i64 yl = y_low[ry + iy], yh = y_high[ry + iy];                      \
+                    for (i64 ix = 0; ix < gw; ++ix) {                                         \
+                        if (!x_in[rx + ix]) continue;                                         \
+                        const T hx = x_rest[rx + ix], lx = x_frac[rx + ix];                   \
+                        const T w1 = hy * hx, w2 = hy * lx, w3 = ly * hx, w4 = ly * lx;       \
+                        const i64 xl = x_low[rx + ix], xh = x_high[rx + ix];                  \
+                        /* one loop per corner: the corners may be the same pixel, and each   \
+                           element still gets its four terms in order */                      \
+                        T* a1 = img + (yl * W + xl) * D;                                      \
+                        T* a2 = img + (yl * W + xh) * D;                                      \
+                        T* a3 = img + (yh * W + xl) * D;                                      \
+                        T* a4 = img + (yh * W + xh) * D;                                      \
+                        if (scale != zero) {                                                  \
+                            for (i64 c = 0; c < width; ++c) a1[c] += (gi[c] * w1) * scale;    \
+                            for (i64 c = 0; c < width; ++c) a2[c] += (gi[c] * w2) * scale;    \
+                            for (i64 c = 0; c < width; ++c) a3[c] += (gi[c] * w3) * scale;    \
+                            for (i64 c = 0; c < width; ++c) a4[c] += (gi[c] * w4) * scale;    \
+                        } else {                                                              \
+                            for (i64 c = 0; c < width; ++c) a1[c] += (gi[c] * w1) / n;        \
+                            for (i64 c = 0; c < width; ++c) a2[c] += (gi[c] * w2) / n;        \
+                            for (i64 c = 0; c < width; ++c) a3[c] += (gi[c] * w3) / n;        \
+                            for (i64 c = 0; c < width; ++c) a4[c] += (gi[c] * w4) / n;        \
+                        }                                                                     \
+                    }                                                                         \
+                }                                                                             \
+            }                                                                                 \
+        }                                                                                     \
+    }                                                                                         \
+    return -1;                                                                                \
+}
+
+DEFINE_ROI_GRAD(f32, float)
+DEFINE_ROI_GRAD(f64, double)

@@ -15,6 +15,11 @@ results are bit-identical to the reference backend and to ONNX Runtime:
   (boxes, bins, samples, corners), which torch's CPU ``index_add_`` keeps (it adds the rows one
   after another); on CUDA its atomics add in any order (the ``reordered-sums`` tolerance).
 
+On CPU, when :mod:`cropcore_torch._native`'s compiled loops are available (not with
+``CROPCORE_TORCH_NATIVE=0`` or without a C compiler), both ops run those instead: the same
+arithmetic in the same order (cropcore_numba's kernels ported to C, one pass per box, threads over
+boxes in the forward and over channels in the gradient), so the same bits, several times faster.
+
 Box values nobody checked (CUDA tensors, where cropcore reads no values; docs/decisions.md,
 "Unchecked values") are safe: a non-finite coordinate makes its samples empty, and a box index
 outside ``[0, batch)`` gives that box a NaN result and no gradient; no index is ever formed from
@@ -35,6 +40,7 @@ from torch import Tensor
 
 from cropcore.hookspecs import RoiAlignCall, RoiAlignGradImageCall
 from cropcore.roi_samples import sample_axes
+from cropcore_torch import _native
 
 __all__ = ["RoIAlign", "run_roi_align", "run_roi_align_grad_image"]
 
@@ -59,6 +65,13 @@ def _tables(boxes: Tensor, height: int, width: int, size, scale, ratio, aligned,
     return moved(y), moved(x), grid_h, grid_w
 
 
+def _native_for(x: Tensor) -> bool:
+    """Whether the compiled loops run this call: a CPU tensor and the library available (the op's
+    real implementation; under torch.compile the graph holds the op and its fake, and the loops
+    run when the compiled graph calls it)."""
+    return x.device.type == "cpu" and _native.available()
+
+
 def _std_max(a: Tensor, b: Tensor) -> Tensor:
     return torch.where(a < b, b, a)
 
@@ -75,6 +88,25 @@ def _forward(
     max_mode: bool,
     channels_first: bool,
 ) -> Tensor:
+    args = (pooled_height, pooled_width, spatial_scale, sampling_ratio, aligned)
+    if _native_for(image):
+        return _native.roi_align(image, boxes, box_indices, *args, max_mode, channels_first)
+    return _forward_ops(image, boxes, box_indices, *args, max_mode, channels_first)
+
+
+def _forward_ops(
+    image: Tensor,
+    boxes: Tensor,
+    box_indices: Tensor,
+    pooled_height: int,
+    pooled_width: int,
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+    max_mode: bool,
+    channels_first: bool,
+) -> Tensor:
+    """The forward pass in torch operations (any device; CPU without the compiled loops)."""
     nhwc = image.permute(0, 2, 3, 1) if channels_first else image
     batch, height, width, depth = nhwc.shape
     dtype = np.float64 if image.dtype == torch.float64 else np.float32
@@ -171,6 +203,25 @@ def _grad(
     aligned: bool,
     channels_first: bool,
 ) -> Tensor:
+    args = (batch, height, width, spatial_scale, sampling_ratio, aligned, channels_first)
+    if _native_for(grads):
+        return _native.roi_align_grad_image(grads, boxes, box_indices, *args)
+    return _grad_ops(grads, boxes, box_indices, *args)
+
+
+def _grad_ops(
+    grads: Tensor,
+    boxes: Tensor,
+    box_indices: Tensor,
+    batch: int,
+    height: int,
+    width: int,
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+    channels_first: bool,
+) -> Tensor:
+    """The image gradient in torch operations (any device; CPU without the compiled loops)."""
     g_nhwc = grads.permute(0, 2, 3, 1) if channels_first else grads
     k, pooled_h, pooled_w, depth = g_nhwc.shape
     dtype = np.float64 if grads.dtype == torch.float64 else np.float32
