@@ -180,3 +180,24 @@ def test_box_indices_of_the_wrong_shape_are_refused(native):
     image, boxes = torch.rand(1, 2, 8, 8), torch.tensor([[0.0, 0.0, 4.0, 4.0]])
     with pytest.raises(ValueError, match="box_indices"):
         _native.roi_align(image, boxes, torch.tensor([0, 0]), 2, 2, 1.0, 1, False, False, True)
+
+
+class _DirtyPool:
+    """A host pool whose memory is all NaN: recycled blocks hold old results."""
+
+    def empty(self, shape, dtype):
+        return np.full(shape, np.nan, dtype)
+
+
+@pytest.mark.parametrize("channels_first", [False, True])
+def test_recycled_memory_is_written_everywhere(native, monkeypatch, channels_first):
+    image, boxes, indices = hard_case(torch.float32, channels_first)
+    indices = indices.clamp(0, 2)
+    boxes[7] = torch.tensor([2.0, 2.0, 3.0, 3.0])  # a few pixels only: most of the gradient is 0
+    args = (image, boxes, indices, 4, 3, 0.5, 0, True, False, channels_first)
+    grad_args = (boxes, indices, 3, 17, 23, 0.5, 0, True, channels_first)
+    expected = roi._forward_ops(*args)
+    expected_grad = roi._grad_ops(expected, *grad_args)
+    monkeypatch.setattr(_native.hostmem, "pool", _DirtyPool)
+    assert_same_bits(_native.roi_align(*args), expected)
+    assert_same_bits(_native.roi_align_grad_image(expected, *grad_args), expected_grad)

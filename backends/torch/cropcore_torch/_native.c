@@ -508,13 +508,26 @@ i64 roi_forward_##SUF(const T* image, i64 B, i64 H, i64 W, i64 D, const int32_t*
 DEFINE_ROI_FORWARD(f32, float)
 DEFINE_ROI_FORWARD(f64, double)
 
-/* Image gradient, channels [c0, c1): acc (B, H, W, D), T, NHWC contiguous, zeroed) += roi_align's
+/* Image gradient, channels [c0, c1): acc (B, H, W, D), T, NHWC contiguous) = roi_align's
    image gradient of grads (N, bins, D), or (N, D, bins) when channels_first, in T: per corner
    acc += (g * w) / count, in torchvision's order (boxes, bins, samples, corners). Each channel
    is summed by one call, in that order, so the result does not depend on how the channels are
    split over threads. inverse[k]: 1 / count[k] where count[k] is a power of two (then
    x / count == x * inverse exactly), else 0. scratch: bins * (c1 - c0) of T (the box's gradient,
-   channels innermost). Boxes without samples or with an image index outside [0, B) add nothing. */
+   channels innermost). Boxes without samples or with an image index outside [0, B) add nothing.
+   The channels are zeroed first, by the call that sums them (acc may be recycled memory). */
+/* a[c] += (g[c] * w) * scale, or (g[c] * w) / n where scale is 0, for c in [0, width): one corner
+   of one sample (a and g never overlap; a helper so that the compiler may assume it). */
+#define DEFINE_ROI_SPREAD(SUF, T)                                                              \
+static inline void roi_spread_##SUF(T* restrict a, const T* restrict g, T w, T scale, T n,    \
+                                    i64 width) {                                              \
+    if (scale != (T)0) {                                                                      \
+        for (i64 c = 0; c < width; ++c) a[c] += (g[c] * w) * scale;                           \
+    } else {                                                                                  \
+        for (i64 c = 0; c < width; ++c) a[c] += (g[c] * w) / n;                               \
+    }                                                                                         \
+}
+
 #define DEFINE_ROI_GRAD(SUF, T)                                                                \
 i64 roi_grad_##SUF(const T* grads, i64 B, i64 H, i64 W, i64 D, const int32_t* box_ind, i64 N, \
                    i64 PH, i64 PW, i64 GY, i64 GX,                                            \
@@ -526,6 +539,8 @@ i64 roi_grad_##SUF(const T* grads, i64 B, i64 H, i64 W, i64 D, const int32_t* bo
                    int channels_first, T* acc, T* scratch, i64 c0, i64 c1) {                  \
     const i64 bins = PH * PW, width = c1 - c0;                                                \
     const T zero = 0;                                                                         \
+    for (i64 p = 0; p < B * H * W; ++p)                                                       \
+        for (i64 c = 0; c < width; ++c) acc[p * D + c0 + c] = zero;                           \
     for (i64 k = 0; k < N; ++k) {                                                             \
         const i64 b = box_ind[k], gh = grid_h[k], gw = grid_w[k];                             \
         if (b < 0 || b >= B || gh * gw == 0) continue;                                        \
@@ -551,21 +566,10 @@ i64 roi_grad_##SUF(const T* grads, i64 B, i64 H, i64 W, i64 D, const int32_t* bo
                         const i64 xl = x_low[rx + ix], xh = x_high[rx + ix];                  \
                         /* one loop per corner: the corners may be the same pixel, and each   \
                            element still gets its four terms in order */                      \
-                        T* a1 = img + (yl * W + xl) * D;                                      \
-                        T* a2 = img + (yl * W + xh) * D;                                      \
-                        T* a3 = img + (yh * W + xl) * D;                                      \
-                        T* a4 = img + (yh * W + xh) * D;                                      \
-                        if (scale != zero) {                                                  \
-                            for (i64 c = 0; c < width; ++c) a1[c] += (gi[c] * w1) * scale;    \
-                            for (i64 c = 0; c < width; ++c) a2[c] += (gi[c] * w2) * scale;    \
-                            for (i64 c = 0; c < width; ++c) a3[c] += (gi[c] * w3) * scale;    \
-                            for (i64 c = 0; c < width; ++c) a4[c] += (gi[c] * w4) * scale;    \
-                        } else {                                                              \
-                            for (i64 c = 0; c < width; ++c) a1[c] += (gi[c] * w1) / n;        \
-                            for (i64 c = 0; c < width; ++c) a2[c] += (gi[c] * w2) / n;        \
-                            for (i64 c = 0; c < width; ++c) a3[c] += (gi[c] * w3) / n;        \
-                            for (i64 c = 0; c < width; ++c) a4[c] += (gi[c] * w4) / n;        \
-                        }                                                                     \
+                        roi_spread_##SUF(img + (yl * W + xl) * D, gi, w1, scale, n, width);   \
+                        roi_spread_##SUF(img + (yl * W + xh) * D, gi, w2, scale, n, width);   \
+                        roi_spread_##SUF(img + (yh * W + xl) * D, gi, w3, scale, n, width);   \
+                        roi_spread_##SUF(img + (yh * W + xh) * D, gi, w4, scale, n, width);   \
                     }                                                                         \
                 }                                                                             \
             }                                                                                 \
@@ -574,5 +578,8 @@ i64 roi_grad_##SUF(const T* grads, i64 B, i64 H, i64 W, i64 D, const int32_t* bo
     return -1;                                                                                \
 }
 
+DEFINE_ROI_SPREAD(f32, float)
+DEFINE_ROI_SPREAD(f64, double)
 DEFINE_ROI_GRAD(f32, float)
 DEFINE_ROI_GRAD(f64, double)
+

@@ -38,6 +38,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 import logging
+import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -84,7 +85,9 @@ _MAX_CROP_SIDE = (1 << 31) - 1
 # Calling the loops
 
 
-def _run_split(function, fixed: tuple, total: int, work: int, scratch=None) -> list[int]:
+def _run_split(
+    function, fixed: tuple, total: int, work: int, scratch=None, *, per_thread: int = 4
+) -> list[int]:
     """Call ``function(*fixed, [scratch,] start, stop)`` over ``[0, total)``, split across threads.
 
     ``work``: the number of output elements, to decide whether threads are worth it. ``scratch``:
@@ -92,7 +95,7 @@ def _run_split(function, fixed: tuple, total: int, work: int, scratch=None) -> l
 
     The range is cut into a few chunks per thread that the calling thread and the pool's threads
     take in turn, so that a thread the OS has descheduled (a busy machine) delays the call by one
-    chunk, not by half of it.
+    chunk, not by half of it. ``per_thread``: the chunks per thread (fewer: larger chunks).
     """
     threads = min(torch.get_num_threads(), total, max(1, work // _MIN_WORK_PER_THREAD))
     if threads <= 1:  # a small call: no chunks, no lock
@@ -102,7 +105,7 @@ def _run_split(function, fixed: tuple, total: int, work: int, scratch=None) -> l
         result = function(*fixed, pointer, 0, total)
         del owner  # the scratch buffer lives until here
         return [result]
-    pieces = 1 if threads <= 1 else min(total, 4 * threads)
+    pieces = 1 if threads <= 1 else min(total, per_thread * threads)
     bounds = [total * i // pieces for i in range(pieces + 1)]
     chunks = [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
     taken = iter(range(len(chunks)))
@@ -614,8 +617,10 @@ def roi_align(
     k, bins = boxes.shape[0], pooled_height * pooled_width
     indices = _roi_indices(box_indices, k, batch)
     layout = (k, depth, bins) if channels_first else (k, bins, depth)
-    out = torch.zeros(layout, dtype=t)
-    if k * bins * depth:
+    if not k * bins * depth:
+        out = torch.zeros(layout, dtype=t)
+    else:  # every element is written: recycled memory (fresh pages cost as much as the loops)
+        out = torch.from_numpy(hostmem.pool().empty(layout, dtype))
         pixels = _nhwc_compute(image, channels_first, t)
         tables = _roi_tables(
             boxes, height, width, (pooled_height, pooled_width), spatial_scale, sampling_ratio,
@@ -668,8 +673,11 @@ def roi_align_grad_image(
         k, pooled_h, pooled_w, depth = grads.shape
     bins = pooled_h * pooled_w
     indices = _roi_indices(box_indices, k, batch)
-    acc = torch.zeros((batch, height, width, depth), dtype=t)
-    if k * bins * depth and acc.numel():
+    nhwc = (batch, height, width, depth)
+    if not (k * bins * depth and math.prod(nhwc)):
+        acc = torch.zeros(nhwc, dtype=t)
+    else:  # recycled memory, zeroed by the loops (each thread its channels)
+        acc = torch.from_numpy(hostmem.pool().empty(nhwc, dtype))
         g = grads.to(t).contiguous()
         tables = _roi_tables(
             boxes, height, width, (pooled_h, pooled_w), spatial_scale, sampling_ratio, aligned,
@@ -686,8 +694,12 @@ def roi_align_grad_image(
             inverse.ctypes.data, int(channels_first), acc.data_ptr(),
         )  # fmt: skip
         function = getattr(lib, f"roi_grad_{'f64' if dtype is np.float64 else 'f32'}")
-        work = g.numel() * 4 * max(1, tables.grid[0] * tables.grid[1])
-        _run_split(function, fixed, depth, work, _roi_scratch(bins * depth, t))
+        work = max(g.numel() * 4 * max(1, tables.grid[0] * tables.grid[1]), acc.numel())
+        # one block of channels per thread, as numba's: each block is a walk over every box's
+        # samples, and wider blocks read whole cache lines per corner (measured at 14 x 14: 0.42
+        # s against 0.68 to 0.82 s with four blocks per thread)
+        scratch = _roi_scratch(bins * depth, t)
+        _run_split(function, fixed, depth, work, scratch, per_thread=1)
     if channels_first:
         acc = _nhwc_to_nchw_f32(acc) if t == torch.float32 else acc.permute(0, 3, 1, 2)
         acc = acc.contiguous()
