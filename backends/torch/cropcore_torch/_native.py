@@ -31,6 +31,11 @@ Requirements:
   one thread, in TF's order, so the result does not depend on the split), taken in turn by the
   calling thread and ``torch.get_num_threads() - 1`` pool threads. Large results are written with
   non-temporal stores.
+- **roi_align too** (:func:`roi_align`, :func:`roi_align_grad_image`): torchvision's arithmetic,
+  cropcore_numba's kernels ported operation for operation over :mod:`cropcore.roi_samples`'
+  tables, without TF's flush-to-zero (torchvision and ONNX Runtime keep subnormals); the same bits
+  as :mod:`cropcore_torch.roi_align`'s torch ops. Forward: threads over boxes; image gradient: one
+  block of channels per thread, each summed over every box in torchvision's order.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
 
 from cropcore.hookspecs import RoiAlignCall, RoiAlignGradImageCall
 from cropcore.roi_samples import sample_axes
@@ -66,10 +67,15 @@ def _tables(boxes: Tensor, height: int, width: int, size, scale, ratio, aligned,
 
 
 def _native_for(x: Tensor) -> bool:
-    """Whether the compiled loops run this call: a CPU tensor and the library available (the op's
-    real implementation; under torch.compile the graph holds the op and its fake, and the loops
-    run when the compiled graph calls it)."""
-    return x.device.type == "cpu" and _native.available()
+    """Whether the compiled loops run this call: a real CPU tensor, not while torch.compile
+    traces, and the library available. (While tracing, the op's fake runs, not this; a compiled
+    graph calls the op on real tensors, which takes the loops.)"""
+    return (
+        x.device.type == "cpu"
+        and not torch.compiler.is_compiling()
+        and not is_fake(x)
+        and _native.available()
+    )
 
 
 def _std_max(a: Tensor, b: Tensor) -> Tensor:
