@@ -201,3 +201,18 @@ def test_recycled_memory_is_written_everywhere(native, monkeypatch, channels_fir
     monkeypatch.setattr(_native.hostmem, "pool", _DirtyPool)
     assert_same_bits(_native.roi_align(*args), expected)
     assert_same_bits(_native.roi_align_grad_image(expected, *grad_args), expected_grad)
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 0, 5), (1, 2, 5, 0)])
+def test_an_image_without_pixels_is_refused(native, shape):
+    # the op called directly (cropcore's validation bypassed): nothing to sample, nothing read
+    boxes, indices = torch.tensor([[0.0, 0.0, 4.0, 4.0]]), torch.tensor([0])
+    with pytest.raises(ValueError, match="image"):
+        _native.roi_align(torch.rand(shape), boxes, indices, 2, 2, 1.0, 2, False, False, True)
+
+
+def test_boxes_that_do_not_match_the_gradient_are_refused(native):
+    boxes, indices = torch.tensor([[0.0, 0.0, 4.0, 4.0]]), torch.tensor([0, 0])
+    grads = torch.rand(2, 2, 3, 3)  # two boxes' gradient, one box
+    with pytest.raises(ValueError, match="boxes"):
+        _native.roi_align_grad_image(grads, boxes, indices, 1, 8, 8, 1.0, 2, False, True)

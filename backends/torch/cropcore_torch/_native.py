@@ -560,8 +560,11 @@ def _roi_tables(boxes: Tensor, height: int, width: int, size, scale, ratio, alig
     return _RoiTables(arrays, pointers, (y.low.shape[2], x.low.shape[2]), grid_h, grid_w)
 
 
-def _roi_indices(box_indices: Tensor, num_boxes: int, batch: int) -> Tensor:
-    """int32 contiguous box indices (values outside ``[0, batch)`` kept outside it)."""
+def _roi_indices(box_indices: Tensor, boxes: Tensor, num_boxes: int, batch: int) -> Tensor:
+    """int32 contiguous box indices (values outside ``[0, batch)`` kept outside it), after the
+    shape checks the loops' memory safety rests on (the ops can be called directly)."""
+    if boxes.shape != (num_boxes, 4):
+        raise ValueError(f"boxes must be ({num_boxes}, 4), got {tuple(boxes.shape)}")
     if box_indices.shape != (num_boxes,):
         raise ValueError(
             f"box_indices must be (num_boxes,) = ({num_boxes},), got {tuple(box_indices.shape)}"
@@ -620,7 +623,12 @@ def roi_align(
     else:
         batch, height, width, depth = image.shape
     k, bins = boxes.shape[0], pooled_height * pooled_width
-    indices = _roi_indices(box_indices, k, batch)
+    indices = _roi_indices(box_indices, boxes, k, batch)
+    if k * bins * depth and batch and not height * width:  # the op called directly
+        raise ValueError(
+            f"image must have a height and width of at least 1 to sample boxes from, got "
+            f"{tuple(image.shape)}"
+        )
     layout = (k, depth, bins) if channels_first else (k, bins, depth)
     if not k * bins * depth:
         out = torch.zeros(layout, dtype=t)
@@ -677,7 +685,7 @@ def roi_align_grad_image(
     else:
         k, pooled_h, pooled_w, depth = grads.shape
     bins = pooled_h * pooled_w
-    indices = _roi_indices(box_indices, k, batch)
+    indices = _roi_indices(box_indices, boxes, k, batch)
     nhwc = (batch, height, width, depth)
     if not (k * bins * depth and math.prod(nhwc)):
         acc = torch.zeros(nhwc, dtype=t)
