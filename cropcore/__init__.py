@@ -26,7 +26,7 @@ from cropcore.api import (
     roi_align,
     roi_align_grad_image,
 )
-from cropcore.dispatch import DEFAULT_PRIORITY, Decision, get_priority, set_priority, use_backend
+from cropcore.dispatch import Decision
 from cropcore.errors import (
     BackendDeclinedError,
     BackendError,
@@ -35,6 +35,7 @@ from cropcore.errors import (
     UnknownBackendError,
 )
 from cropcore.hookspecs import BackendInfo, hookimpl
+from cropcore.priority import DEFAULT_PRIORITY, get_priority, set_priority, use_backend
 from cropcore.registry import Backend
 
 __version__ = "0.1.0"

@@ -19,14 +19,12 @@ without running it.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import sys
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
-from contextvars import ContextVar
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +39,13 @@ from cropcore.errors import (
     UnknownBackendError,
 )
 from cropcore.ops import OPS
+from cropcore.priority import (
+    DEFAULT_PRIORITY,
+    current_override,
+    get_priority,
+    set_priority,
+    use_backend,
+)
 from cropcore.registry import Backend, registry
 
 __all__ = [
@@ -58,10 +63,6 @@ __all__ = [
 
 logger = logging.getLogger("cropcore.dispatch")
 
-#: Automatic selection tries these in order. Third-party backends run when named, or when added
-#: to the priority list.
-DEFAULT_PRIORITY: tuple[str, ...] = ("cupy", "torch", "jax", "numba", "numpy")
-
 #: How to install the built-in backends, for error messages about a missing one.
 INSTALL_HINTS = {
     "numpy": "pip install cropcore (the numpy backend ships with it)",
@@ -74,50 +75,6 @@ INSTALL_HINTS = {
 
 # Libraries whose arrays all live on one device (the host), so no device move is ever needed.
 _SINGLE_DEVICE_LIBRARIES = frozenset({"numpy"})
-
-_override: ContextVar[str | None] = ContextVar("cropcore_backend_override", default=None)
-_priority_lock = threading.Lock()
-_priority: tuple[str, ...] | None = None
-
-
-def set_priority(names: Sequence[str] | None) -> None:
-    """Set the automatic-selection order for this process (``None`` restores the default).
-
-    Names may be aliases. Takes precedence over ``CROPCORE_PRIORITY``.
-    """
-    global _priority
-    if isinstance(names, str):
-        raise TypeError("set_priority takes a sequence of backend names, not a string")
-    with _priority_lock:
-        _priority = None if names is None else tuple(str(n) for n in names)
-
-
-def get_priority() -> tuple[str, ...]:
-    """The automatic-selection order now in force."""
-    if _priority is not None:
-        return _priority
-    return config.get("CROPCORE_PRIORITY") or DEFAULT_PRIORITY
-
-
-def current_override() -> str | None:
-    """The backend named by the innermost :func:`use_backend` of this thread or task, or ``None``."""
-    return _override.get()
-
-
-@contextlib.contextmanager
-def use_backend(name: str | None) -> Iterator[None]:
-    """Run the ops inside the ``with`` block on backend ``name`` unless a call names its own.
-
-    Scoped to the current thread (or asyncio task): other threads are unaffected. ``None`` lifts
-    an outer override. The name is checked when the first op runs, not here.
-    """
-    if name is not None and not isinstance(name, str):
-        raise TypeError(f"use_backend takes a backend name, got {name!r}")
-    token = _override.set(name)
-    try:
-        yield
-    finally:
-        _override.reset(token)
 
 
 @dataclass
@@ -156,7 +113,7 @@ def named_by(backend: str | None) -> tuple[str | None, str]:
     :func:`use_backend` block, then ``CROPCORE_BACKEND``; ``(None, "")`` when none does."""
     if backend is not None:
         return backend, "the backend= argument"
-    named = _override.get()
+    named = current_override()
     if named is not None:
         return named, "a use_backend() context"
     named = config.get("CROPCORE_BACKEND") or None

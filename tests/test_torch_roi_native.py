@@ -1,4 +1,4 @@
-"""The torch backend's compiled roi_align loops (``cropcore_torch._native.roi_align*``).
+"""The torch backend's compiled roi_align loops (``cropcore_torch._native_roi.roi_align*``).
 
 On CPU, ``torch.ops.cropcore.roi_align`` and ``roi_align_grad_image`` run the compiled loops when
 they are available, else the torch ops (``CROPCORE_TORCH_NATIVE=0``, no compiler; what runs on
@@ -18,7 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import cropcore  # noqa: E402
-from cropcore_torch import _native  # noqa: E402
+from cropcore_torch import _native, _native_roi  # noqa: E402
 from cropcore_torch import roi_align as roi  # noqa: E402
 
 
@@ -76,7 +76,7 @@ CASES = [
 def test_forward_gives_the_torch_ops_bits(native, dtype, channels_first, max_mode, ratio, aligned):
     image, boxes, indices = hard_case(dtype, channels_first)
     args = (image, boxes, indices, 7, 6, 0.5, ratio, aligned, max_mode, channels_first)
-    got = _native.roi_align(*args)
+    got = _native_roi.roi_align(*args)
     assert_same_bits(got, roi._forward_ops(*args))
     assert torch.isnan(got[4]).all()
     assert torch.isnan(got[5]).all()
@@ -94,7 +94,7 @@ def test_image_gradient_gives_the_torch_ops_bits(native, dtype, channels_first, 
     grads = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
     dims = (3, 17, 23)
     args = (grads, boxes, indices, *dims, 0.5, ratio, aligned, channels_first)
-    assert_same_bits(_native.roi_align_grad_image(*args), roi._grad_ops(*args))
+    assert_same_bits(_native_roi.roi_align_grad_image(*args), roi._grad_ops(*args))
 
 
 @pytest.mark.parametrize("channels_first", [False, True])
@@ -103,22 +103,22 @@ def test_calls_split_over_threads_give_the_same_bits(native, monkeypatch, channe
     image, boxes, indices = hard_case(torch.float32, channels_first, boxes=50, depth=9)
     indices = indices.clamp(0, 2)
     args = (image, boxes, indices, 7, 7, 0.25, 2, False, False, channels_first)
-    out = _native.roi_align(*args)
+    out = _native_roi.roi_align(*args)
     assert_same_bits(out, roi._forward_ops(*args))
     grad_args = (torch.ones_like(out), boxes, indices, 3, 17, 23, 0.25, 0, False, channels_first)
-    assert_same_bits(_native.roi_align_grad_image(*grad_args), roi._grad_ops(*grad_args))
+    assert_same_bits(_native_roi.roi_align_grad_image(*grad_args), roi._grad_ops(*grad_args))
 
 
 def test_the_compiled_loops_are_the_cpu_path(native, monkeypatch):
     calls = []
     for name in ("roi_align", "roi_align_grad_image"):
-        original = getattr(_native, name)
+        original = getattr(_native_roi, name)
 
         def spy(*args, _original=original, _name=name):
             calls.append(_name)
             return _original(*args)
 
-        monkeypatch.setattr(_native, name, spy)
+        monkeypatch.setattr(_native_roi, name, spy)
     image = torch.rand(1, 2, 8, 8, requires_grad=True)
     out = cropcore.roi_align(image, torch.tensor([[0.0, 1.0, 1.0, 6.0, 5.0]]), 3, backend="torch")
     out.sum().backward()
@@ -127,8 +127,8 @@ def test_the_compiled_loops_are_the_cpu_path(native, monkeypatch):
 
 def test_without_the_compiled_loops_the_torch_ops_run(cropcore_env, monkeypatch):
     cropcore_env.set("CROPCORE_TORCH_NATIVE", "0")
-    monkeypatch.setattr(_native, "roi_align", None)  # would raise if it were called
-    monkeypatch.setattr(_native, "roi_align_grad_image", None)
+    monkeypatch.setattr(_native_roi, "roi_align", None)  # would raise if it were called
+    monkeypatch.setattr(_native_roi, "roi_align_grad_image", None)
     check_against_the_numpy_reference("avg")
 
 
@@ -169,17 +169,17 @@ def test_subnormal_results_are_not_flushed(native):
     tiny = 2.0**-140
     image = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]]]) * tiny
     boxes, indices = torch.tensor([[0.0, 0.0, 1.0, 1.0]]), torch.tensor([0])
-    out = _native.roi_align(image, boxes, indices, 1, 1, 1.0, 1, False, False, True)
+    out = _native_roi.roi_align(image, boxes, indices, 1, 1, 1.0, 1, False, False, True)
     assert out.item() == np.float32(1.5 * tiny) != 0
     grads = torch.full((1, 1, 1, 1), 2.0**-130)
-    grad = _native.roi_align_grad_image(grads, boxes, indices, 1, 2, 2, 1.0, 1, False, True)
+    grad = _native_roi.roi_align_grad_image(grads, boxes, indices, 1, 2, 2, 1.0, 1, False, True)
     np.testing.assert_array_equal(grad.numpy(), np.full((1, 1, 2, 2), 2.0**-132, np.float32))
 
 
 def test_box_indices_of_the_wrong_shape_are_refused(native):
     image, boxes = torch.rand(1, 2, 8, 8), torch.tensor([[0.0, 0.0, 4.0, 4.0]])
     with pytest.raises(ValueError, match="box_indices"):
-        _native.roi_align(image, boxes, torch.tensor([0, 0]), 2, 2, 1.0, 1, False, False, True)
+        _native_roi.roi_align(image, boxes, torch.tensor([0, 0]), 2, 2, 1.0, 1, False, False, True)
 
 
 class _DirtyPool:
@@ -198,9 +198,9 @@ def test_recycled_memory_is_written_everywhere(native, monkeypatch, channels_fir
     grad_args = (boxes, indices, 3, 17, 23, 0.5, 0, True, channels_first)
     expected = roi._forward_ops(*args)
     expected_grad = roi._grad_ops(expected, *grad_args)
-    monkeypatch.setattr(_native.hostmem, "pool", _DirtyPool)
-    assert_same_bits(_native.roi_align(*args), expected)
-    assert_same_bits(_native.roi_align_grad_image(expected, *grad_args), expected_grad)
+    monkeypatch.setattr(_native_roi.hostmem, "pool", _DirtyPool)
+    assert_same_bits(_native_roi.roi_align(*args), expected)
+    assert_same_bits(_native_roi.roi_align_grad_image(expected, *grad_args), expected_grad)
 
 
 @pytest.mark.parametrize("shape", [(1, 2, 0, 5), (1, 2, 5, 0)])
@@ -208,11 +208,11 @@ def test_an_image_without_pixels_is_refused(native, shape):
     # the op called directly (cropcore's validation bypassed): nothing to sample, nothing read
     boxes, indices = torch.tensor([[0.0, 0.0, 4.0, 4.0]]), torch.tensor([0])
     with pytest.raises(ValueError, match="image"):
-        _native.roi_align(torch.rand(shape), boxes, indices, 2, 2, 1.0, 2, False, False, True)
+        _native_roi.roi_align(torch.rand(shape), boxes, indices, 2, 2, 1.0, 2, False, False, True)
 
 
 def test_boxes_that_do_not_match_the_gradient_are_refused(native):
     boxes, indices = torch.tensor([[0.0, 0.0, 4.0, 4.0]]), torch.tensor([0, 0])
     grads = torch.rand(2, 2, 3, 3)  # two boxes' gradient, one box
     with pytest.raises(ValueError, match="boxes"):
-        _native.roi_align_grad_image(grads, boxes, indices, 1, 8, 8, 1.0, 2, False, True)
+        _native_roi.roi_align_grad_image(grads, boxes, indices, 1, 8, 8, 1.0, 2, False, True)

@@ -9,7 +9,7 @@ For torch code:
 
 - :func:`crop_and_resize`, :func:`crop_and_resize_grad_image`, :func:`crop_and_resize_grad_boxes`,
   :func:`crop2d`: the functions of :mod:`cropcore`, on torch tensors, with a ``validate=False``
-  switch for trusted hot loops (see :func:`cropcore_torch.ops.crop_and_resize`);
+  switch for trusted hot loops (see :func:`cropcore_torch.functions.crop_and_resize`);
 - :class:`CropAndResize` and :class:`Cropping2D`: ``torch.nn.Module`` layers
   (:mod:`cropcore_torch.modules`); :class:`RoIAlign`, torchvision's module on cropcore's
   roi_align (:mod:`cropcore_torch.roi_align`).
@@ -21,7 +21,8 @@ Modules:
   TensorFlow's CPU kernel on CPU;
 - :mod:`cropcore_torch._native`: the same loops compiled for the CPU (used when a C compiler is
   available);
-- :mod:`cropcore_torch.ops`: the custom ops, their autograd formulas and the public functions;
+- :mod:`cropcore_torch.ops`: the custom ops and their autograd formulas;
+- :mod:`cropcore_torch.functions`: the public functions (``validate=False`` goes straight to the ops);
 - :mod:`cropcore_torch.modules`: the layers;
 - :mod:`cropcore_torch.roi_align`: roi_align's custom ops (with autograd) and ``RoIAlign``.
 """
@@ -38,13 +39,13 @@ if TYPE_CHECKING:
     from cropcore.hookspecs import CropAndResizeCall, GradBoxesCall, GradImageCall
 
     # What the lazy names below are, for type checkers (mypy, pyright): real signatures, not Any.
-    from cropcore_torch.modules import CropAndResize, Cropping2D
-    from cropcore_torch.ops import (
+    from cropcore_torch.functions import (
         crop2d,
         crop_and_resize,
         crop_and_resize_grad_boxes,
         crop_and_resize_grad_image,
     )
+    from cropcore_torch.modules import CropAndResize, Cropping2D
     from cropcore_torch.roi_align import RoIAlign
 
 __all__ = [
@@ -66,10 +67,10 @@ __all__ = [
 
 # The public names that live in modules which import torch, loaded on first access (PEP 562).
 _LAZY = {
-    "crop_and_resize": "cropcore_torch.ops",
-    "crop_and_resize_grad_image": "cropcore_torch.ops",
-    "crop_and_resize_grad_boxes": "cropcore_torch.ops",
-    "crop2d": "cropcore_torch.ops",
+    "crop_and_resize": "cropcore_torch.functions",
+    "crop_and_resize_grad_image": "cropcore_torch.functions",
+    "crop_and_resize_grad_boxes": "cropcore_torch.functions",
+    "crop2d": "cropcore_torch.functions",
     "CropAndResize": "cropcore_torch.modules",
     "Cropping2D": "cropcore_torch.modules",
     "RoIAlign": "cropcore_torch.roi_align",

@@ -12,7 +12,7 @@ What runs where:
   ``torch.ops.cropcore.crop_and_resize``; under ``torch.compile`` (``fullgraph=True``) and
   ``torch.export`` the checks that need no data run at trace time and the op joins the graph;
 - eager mode, ``validate=False``: the host read of CPU box values is skipped too (see
-  :func:`cropcore_torch.ops.crop_and_resize` for what bad values then give);
+  :func:`cropcore_torch.functions.crop_and_resize` for what bad values then give);
 - TorchScript: the scripted module checks shapes, dtypes and (when ``validate``, for CPU tensors)
   the box values itself, with the same rules; its errors surface as ``torch.jit.Error`` (a
   ``RuntimeError``) whose message names the Python exception (``ValueError: ...``), as TorchScript
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from cropcore import spec
-from cropcore_torch import ops
+from cropcore_torch import functions
 
 __all__ = ["CropAndResize", "Cropping2D"]
 
@@ -140,7 +140,7 @@ class CropAndResize(nn.Module):
 
     @torch.jit.unused
     def _eager_crop(self, image: Tensor, boxes: Tensor, box_indices: Tensor) -> Tensor:
-        return ops.crop_and_resize(
+        return functions.crop_and_resize(
             image,
             boxes,
             box_indices,

@@ -15,7 +15,7 @@ results are bit-identical to the reference backend and to ONNX Runtime:
   (boxes, bins, samples, corners), which torch's CPU ``index_add_`` keeps (it adds the rows one
   after another); on CUDA its atomics add in any order (the ``reordered-sums`` tolerance).
 
-On CPU, when :mod:`cropcore_torch._native`'s compiled loops are available (not with
+On CPU, when the compiled loops (:mod:`cropcore_torch._native_roi`) are available (not with
 ``CROPCORE_TORCH_NATIVE=0`` or without a C compiler), both ops run those instead: the same
 arithmetic in the same order (cropcore_numba's kernels ported to C, one pass per box, threads over
 boxes in the forward and over channels in the gradient), so the same bits, several times faster.
@@ -41,7 +41,7 @@ from torch._subclasses.fake_tensor import is_fake
 
 from cropcore.hookspecs import RoiAlignCall, RoiAlignGradImageCall
 from cropcore.roi_samples import sample_axes
-from cropcore_torch import _native
+from cropcore_torch import _native, _native_roi
 
 __all__ = ["RoIAlign", "run_roi_align", "run_roi_align_grad_image"]
 
@@ -96,7 +96,7 @@ def _forward(
 ) -> Tensor:
     args = (pooled_height, pooled_width, spatial_scale, sampling_ratio, aligned)
     if _native_for(image):
-        return _native.roi_align(image, boxes, box_indices, *args, max_mode, channels_first)
+        return _native_roi.roi_align(image, boxes, box_indices, *args, max_mode, channels_first)
     return _forward_ops(image, boxes, box_indices, *args, max_mode, channels_first)
 
 
@@ -211,7 +211,7 @@ def _grad(
 ) -> Tensor:
     args = (batch, height, width, spatial_scale, sampling_ratio, aligned, channels_first)
     if _native_for(grads):
-        return _native.roi_align_grad_image(grads, boxes, box_indices, *args)
+        return _native_roi.roi_align_grad_image(grads, boxes, box_indices, *args)
     return _grad_ops(grads, boxes, box_indices, *args)
 
 
