@@ -83,6 +83,9 @@ def _signatures() -> dict[str, list]:
     names.update({f"grad_boxes_{s}": boxes for s in _SUFFIX.values()})
     names.update({"grad_image_f32": image, "grad_image_f64": image})
     names["samples"] = [_PTR, _I64, _I64, _I64, _I64, _INT, _PTR, _PTR, _PTR, _PTR, _PTR]
+    once = [_PTR, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _PTR, _PTR, _I64, _I64, _I64, _I64]
+    once += [_PTR, _INT, _F32, _PTR, _I64, _I64, _I64, _I64]
+    names.update({f"crop_once_{s}": once for s in _SUFFIX.values()})
     names["planes_to_channels_f32"] = [_PTR, _I64, _I64, _I64, _PTR, _I64, _I64]
     roi_tables = [_PTR] * 10 + [_PTR, _PTR, _PTR]  # y, x tables; grid_h, grid_w, count
     roi = [_PTR, _I64, _I64, _I64, _I64, _PTR, _I64, _I64, _I64, _I64, *roi_tables]

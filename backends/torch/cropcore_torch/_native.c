@@ -583,3 +583,38 @@ DEFINE_ROI_SPREAD(f64, double)
 DEFINE_ROI_GRAD(f32, float)
 DEFINE_ROI_GRAD(f64, double)
 
+
+/* A small forward in one call (issue 16: a ctypes call costs microseconds, a tiny crop's loops
+   less): both axes' sample tables, computed into `tables` (29 * N * (ch + cw) bytes, laid out
+   as _native._Tables describes, so that the image gradient can reuse them), then crop_SUF over
+   every row on the calling thread, written in place (no scratch, no streaming). The caller
+   decides when that is what fill_crops would do; sizes as samples and crop_SUF require. Returns
+   what crop_SUF returns: -1, or a box whose image index is outside [0, B). */
+#define DEFINE_CROP_ONCE(SUF, T)                                                               \
+i64 crop_once_##SUF(const T* image, i64 is_b, i64 is_y, i64 is_x, i64 is_d, i64 B, i64 H,     \
+                    i64 W, const float* boxes, const int32_t* box_ind, i64 N, i64 ch, i64 cw,  \
+                    i64 D, uint8_t* tables, int nearest, float ev, float* out, i64 os_n,       \
+                    i64 os_y, i64 os_x, i64 os_d) {                                            \
+    const i64 rows = N * ch, cols = N * cw;                                                   \
+    i64* row_low = (i64*)tables;                                                              \
+    i64* col_low = row_low + 3 * rows;                                                        \
+    float* lerp = (float*)(tables + 24 * (rows + cols));                                      \
+    uint8_t* valid = tables + 28 * (rows + cols);                                             \
+    samples(boxes, N, 0, H, ch, 0, row_low, row_low + rows, row_low + 2 * rows, lerp, valid); \
+    samples(boxes, N, 1, W, cw, 0, col_low, col_low + cols, col_low + 2 * cols, lerp + rows,   \
+            valid + rows);                                                                    \
+    return crop_##SUF(image, is_b, is_y, is_x, is_d, B, box_ind, ch, cw, D,                   \
+                      nearest ? row_low + 2 * rows : row_low, row_low + rows, lerp, valid,     \
+                      nearest ? col_low + 2 * cols : col_low, col_low + cols, lerp + rows,     \
+                      valid + rows, nearest, ev, out, os_n, os_y, os_x, os_d, NULL, 0, rows);  \
+}
+
+DEFINE_CROP_ONCE(u8, uint8_t)
+DEFINE_CROP_ONCE(u16, uint16_t)
+DEFINE_CROP_ONCE(i8, int8_t)
+DEFINE_CROP_ONCE(i16, int16_t)
+DEFINE_CROP_ONCE(i32, int32_t)
+DEFINE_CROP_ONCE(i64, int64_t)
+DEFINE_CROP_ONCE(f16, uint16_t)
+DEFINE_CROP_ONCE(f32, float)
+DEFINE_CROP_ONCE(f64, double)

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from cropcore import spec
-from cropcore_torch import _native, kernels
+from cropcore_torch import _native, _small, kernels
 
 if TYPE_CHECKING:
     from cropcore.hookspecs import CropAndResizeCall, GradBoxesCall, GradImageCall
@@ -109,6 +109,12 @@ def _crop_and_resize_impl(
     image = _checked_image(image)
     fill = None
     if _native_for(image):
+        small = _small.crop_and_resize(
+            image, boxes, box_indices, crop_height, crop_width, method, extrapolation_value,
+            channels_first, keep,
+        )  # fmt: skip
+        if small is not None:
+            return small
         fill = _native.fill_crops if keep is None else partial(_native.fill_crops, keep=keep)
     return _own(
         kernels.crop_and_resize(

@@ -1,0 +1,141 @@
+"""The torch backend's small CPU forward: one compiled call per crop (issue 16).
+
+Requirements:
+
+- **What the general path computes, bit for bit.** The compiled ``crop_once_*`` of ``_native.c``
+  computes the sample tables and runs ``crop_*`` over every row, as
+  :func:`cropcore_torch._native.fill_crops` does for a call it runs on the calling thread,
+  without scratch or streaming. This path takes only such calls (a result of fewer than
+  ``2 * _native._MIN_WORK_PER_THREAD`` elements, channels read and written in place) and returns
+  ``None`` for every other, which then takes the general path.
+- **Cheap.** A tiny call (1 x 16 x 16 image, 4 boxes, 7 x 7) costs about as much in Python as in
+  its loops: one ``ctypes`` call instead of three, the result allocated once by ``torch.empty`` in
+  its final layout (no permuted views, no NumPy memory), the shape checks as int comparisons.
+- **Safe.** The same shape checks as :func:`cropcore_torch._native._box_indices` (the op can be
+  called directly), and a box index outside ``[0, batch)`` raises the same ``IndexError`` before
+  anything of its box is read.
+- **Reusable tables.** With ``keep``, the tables and checked box indices are kept as
+  :class:`cropcore_torch._native._Loops`, which the image gradient of the same call reuses.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from cropcore_torch import _native
+from cropcore_torch._build import _SUFFIX, library
+
+__all__ = ["crop_and_resize"]
+
+# Results below this many elements run on the calling thread in fill_crops (see _run_split).
+_SMALL = 2 * _native._MIN_WORK_PER_THREAD
+_FEW_CHANNELS = _native._FEW_CHANNELS
+_FLOAT32, _INT32 = torch.float32, torch.int32
+_CHANNELS_LAST = torch.channels_last
+
+# The compiled function of each image dtype, for the library they were looked up in.
+_functions: dict[torch.dtype, object] = {}
+_functions_of: list[object] = [None]
+
+
+def _function(lib: object, dtype: torch.dtype) -> object:
+    if _functions_of[0] is not lib:
+        _functions.clear()
+        _functions_of[0] = lib
+    function = _functions.get(dtype)
+    if function is None:
+        function = _functions[dtype] = getattr(lib, f"crop_once_{_SUFFIX[dtype]}")
+    return function
+
+
+def crop_and_resize(
+    image: Tensor,
+    boxes: Tensor,
+    box_indices: Tensor,
+    crop_height: int,
+    crop_width: int,
+    method: str,
+    extrapolation_value: float,
+    channels_first: bool,
+    keep: list | None = None,
+) -> Tensor | None:
+    """The op ``cropcore::crop_and_resize`` on a small CPU call in one compiled pass, or ``None``.
+
+    Args:
+        image: a CPU tensor of one of the nine image dtypes (bfloat16 already widened), NHWC, or
+            NCHW when ``channels_first``; any strides.
+        boxes: (N, 4), cast to float32 here; box_indices: integer (N,), cast to int32 here.
+        crop_height, crop_width, method, extrapolation_value, channels_first: as the op's.
+        keep: a list that receives the loops' box indices and tables (see the module docstring).
+
+    Returns:
+        The op's result (float32, (N, crop_height, crop_width, depth), or (N, depth, crop_height,
+        crop_width) for channels_first, channels-last in memory when the image is), or ``None``
+        when the call is not small or not one the one-pass loop runs as the general path would.
+    """
+    lib = library()
+    if lib is None:
+        return None
+    if channels_first:
+        batch, depth, height, width = image.shape
+        stride_b, stride_d, stride_y, stride_x = image.stride()
+    else:
+        batch, height, width, depth = image.shape
+        stride_b, stride_y, stride_x, stride_d = image.stride()
+    num_boxes = boxes.shape[0]
+    if (
+        boxes.dim() != 2
+        or boxes.shape[1] != 4
+        or box_indices.dim() != 1
+        or box_indices.shape[0] != num_boxes
+    ):
+        return None  # the general path refuses it
+    crop_pixels = crop_height * crop_width
+    total = num_boxes * crop_pixels * depth
+    if not 0 < total < _SMALL or height <= 0 or width <= 0 or batch <= 0:
+        return None
+    if max(height, width) > _native._MAX_IMAGE_SIDE:
+        return None
+    few_channels = depth <= _FEW_CHANNELS
+    if not few_channels and stride_d != 1:
+        return None  # the general path transposes the image or writes channel planes
+    if channels_first:
+        # The result follows the image's memory format (kernels.output_is_channels_last).
+        if image.is_contiguous() or not image.is_contiguous(memory_format=_CHANNELS_LAST):
+            if not few_channels:
+                return None  # a contiguous NCHW result with many channels: plane by plane
+            out = torch.empty((num_boxes, depth, crop_height, crop_width))
+            out_strides = (depth * crop_pixels, crop_width, 1, crop_pixels)
+        else:
+            out = torch.empty(
+                (num_boxes, depth, crop_height, crop_width), memory_format=_CHANNELS_LAST
+            )
+            out_strides = (crop_pixels * depth, crop_width * depth, depth, 1)
+    else:
+        out = torch.empty((num_boxes, crop_height, crop_width, depth))
+        out_strides = (crop_pixels * depth, crop_width * depth, depth, 1)
+    if boxes.dtype != _FLOAT32:
+        boxes = boxes.to(_FLOAT32)
+    if not boxes.is_contiguous():
+        boxes = boxes.contiguous()
+    indices = box_indices
+    if indices.dtype != _INT32:
+        indices = indices.to(_INT32)
+    if not indices.is_contiguous():
+        indices = indices.contiguous()
+    size = num_boxes * (crop_height + crop_width)
+    block = np.empty(29 * size, np.uint8)
+    address = block.__array_interface__["data"][0]
+    bad = _function(lib, image.dtype)(  # type: ignore[operator]
+        image.data_ptr(), stride_b, stride_y, stride_x, stride_d, batch, height, width,
+        boxes.data_ptr(), indices.data_ptr(), num_boxes, crop_height, crop_width, depth,
+        address, method == "nearest", float(extrapolation_value), out.data_ptr(), *out_strides,
+    )  # fmt: skip
+    if bad >= 0:
+        _native._check([bad], indices, batch)
+    if keep is not None:
+        tables = _native._Tables(block, address, (num_boxes, crop_height, crop_width))
+        keep.append(_native._Loops(lib, indices, tables))
+    return out

@@ -1,0 +1,128 @@
+"""The torch backend's small CPU calls (issue 16): the one-pass forward of
+:mod:`cropcore_torch._small` returns exactly what the general path (:func:`_native.fill_crops`)
+returns, in the same layout, and refuses what it refuses."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from cropcore_torch import _native, _small, ops  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not _native.available(), reason="no compiled CPU loops")
+
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.uint8, torch.int16, torch.int64)
+LAYOUTS = ("nhwc", "nchw", "nchw-cl", "nhwc-strided")
+
+
+def _image(layout: str, depth: int, dtype: torch.dtype) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(depth)
+    image = (torch.rand(2, 9, 13, depth, generator=generator) * 200).to(dtype)
+    if layout == "nchw":
+        return image.permute(0, 3, 1, 2).contiguous()
+    if layout == "nchw-cl":
+        return image.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    if layout == "nhwc-strided":
+        return image[:, ::2]
+    return image
+
+
+def _boxes() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(7)
+    boxes = torch.rand(5, 4, generator=generator) * 1.4 - 0.2
+    boxes[0] = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    boxes[1] = torch.tensor([0.9, 0.8, 0.1, 0.2])  # flipped
+    return boxes, torch.tensor([0, 1, 1, 0, 1])
+
+
+def _general(*args) -> torch.Tensor:
+    """The op's implementation with the one-pass path switched off."""
+    real = _small.crop_and_resize
+    try:
+        _small.crop_and_resize = lambda *a, **k: None
+        return ops._crop_and_resize_impl(*args)
+    finally:
+        _small.crop_and_resize = real
+
+
+def _bits(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous().view(torch.int32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("depth", [1, 3, 8])
+@pytest.mark.parametrize("method", ["bilinear", "nearest"])
+def test_small_forward_is_the_general_paths_bit_for_bit(dtype, layout, depth, method):
+    image = _image(layout, depth, dtype)
+    boxes, indices = _boxes()
+    channels_first = layout.startswith("nchw")
+    for crop_height, crop_width in ((7, 7), (1, 5), (3, 1)):
+        args = (image, boxes, indices, crop_height, crop_width, method, 0.5, channels_first)
+        expected = _general(*args)
+        small = _small.crop_and_resize(*args)
+        if layout == "nchw" and depth > _native._FEW_CHANNELS:
+            assert small is None  # written plane by plane: the general path's
+            continue
+        assert small is not None
+        assert small.shape == expected.shape
+        assert small.stride() == expected.stride()
+        assert torch.equal(_bits(small), _bits(expected))
+
+
+def test_the_op_takes_the_small_path_for_a_tiny_call(monkeypatch):
+    taken = []
+    real = _small.crop_and_resize
+
+    def spy(*args, **kwargs):
+        result = real(*args, **kwargs)
+        taken.append(result is not None)
+        return result
+
+    monkeypatch.setattr(_small, "crop_and_resize", spy)
+    image, (boxes, indices) = torch.rand(1, 1, 16, 16), _boxes()
+    with torch.no_grad():
+        torch.ops.cropcore.crop_and_resize(image, boxes, indices * 0, 7, 7, "bilinear", 0.0, True)
+    assert taken == [True]
+
+
+def test_large_calls_take_the_general_path():
+    image = torch.rand(1, 64, 64, 4)
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 40)
+    indices = torch.zeros(40, dtype=torch.int32)
+    assert _small.crop_and_resize(image, boxes, indices, 32, 32, "bilinear", 0.0, False) is None
+
+
+def test_small_forward_refuses_an_index_outside_the_batch():
+    image = torch.rand(1, 4, 4, 1)
+    boxes = torch.rand(2, 4)
+    with pytest.raises(IndexError, match=r"box_indices\[1\] = 3"):
+        _small.crop_and_resize(image, boxes, torch.tensor([0, 3]), 2, 2, "bilinear", 0.0, False)
+
+
+@pytest.mark.parametrize(
+    ("boxes", "indices"),
+    [
+        (torch.rand(2, 3), torch.zeros(2, dtype=torch.int32)),
+        (torch.rand(2, 4), torch.zeros(3, dtype=torch.int32)),
+        (torch.rand(2, 4), torch.zeros(2, 1, dtype=torch.int32)),
+    ],
+)
+def test_small_forward_leaves_bad_shapes_to_the_general_paths_refusal(boxes, indices):
+    image = torch.rand(1, 4, 4, 1)
+    assert _small.crop_and_resize(image, boxes, indices, 2, 2, "bilinear", 0.0, False) is None
+    with pytest.raises(ValueError, match="boxes must be"):
+        ops._crop_and_resize_impl(image, boxes, indices, 2, 2, "bilinear", 0.0, False)
+
+
+def test_kept_tables_give_the_image_gradient_of_fresh_ones():
+    image, (boxes, indices) = _image("nhwc", 3, torch.float32), _boxes()
+    keep: list = []
+    out = _small.crop_and_resize(image, boxes, indices, 4, 5, "bilinear", 0.0, False, keep)
+    assert out is not None
+    assert len(keep) == 1
+    grads = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
+    args = (grads, boxes, indices, 2, 9, 13, 3, "bilinear", torch.float32, False)
+    reused = ops._grad_image_impl(*args, loops=keep[0])
+    assert torch.equal(_bits(reused), _bits(ops._grad_image_impl(*args)))
