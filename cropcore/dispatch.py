@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from cropcore import config, memory
+from cropcore import config, dispatch_cache, memory
 from cropcore.arrays import dtype_name, library_for, library_name
 from cropcore.errors import (
     BackendDeclinedError,
@@ -459,6 +459,34 @@ def _quick_choice(call: Any, backend: str | None, libraries: dict[str, str]) -> 
     return None
 
 
+def _choice(call: Any, backend: str | None, libraries: dict[str, str]) -> Backend:
+    """:func:`select`'s backend, remembered per kind of call (:mod:`cropcore.dispatch_cache`)."""
+    if logger.isEnabledFor(logging.DEBUG):  # every decision is logged: select makes each one
+        return select(call, backend, libraries)[0]
+    named = named_by(backend)[0]
+    priority = get_priority()
+    names = tuple(libraries.values())
+    needs_grad = "torch" in names and _needs_grad(call, libraries)
+    static = _static_key(call)
+    entry = dispatch_cache.key(call, names, named, priority, needs_grad, static)
+    chosen = dispatch_cache.cached_choice(entry, call)
+    if chosen is not None:
+        return chosen
+    chosen, decision = select(call, backend, libraries)
+    if (
+        (needs_grad and decision.library != "torch")  # select warned: the result is detached
+        or named_by(backend)[0] != named  # changed meanwhile (another thread)
+        or get_priority() != priority
+    ):
+        return chosen
+    verdicts = None
+    if named is None:
+        device_type = entry[2].partition(":")[0]
+        verdicts = _verdicts(static, decision.library, device_type, needs_grad, priority)
+    dispatch_cache.remember(entry, chosen, verdicts, logger, needs_grad)
+    return chosen
+
+
 def run(call: Any, backend: str | None = None) -> Any:
     """Select a backend for ``call``, run it, and return the result in the caller's library."""
     torch = sys.modules.get("torch")
@@ -467,13 +495,14 @@ def run(call: Any, backend: str | None = None) -> Any:
     libraries = _libraries(call)
     chosen = _quick_choice(call, backend, libraries)
     if chosen is None:
-        chosen, _ = select(call, backend, libraries)
+        chosen = _choice(call, backend, libraries)
     hook = chosen.hook(call.op)
     if hook is None:  # an op the core runs itself (crop2d's slice), on the caller's arrays
         return OPS[call.op].in_core(call)
     if not getattr(call, "values_checked", True) and not chosen.info.unchecked_values:
         call = _values_checked_for(call, chosen)
-    output_bytes = memory.nbytes(call.output_shape, call.output_dtype)
+    output_shape, output_dtype = call.output_shape, call.output_dtype
+    output_bytes = memory.nbytes(output_shape, output_dtype)
     if _nothing_to_compute(call, output_bytes, libraries):
         return _zeros(call)
     converted = _to_backend(call, chosen, libraries)
@@ -482,12 +511,12 @@ def run(call: Any, backend: str | None = None) -> Any:
         memory.check_peak(peak, output_bytes, chosen.name, call.op)
     result = hook(call=converted)
     shape = result.shape
-    if shape != call.output_shape:  # torch.Size and NumPy shapes compare equal to tuples
+    if shape != output_shape:  # torch.Size and NumPy shapes compare equal to tuples
         shape = tuple(int(d) for d in shape)
-    if shape != call.output_shape or dtype_name(result) != call.output_dtype:
+    if shape != output_shape or dtype_name(result) != output_dtype:
         raise BackendError(
             f"backend {chosen.name!r} returned {dtype_name(result)} {shape} from {call.op}; the "
-            f"specification requires {call.output_dtype} {tuple(call.output_shape)} (a backend bug)"
+            f"specification requires {output_dtype} {tuple(output_shape)} (a backend bug)"
         )
     anchor = call.anchor
     if library_name(result) == library_name(anchor):

@@ -467,4 +467,6 @@ def run_grad_boxes(call: GradBoxesCall) -> Tensor:
 
 def _on(device: torch.device, boxes: Tensor, box_indices: Tensor) -> tuple[Tensor, Tensor]:
     """Boxes and box indices (canonical dtypes already) on ``device``, where the op runs."""
+    if device.type == "cpu" and boxes.is_cpu and box_indices.is_cpu:  # (is_cpu is cheap)
+        return boxes, box_indices
     return boxes.to(device=device), box_indices.to(device=device)
