@@ -30,10 +30,13 @@ dispatcher's job. Refusals are ``ValueError`` (values, shapes), ``TypeError`` (t
 
 from __future__ import annotations
 
+import math
+import sys
 from typing import Any
 
 from cropcore import calls
 from cropcore.arguments import (
+    _FEW_BOXES,
     as_array,
     boxes_arg,
     boxes_cast_arg,
@@ -147,6 +150,12 @@ def crop_and_resize_call(
     """
     data_format = data_format_arg(data_format)
     method = method_arg(method)
+    if check_values is not False:
+        quick = _quick_torch_call(
+            image, boxes, box_indices, crop_size, method, extrapolation_value, data_format
+        )
+        if quick is not None:
+            return quick
     image, dims = image_arg(image, data_format)
     crop = crop_size_arg(crop_size)
     extrapolation_value = extrapolation_value_arg(extrapolation_value)
@@ -159,6 +168,94 @@ def crop_and_resize_call(
         crop_size=crop,
         extrapolation_value=extrapolation_value,
     )
+
+
+_TORCH_DTYPES: dict[str, Any] = {}  # "image": the image dtypes as torch dtypes, "float32", "int32"
+
+
+def _quick_torch_call(
+    image: Any,
+    boxes: Any,
+    box_indices: Any,
+    crop_size: Any,
+    method: str,
+    extrapolation_value: Any,
+    data_format: str,
+) -> calls.CropAndResizeCall | None:
+    """:func:`crop_and_resize_call`'s answer for the common torch case, or ``None``.
+
+    The common case (issue 16: small calls): eager plain CPU tensors (not traced, not wrapped by
+    functorch), a valid image, float32 ``(N, 4)`` boxes and int32 or int64 indices, a few boxes
+    (as :func:`cropcore.arguments.boxes_values_arg` reads them as lists), every value valid. The
+    same checks as the general route, in its order, on plain ints; any doubt returns ``None`` and
+    the general route decides (and words any refusal). ``method`` and ``data_format`` are checked.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or torch.compiler.is_compiling():
+        return None
+    tensor = torch.Tensor
+    if type(image) is not tensor or type(boxes) is not tensor or type(box_indices) is not tensor:
+        return None
+    dtypes = _TORCH_DTYPES or _torch_dtypes(torch)
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    if (
+        not (image.is_cpu and boxes.is_cpu and box_indices.is_cpu)
+        or wrapped(image)
+        or wrapped(boxes)
+        or wrapped(box_indices)
+        or image.dim() != 4
+        or image.dtype not in dtypes["image"]
+        or boxes.dtype is not dtypes["float32"]
+        or boxes.dim() != 2
+        or boxes.shape[1] != 4
+        or box_indices.dim() != 1
+        or box_indices.dtype not in dtypes["indices"]
+    ):
+        return None
+    dims = ImageShape.from_format(image.shape, data_format)
+    num_boxes = boxes.shape[0]
+    if (
+        dims.height <= 0
+        or dims.width <= 0
+        or box_indices.shape[0] != num_boxes
+        or not 0 < num_boxes <= _FEW_BOXES
+    ):
+        return None
+    crop = crop_size_arg(crop_size)
+    extrapolation_value = extrapolation_value_arg(extrapolation_value)
+    output = ImageShape(num_boxes, *crop, dims.depth).to_format(data_format)
+    check_output_size(output, "float32", "crop_and_resize's result")
+    # The values, as boxes_values_arg reads a few: finite boxes, indices in [0, batch).
+    indices = box_indices.tolist()
+    if (
+        not math.isfinite(sum(sum(row) for row in boxes.tolist()))
+        or min(indices) < 0
+        or max(indices) >= dims.batch
+    ):
+        return None
+    if box_indices.dtype is not dtypes["int32"]:
+        box_indices = box_indices.to(dtypes["int32"])
+    return calls.CropAndResizeCall(
+        boxes=boxes,
+        box_indices=box_indices,
+        values_checked=True,
+        method=method,
+        data_format=data_format,
+        image_shape=dims,
+        image=image,
+        crop_size=crop,
+        extrapolation_value=extrapolation_value,
+    )
+
+
+def _torch_dtypes(torch: Any) -> dict[str, Any]:
+    _TORCH_DTYPES.update(
+        image=frozenset(getattr(torch, name) for name in (*IMAGE_DTYPES, "bfloat16")),
+        indices=frozenset((torch.int32, torch.int64)),
+        float32=torch.float32,
+        int32=torch.int32,
+    )
+    return _TORCH_DTYPES
 
 
 def grad_image_call(

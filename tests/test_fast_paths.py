@@ -248,3 +248,88 @@ def test_dtype_and_method_are_part_of_what_is_cached(register_backend, image):
     cropcore.crop_and_resize(image, boxes, indices, (2, 2))
     assert len(fake.calls) == 2
     assert all(np.asarray(c.image).dtype == np.float32 for c in fake.calls)
+
+
+# --------------------------------------------------------------------------------------------------
+# The torch quick route of crop_and_resize_call (issue 16)
+
+
+def _general_torch_call(*args, **kwargs):
+    """crop_and_resize_call with its torch quick route switched off."""
+    quick = spec._quick_torch_call
+    spec._quick_torch_call = lambda *a, **k: None
+    try:
+        return spec.crop_and_resize_call(*args, **kwargs)
+    finally:
+        spec._quick_torch_call = quick
+
+
+def _call_outcome(function, *args):
+    try:
+        return ("ok", function(*args))
+    except (TypeError, ValueError, IndexError, cropcore.errors.OutputTooLargeError) as exc:
+        return ("error", type(exc), str(exc))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    num_boxes=st.integers(0, 10),  # both sides of the few-boxes limit
+    values=st.lists(box_values, min_size=40, max_size=40),
+    indices=st.lists(st.integers(-2, 3), min_size=10, max_size=10),
+    index_dtype=st.sampled_from(["int32", "int64", "int16", "float32"]),
+    box_dtype=st.sampled_from(["float32", "float64", "bfloat16"]),
+    shape=st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 4), st.integers(1, 2)),
+    image_dtype=st.sampled_from(["float32", "uint8", "bfloat16", "bool", "complex64"]),
+    crop=st.sampled_from([(2, 3), (0, 2), (1, 1), 3, (2.0, 1)]),
+    data_format=st.sampled_from(["channels_last", "channels_first"]),
+    extrapolation=st.sampled_from([0.0, -0.0, 1.5, 1e40, "x"]),
+    boxes_2d=st.booleans(),
+)
+def test_torch_quick_route_matches_the_general_route(
+    num_boxes, values, indices, index_dtype, box_dtype, shape, image_dtype, crop, data_format,
+    extrapolation, boxes_2d,
+):  # fmt: skip
+    torch = pytest.importorskip("torch")
+    image = torch.zeros(shape, dtype=getattr(torch, image_dtype))
+    boxes = torch.tensor(values[: 4 * num_boxes], dtype=torch.float64).reshape(num_boxes, 4)
+    boxes = boxes.to(getattr(torch, box_dtype))
+    if not boxes_2d:
+        boxes = boxes.reshape(-1)
+    box_indices = torch.tensor(indices[:num_boxes]).to(getattr(torch, index_dtype))
+    args = (image, boxes, box_indices, crop, "bilinear", extrapolation, data_format)
+    quick = _call_outcome(spec.crop_and_resize_call, *args)
+    general = _call_outcome(_general_torch_call, *args)
+    assert quick[0] == general[0]
+    if quick[0] == "error":
+        assert quick[1:] == general[1:]
+        return
+    quick_call, general_call = quick[1], general[1]
+    for name in quick_call.__dataclass_fields__:
+        a, b = getattr(quick_call, name), getattr(general_call, name)
+        if isinstance(a, torch.Tensor):
+            assert a.dtype == b.dtype, name
+            assert a.shape == b.shape, name
+            assert torch.equal(a, b), name
+        else:
+            assert a == b, name
+            assert type(a) is type(b), name
+        if name == "extrapolation_value":
+            assert math.copysign(1, a) == math.copysign(1, b)
+
+
+def test_torch_quick_route_takes_the_common_case(monkeypatch):
+    torch = pytest.importorskip("torch")
+    taken = []
+    real = spec._quick_torch_call
+
+    def spy(*args):
+        result = real(*args)
+        taken.append(result is not None)
+        return result
+
+    monkeypatch.setattr(spec, "_quick_torch_call", spy)
+    image, boxes = torch.rand(1, 16, 16, 1), torch.tensor([[0.1, 0.1, 0.6, 0.6]] * 4)
+    call = spec.crop_and_resize_call(image, boxes, torch.zeros(4, dtype=torch.int64), (7, 7))
+    assert taken == [True]
+    assert call.box_indices.dtype == torch.int32
+    assert call.values_checked
