@@ -126,3 +126,95 @@ def test_kept_tables_give_the_image_gradient_of_fresh_ones():
     args = (grads, boxes, indices, 2, 9, 13, 3, "bilinear", torch.float32, False)
     reused = ops._grad_image_impl(*args, loops=keep[0])
     assert torch.equal(_bits(reused), _bits(ops._grad_image_impl(*args)))
+
+
+def _general_grad_image(*args, **kwargs) -> torch.Tensor:
+    """The image gradient's implementation with the one-pass path switched off."""
+    real = _small.grad_image
+    try:
+        _small.grad_image = lambda *a, **k: None
+        return ops._grad_image_impl(*args, **kwargs)
+    finally:
+        _small.grad_image = real
+
+
+def _layout(x: torch.Tensor) -> list[tuple[int, int]]:
+    """Size and stride of each axis longer than 1 (a size-1 axis's stride means nothing)."""
+    return [(size, stride) for size, stride in zip(x.shape, x.stride(), strict=True) if size > 1]
+
+
+def _bits64(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous().view(torch.int64 if x.dtype == torch.float64 else torch.int32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("grads_dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("layout", ["nhwc", "nchw", "nchw-cl"])
+@pytest.mark.parametrize("depth", [1, 3, 8])
+@pytest.mark.parametrize("method", ["bilinear", "nearest"])
+@pytest.mark.parametrize("tables", ["kept", "fresh"])
+def test_small_image_gradient_is_the_general_paths_bit_for_bit(
+    dtype, grads_dtype, layout, depth, method, tables
+):
+    boxes, indices = _boxes()
+    channels_first = layout.startswith("nchw")
+    generator = torch.Generator().manual_seed(depth)
+    for crop_height, crop_width in ((7, 7), (1, 5), (3, 1)):
+        grads = torch.randn(5, crop_height, crop_width, depth, generator=generator)
+        grads = grads.to(grads_dtype)
+        if layout == "nchw":
+            grads = grads.permute(0, 3, 1, 2).contiguous()
+        elif layout == "nchw-cl":
+            grads = grads.permute(0, 3, 1, 2)
+        loops = None
+        if tables == "kept":
+            keep: list = []
+            image = torch.zeros((2, depth, 9, 13) if channels_first else (2, 9, 13, depth))
+            args = (image, boxes, indices, crop_height, crop_width, method, 0.0, channels_first)
+            ops._crop_and_resize_impl(*args, keep=keep)
+            loops = keep[0]
+        shape = (2, 9, 13, depth)
+        args = (grads, boxes, indices, *shape, method, dtype, channels_first)
+        expected = _general_grad_image(*args)
+        small = _small.grad_image(
+            grads, boxes, indices, shape, method, dtype, channels_first, loops
+        )
+        assert small is not None
+        assert small.dtype == expected.dtype
+        assert small.shape == expected.shape
+        assert _layout(small) == _layout(expected)
+        assert torch.equal(_bits64(small), _bits64(expected))
+
+
+def test_the_image_gradient_takes_the_small_path_for_a_tiny_call(monkeypatch):
+    taken = []
+    real = _small.grad_image
+
+    def spy(*args, **kwargs):
+        result = real(*args, **kwargs)
+        taken.append(result is not None)
+        return result
+
+    monkeypatch.setattr(_small, "grad_image", spy)
+    image = torch.rand(1, 1, 16, 16, requires_grad=True)
+    boxes, indices = _boxes()
+    out = torch.ops.cropcore.crop_and_resize(image, boxes, indices * 0, 7, 7, "bilinear", 0.0, True)
+    out.sum().backward()
+    assert taken == [True]
+
+
+def test_small_image_gradient_refuses_an_index_outside_the_batch():
+    grads = torch.rand(2, 2, 2, 1)
+    boxes = torch.rand(2, 4)
+    with pytest.raises(IndexError, match=r"box_indices\[1\] = 3"):
+        _small.grad_image(
+            grads, boxes, torch.tensor([0, 3]), (1, 4, 4, 1), "bilinear", torch.float32, False
+        )
+
+
+def test_large_image_gradients_take_the_general_path():
+    grads = torch.rand(40, 32, 32, 4)
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 40)
+    indices = torch.zeros(40, dtype=torch.int32)
+    shape = (1, 64, 64, 4)
+    assert _small.grad_image(grads, boxes, indices, shape, "bilinear", torch.float32, False) is None

@@ -87,6 +87,7 @@ def _signatures() -> dict[str, list]:
     once += [_PTR, _INT, _F32, _PTR, _I64, _I64, _I64, _I64]
     names.update({f"crop_once_{s}": once for s in _SUFFIX.values()})
     names.update({f"crop_packed_{s}": [_PTR, _F32] for s in _SUFFIX.values()})
+    names.update({"grad_image_packed_f32": [_PTR], "grad_image_packed_f64": [_PTR]})
     names["planes_to_channels_f32"] = [_PTR, _I64, _I64, _I64, _PTR, _I64, _I64]
     roi_tables = [_PTR] * 10 + [_PTR, _PTR, _PTR]  # y, x tables; grid_h, grid_w, count
     roi = [_PTR, _I64, _I64, _I64, _I64, _PTR, _I64, _I64, _I64, _I64, *roi_tables]

@@ -651,3 +651,42 @@ DEFINE_CROP_PACKED(i64, int64_t)
 DEFINE_CROP_PACKED(f16, uint16_t)
 DEFINE_CROP_PACKED(f32, float)
 DEFINE_CROP_PACKED(f64, double)
+
+/* The image gradient of a small call in one call on the calling thread, its arguments packed as
+   crop_packed_SUF's: p[0..20] = grads, gs_n, gs_y, gs_x, gs_d, box_ind, N, ch, cw, D, boxes, H,
+   W, tables, nearest, out, os_b, os_y, os_x, os_d, B. tables: the forward's (laid out as
+   _native._Tables describes), or 0: computed here from boxes (as samples, not ratio-first) and
+   freed on return. out zeroed; strides in elements, NHWC order, any layout (each pixel still
+   gets its terms in TF's order). Returns grad_image_SUF's value, or -2 when the tables cannot be
+   allocated. */
+#define DEFINE_GRAD_IMAGE_PACKED(SUF, T)                                                       \
+i64 grad_image_packed_##SUF(const i64* p) {                                                   \
+    const i64 N = p[6], ch = p[7], cw = p[8], rows = N * ch, cols = N * cw;                   \
+    uint8_t* tables = (uint8_t*)P_(13);                                                       \
+    uint8_t* own = NULL;                                                                      \
+    if (tables == NULL) {                                                                     \
+        own = tables = (uint8_t*)malloc((size_t)(29 * (rows + cols)));                        \
+        if (own == NULL) return -2;                                                           \
+    }                                                                                         \
+    i64* row_low = (i64*)tables;                                                              \
+    i64* col_low = row_low + 3 * rows;                                                        \
+    float* lerp = (float*)(tables + 24 * (rows + cols));                                      \
+    uint8_t* valid = tables + 28 * (rows + cols);                                             \
+    if (own != NULL) {                                                                        \
+        samples((const float*)P_(10), N, 0, p[11], ch, 0, row_low, row_low + rows,            \
+                row_low + 2 * rows, lerp, valid);                                             \
+        samples((const float*)P_(10), N, 1, p[12], cw, 0, col_low, col_low + cols,            \
+                col_low + 2 * cols, lerp + rows, valid + rows);                               \
+    }                                                                                         \
+    const int nearest = (int)p[14];                                                           \
+    const i64 bad = grad_image_##SUF(                                                         \
+        (const float*)P_(0), p[1], p[2], p[3], p[4], (const int32_t*)P_(5), N, ch, cw, p[9],   \
+        nearest ? row_low + 2 * rows : row_low, row_low + rows, lerp, valid,                  \
+        nearest ? col_low + 2 * cols : col_low, col_low + cols, lerp + rows, valid + rows,    \
+        nearest, (T*)P_(15), p[16], p[17], p[18], p[19], p[20], NULL, 0, p[20]);              \
+    free(own);                                                                                \
+    return bad;                                                                               \
+}
+
+DEFINE_GRAD_IMAGE_PACKED(f32, float)
+DEFINE_GRAD_IMAGE_PACKED(f64, double)

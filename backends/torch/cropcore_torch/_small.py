@@ -31,26 +31,28 @@ from torch import Tensor
 from cropcore_torch import _native
 from cropcore_torch._build import _SUFFIX, library
 
-__all__ = ["crop_and_resize"]
+__all__ = ["crop_and_resize", "grad_image"]
 
 # Results below this many elements run on the calling thread in fill_crops (see _run_split).
 _SMALL = 2 * _native._MIN_WORK_PER_THREAD
 _FEW_CHANNELS = _native._FEW_CHANNELS
 _FLOAT32, _INT32 = torch.float32, torch.int32
 _CHANNELS_LAST = torch.channels_last
+_CROP = {dtype: f"crop_packed_{suffix}" for dtype, suffix in _SUFFIX.items()}
+_GRAD_IMAGE = {torch.float32: "grad_image_packed_f32", torch.float64: "grad_image_packed_f64"}
 
-# The compiled function of each image dtype, for the library they were looked up in.
-_functions: dict[torch.dtype, object] = {}
+# The compiled functions, by name, for the library they were looked up in.
+_functions: dict[str, object] = {}
 _functions_of: list[object] = [None]
 
 
-def _function(lib: object, dtype: torch.dtype) -> object:
+def _function(lib: object, name: str) -> object:
     if _functions_of[0] is not lib:
         _functions.clear()
         _functions_of[0] = lib
-    function = _functions.get(dtype)
+    function = _functions.get(name)
     if function is None:
-        function = _functions[dtype] = getattr(lib, f"crop_packed_{_SUFFIX[dtype]}")
+        function = _functions[name] = getattr(lib, name)
     return function
 
 
@@ -141,7 +143,7 @@ def crop_and_resize(
             address or 0, method == "nearest", out.data_ptr(), *out_strides,
         ),
     )  # fmt: skip
-    bad = _function(lib, image.dtype)(packed.buffer_info()[0], float(extrapolation_value))  # type: ignore[operator]
+    bad = _function(lib, _CROP[image.dtype])(packed.buffer_info()[0], float(extrapolation_value))  # type: ignore[operator]
     if bad >= 0:
         _native._check([bad], indices, batch)
     if bad == -2:
@@ -149,4 +151,93 @@ def crop_and_resize(
     if keep is not None:
         tables = _native._Tables(block, address, (num_boxes, crop_height, crop_width))
         keep.append(_native._Loops(lib, indices, tables))
+    return out
+
+
+def grad_image(
+    grads: Tensor,
+    boxes: Tensor,
+    box_indices: Tensor,
+    image_shape: tuple[int, int, int, int],
+    method: str,
+    dtype: torch.dtype,
+    channels_first: bool,
+    loops: _native._Loops | None = None,
+) -> Tensor | None:
+    """The op ``cropcore::crop_and_resize_grad_image`` on a small CPU call in one compiled pass,
+    or ``None``.
+
+    Args:
+        grads: (N, crop_height, crop_width, depth), or NCHW when ``channels_first``; cast to
+            float32 here; any strides.
+        boxes, box_indices: as :func:`crop_and_resize` takes them.
+        image_shape: ``(batch, height, width, depth)``. method: ``"bilinear"`` or ``"nearest"``.
+        dtype: the result's, float32 or float64 (float16 sums go through torch: ``None``).
+        loops: what :func:`crop_and_resize` kept for the forward of the same call.
+
+    Returns:
+        ``dtype`` (batch, height, width, depth), or contiguous NCHW for channels_first: what the
+        general path returns, bit for bit (each pixel's terms added in TF's order); or ``None``
+        when the call is not small (the general path splits it across threads).
+    """
+    name = _GRAD_IMAGE.get(dtype)
+    lib = library()
+    if name is None or lib is None:
+        return None
+    batch, height, width, depth = image_shape
+    if channels_first:
+        num_crops, grads_depth, crop_height, crop_width = grads.shape
+    else:
+        num_crops, crop_height, crop_width, grads_depth = grads.shape
+    num_boxes = boxes.shape[0]
+    if (
+        boxes.dim() != 2
+        or boxes.shape[1] != 4
+        or box_indices.dim() != 1
+        or box_indices.shape[0] != num_boxes
+        or num_crops != num_boxes
+        or grads_depth != depth
+    ):
+        return None  # the general path refuses it
+    total = num_crops * crop_height * crop_width * depth
+    if not 0 < total < _SMALL or height <= 0 or width <= 0 or batch <= 0:
+        return None
+    if max(height, width) > _native._MAX_IMAGE_SIDE:
+        return None
+    if grads.dtype != _FLOAT32:
+        grads = grads.to(_FLOAT32)
+    if channels_first:
+        out = torch.zeros((batch, depth, height, width), dtype=dtype)
+        out_strides = (depth * height * width, width, 1, height * width)
+        stride_n, stride_d, stride_y, stride_x = grads.stride()
+    else:
+        out = torch.zeros((batch, height, width, depth), dtype=dtype)
+        out_strides = (height * width * depth, width * depth, depth, 1)
+        stride_n, stride_y, stride_x, stride_d = grads.stride()
+    if loops is None:
+        if boxes.dtype != _FLOAT32:
+            boxes = boxes.to(_FLOAT32)
+        if not boxes.is_contiguous():
+            boxes = boxes.contiguous()
+        indices = box_indices
+        if indices.dtype != _INT32:
+            indices = indices.to(_INT32)
+        if not indices.is_contiguous():
+            indices = indices.contiguous()
+        tables = 0
+    else:
+        indices, tables = loops.indices, loops.tables.address
+    packed = array(
+        "q",
+        (
+            grads.data_ptr(), stride_n, stride_y, stride_x, stride_d, indices.data_ptr(),
+            num_boxes, crop_height, crop_width, depth, boxes.data_ptr(), height, width, tables,
+            method == "nearest", out.data_ptr(), *out_strides, batch,
+        ),
+    )  # fmt: skip
+    bad = _function(lib, name)(packed.buffer_info()[0])  # type: ignore[operator]
+    if bad >= 0:
+        _native._check([bad], indices, batch)
+    if bad == -2:
+        raise MemoryError("cannot allocate the sample tables of a small image gradient")
     return out

@@ -263,6 +263,13 @@ def _grad_image_impl(
         raise TypeError(f"dtype must be float16, float32 or float64, got {dtype}")
     # The compiled loops accumulate in float32 or float64; float16 sums go through torch.
     native = _native_for(grads) and dtype != torch.float16
+    if native:
+        small = _small.grad_image(
+            grads, boxes, box_indices, (batch, height, width, depth), method, dtype,
+            channels_first, loops,
+        )  # fmt: skip
+        if small is not None:
+            return small
     # An NCHW float32 gradient: accumulated NHWC, then transposed by the compiled blocked loop
     # (torch's strided copy of that permutation costs about as much as the gradient itself).
     transpose = native and channels_first and dtype == torch.float32
