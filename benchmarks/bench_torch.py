@@ -15,7 +15,10 @@ implementation per round, the order rotating, the garbage collector off; medians
 Layouts: ``nhwc`` (contiguous NHWC, ``data_format="channels_last"``), ``nchw`` (contiguous NCHW,
 how torch holds features) and ``nchw-cl`` (NCHW stored ``torch.channels_last``).
 Gradients: ``fwd`` (forward only, no autograd), ``image`` (forward + backward to the image),
-``boxes`` (to the boxes), ``both``. torchvision's ``roi_align`` is timed too where its C++ ops load.
+``boxes`` (to the boxes), ``both``. torchvision's ``roi_align`` (``aligned=True``, sampling ratio 2,
+the same boxes in pixels) is timed too, forward and image gradient, where its C++ ops load: to load
+them on a CPU-only torch from torchvision's CUDA wheel, run this through
+``benchmarks/torchvision_cpu.py`` (``python benchmarks/torchvision_cpu.py benchmarks/bench_torch.py``).
 
 Usage::
 
@@ -141,12 +144,14 @@ def _cases(workload, layout, grads):
             lambda: grid_sample_crop_and_resize(image, boxes, indices, crop, channels_first)
         ),
     }
+    if grads in ("boxes", "both"):  # roi_align has no gradient to its boxes
+        return impls
     try:
         from torchvision.ops import roi_align
 
         height, width = (image.shape[2], image.shape[3]) if channels_first else image.shape[1:3]
         scale = torch.tensor([height - 1, width - 1, height - 1, width - 1], dtype=torch.float32)
-        pix = boxes * scale
+        pix = boxes.detach() * scale
         rois = torch.cat([indices[:, None].float(), pix[:, [1, 0, 3, 2]]], dim=1)
         x = image if channels_first else image.permute(0, 3, 1, 2)
         roi_align(x.detach(), rois.detach(), crop, aligned=True)  # do its ops load?
@@ -208,6 +213,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0, help="budget per case")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    try:
+        import torchvision
+
+        print(f"torchvision {torchvision.__version__}")
+    except Exception as exc:  # not installed, or does not import
+        print(f"no torchvision: {type(exc).__name__}")
     for workload in _workloads(args.workloads.split(",")):
         print(f"\n{workload.description}")
         tiny = np.prod(workload.image_shape) * workload.num_boxes < 1e5

@@ -216,3 +216,18 @@ def test_without_torchvision_the_import_says_why():
     if not isinstance(result, str):
         pytest.skip("torchvision's ops load here")
     assert "torchvision" in result
+
+
+def test_the_jax_backend_has_roi_rows_equal_to_the_numpy_backend():
+    pytest.importorskip("jax")
+    notes: list[str] = []
+    jax_rows = implementations.jax_implementation(notes)
+    numpy_rows = implementations.cropcore_implementation("numpy")
+    for op in ("forward", "grad_image"):
+        assert jax_rows.runs(SMALL, op)
+        ours = np.asarray(jax_rows.prepare(SMALL, op)())
+        reference = np.asarray(numpy_rows.prepare(SMALL, op)())
+        assert ours.dtype == reference.dtype
+        assert ours.shape == reference.shape
+        assert np.array_equal(ours, reference)
+    assert any("grad_image on maskrcnn-small" in note for note in notes)

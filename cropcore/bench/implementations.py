@@ -189,7 +189,9 @@ def jax_implementation(notes: list[str]) -> Implementation:
             image, boxes, box_indices = (jax.device_put(a, cpu) for a in workload.inputs())
             grads = jax.device_put(workload.grads(), cpu)
         crop_size, image_shape = tuple(workload.crop_size), tuple(workload.image_shape)
-        if op == "forward":
+        if workload.family == "roi_align":
+            arrays, function = _jax_roi_align(jax, workload, op, image, boxes, box_indices, grads)
+        elif op == "forward":
             arrays = (image, boxes, box_indices)
             function = jax.jit(
                 lambda i, b, x: cropcore.crop_and_resize(i, b, x, crop_size, backend="jax")
@@ -218,7 +220,25 @@ def jax_implementation(notes: list[str]) -> Implementation:
         "jax",
         "cropcore",
         prepare,
+        roi_ops=ROI_OPS,
         note="jax.jit of the call on jax.Array inputs (CPU), timed after compilation",
+    )
+
+
+def _jax_roi_align(jax, workload, op, image, boxes, box_indices, grads):
+    """``jax.jit`` of ``cropcore.roi_align`` (or its image gradient) on a roi workload's NCHW
+    arrays, and the arrays it takes."""
+    args = (workload.spatial_scale, workload.sampling_ratio, workload.aligned)
+    crop_size, image_shape = tuple(workload.crop_size), tuple(image.shape)  # NCHW
+    box_indices = box_indices.astype("int32")  # jit runs without x64
+    if op == "forward":
+        return (image, boxes, box_indices), jax.jit(
+            lambda i, b, x: cropcore.roi_align(i, b, crop_size, *args, box_indices=x, backend="jax")
+        )
+    return (grads, boxes, box_indices), jax.jit(
+        lambda g, b, x: cropcore.roi_align_grad_image(
+            g, b, image_shape, *args, box_indices=x, backend="jax"
+        )
     )
 
 
