@@ -427,9 +427,12 @@ def _to_backend(call: Any, backend: Backend, libraries: dict[str, str]) -> Any:
     changes = {}
     for name, lib in libraries.items():
         value = getattr(call, name)
-        if lib in accepted and lib != target:
+        if lib == target:  # what convert does with its own library's arrays, without its look-up
+            converted = target_lib.to_device(value, like)
+        elif lib in accepted:
             continue
-        converted = target_lib.convert(value, like)
+        else:
+            converted = target_lib.convert(value, like)
         if converted is not value:
             changes[name] = converted
     return call.replace(**changes) if changes else call
