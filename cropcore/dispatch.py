@@ -466,9 +466,7 @@ def _choice(call: Any, backend: str | None, libraries: dict[str, str]) -> Backen
     """:func:`select`'s backend, remembered per kind of call (:mod:`cropcore.dispatch_cache`)."""
     if logger.isEnabledFor(logging.DEBUG):  # every decision is logged: select makes each one
         return select(call, backend, libraries)[0]
-    named = named_by(backend)[0]
-    priority = get_priority()
-    names = tuple(libraries.values())
+    named, priority, names = named_by(backend)[0], get_priority(), tuple(libraries.values())
     needs_grad = "torch" in names and _needs_grad(call, libraries)
     static = _static_key(call)
     entry = dispatch_cache.key(call, names, named, priority, needs_grad, static)
@@ -482,10 +480,11 @@ def _choice(call: Any, backend: str | None, libraries: dict[str, str]) -> Backen
         or get_priority() != priority
     ):
         return chosen
-    verdicts = None
-    if named is None:
-        device_type = entry[2].partition(":")[0]
-        verdicts = _verdicts(static, decision.library, device_type, needs_grad, priority)
+    verdicts = (  # automatic: the priority list's static verdicts that select went through
+        _verdicts(static, decision.library, entry[2].partition(":")[0], needs_grad, priority)
+        if named is None
+        else None
+    )
     dispatch_cache.remember(entry, chosen, verdicts, logger, needs_grad)
     return chosen
 
