@@ -218,3 +218,35 @@ def test_large_image_gradients_take_the_general_path():
     indices = torch.zeros(40, dtype=torch.int32)
     shape = (1, 64, 64, 4)
     assert _small.grad_image(grads, boxes, indices, shape, "bilinear", torch.float32, False) is None
+
+
+def _small_and_general(**context):
+    """Both small paths' results (under ``context``: a default dtype or device) and the general
+    paths' (outside it)."""
+    image, (boxes, indices) = _image("nhwc", 3, torch.float32), _boxes()
+    args = (image, boxes, indices, 4, 5, "bilinear", 0.0, False)
+    expected = _general(*args)
+    grads = torch.randn(expected.shape, generator=torch.Generator().manual_seed(5))
+    shape = (2, 9, 13, 3)
+    expected_grad = _general_grad_image(
+        grads, boxes, indices, *shape, "bilinear", torch.float32, False
+    )
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(context.get("dtype", previous))
+    try:
+        with torch.device(context.get("device", "cpu")):
+            small = _small.crop_and_resize(*args)
+            small_grad = _small.grad_image(
+                grads, boxes, indices, shape, "bilinear", torch.float32, False
+            )
+    finally:
+        torch.set_default_dtype(previous)
+    return (small, expected), (small_grad, expected_grad)
+
+
+@pytest.mark.parametrize("context", [{"dtype": torch.float64}, {"device": "meta"}], ids=str)
+def test_small_results_ignore_torchs_defaults(context):
+    for small, expected in _small_and_general(**context):
+        assert small.dtype == torch.float32
+        assert small.device.type == "cpu"
+        assert torch.equal(_bits(small), _bits(expected))

@@ -38,6 +38,9 @@ _SMALL = 2 * _native._MIN_WORK_PER_THREAD
 _FEW_CHANNELS = _native._FEW_CHANNELS
 _FLOAT32, _INT32 = torch.float32, torch.int32
 _CHANNELS_LAST = torch.channels_last
+# Results on the CPU in float32 whatever torch's default dtype and device are.
+_CPU = torch.device("cpu")
+_RESULT = {"dtype": _FLOAT32, "device": _CPU}
 _CROP = {dtype: f"crop_packed_{suffix}" for dtype, suffix in _SUFFIX.items()}
 _GRAD_IMAGE = {torch.float32: "grad_image_packed_f32", torch.float64: "grad_image_packed_f64"}
 
@@ -112,15 +115,15 @@ def crop_and_resize(
         if image.is_contiguous() or not image.is_contiguous(memory_format=_CHANNELS_LAST):
             if not few_channels:
                 return None  # a contiguous NCHW result with many channels: plane by plane
-            out = torch.empty((num_boxes, depth, crop_height, crop_width))
+            out = torch.empty((num_boxes, depth, crop_height, crop_width), **_RESULT)
             out_strides = (depth * crop_pixels, crop_width, 1, crop_pixels)
         else:
             out = torch.empty(
-                (num_boxes, depth, crop_height, crop_width), memory_format=_CHANNELS_LAST
+                (num_boxes, depth, crop_height, crop_width), memory_format=_CHANNELS_LAST, **_RESULT
             )
             out_strides = (crop_pixels * depth, crop_width * depth, depth, 1)
     else:
-        out = torch.empty((num_boxes, crop_height, crop_width, depth))
+        out = torch.empty((num_boxes, crop_height, crop_width, depth), **_RESULT)
         out_strides = (crop_pixels * depth, crop_width * depth, depth, 1)
     if boxes.dtype != _FLOAT32:
         boxes = boxes.to(_FLOAT32)
@@ -207,11 +210,11 @@ def grad_image(
     if grads.dtype != _FLOAT32:
         grads = grads.to(_FLOAT32)
     if channels_first:
-        out = torch.zeros((batch, depth, height, width), dtype=dtype)
+        out = torch.zeros((batch, depth, height, width), dtype=dtype, device=_CPU)
         out_strides = (depth * height * width, width, 1, height * width)
         stride_n, stride_d, stride_y, stride_x = grads.stride()
     else:
-        out = torch.zeros((batch, height, width, depth), dtype=dtype)
+        out = torch.zeros((batch, height, width, depth), dtype=dtype, device=_CPU)
         out_strides = (height * width * depth, width * depth, depth, 1)
         stride_n, stride_y, stride_x, stride_d = grads.stride()
     if loops is None:
