@@ -271,31 +271,47 @@ def _call_outcome(function, *args):
         return ("error", type(exc), str(exc))
 
 
+# Mostly valid calls (the quick route's), each argument sometimes wrong in one way.
 @settings(max_examples=300, deadline=None)
 @given(
-    num_boxes=st.integers(0, 10),  # both sides of the few-boxes limit
-    values=st.lists(box_values, min_size=40, max_size=40),
-    indices=st.lists(st.integers(-2, 3), min_size=10, max_size=10),
-    index_dtype=st.sampled_from(["int32", "int64", "int16", "float32"]),
-    box_dtype=st.sampled_from(["float32", "float64", "bfloat16"]),
-    shape=st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 4), st.integers(1, 2)),
-    image_dtype=st.sampled_from(["float32", "uint8", "bfloat16", "bool", "complex64"]),
-    crop=st.sampled_from([(2, 3), (0, 2), (1, 1), 3, (2.0, 1)]),
+    num_boxes=st.sampled_from([1, 2, 3, 4, 5, 6, 7, 8] * 2 + [0, 9, 10]),  # both sides of 8
+    values=st.lists(st.floats(-2, 3, width=32), min_size=40, max_size=40),
+    bad_value=st.sampled_from([None] * 16 + [np.nan, np.inf, -np.inf, 3e38]),
+    bad_position=st.integers(0, 39),
+    indices=st.lists(st.integers(0, 1), min_size=10, max_size=10),
+    bad_index=st.sampled_from([None] * 12 + [-1, 2, 3]),
+    index_dtype=st.sampled_from(["int32", "int64"] * 6 + ["int16", "float32"]),
+    box_dtype=st.sampled_from(["float32"] * 10 + ["float64", "bfloat16"]),
+    shape=st.tuples(
+        st.sampled_from([2] * 9 + [0]),
+        st.sampled_from([4] * 8 + [1, 0]),
+        st.sampled_from([5] * 8 + [1, 0]),
+        st.integers(1, 2),
+    ),
+    image_dtype=st.sampled_from(["float32"] * 8 + ["uint8", "bfloat16", "bool", "complex64"]),
+    crop=st.sampled_from([(2, 3)] * 10 + [(1, 1), (0, 2), 3, (2.0, 1)]),
     data_format=st.sampled_from(["channels_last", "channels_first"]),
-    extrapolation=st.sampled_from([0.0, -0.0, 1.5, 1e40, "x"]),
-    boxes_2d=st.booleans(),
+    extrapolation=st.sampled_from([0.0] * 8 + [-0.0, 1.5, 1e40, "x"]),
+    boxes_2d=st.sampled_from([True] * 15 + [False]),
 )
 def test_torch_quick_route_matches_the_general_route(
-    num_boxes, values, indices, index_dtype, box_dtype, shape, image_dtype, crop, data_format,
-    extrapolation, boxes_2d,
+    num_boxes, values, bad_value, bad_position, indices, bad_index, index_dtype, box_dtype,
+    shape, image_dtype, crop, data_format, extrapolation, boxes_2d,
 ):  # fmt: skip
     torch = pytest.importorskip("torch")
+    if data_format == "channels_first":
+        shape = (shape[0], shape[3], shape[1], shape[2])
     image = torch.zeros(shape, dtype=getattr(torch, image_dtype))
+    if bad_value is not None:
+        values = [*values[:bad_position], bad_value, *values[bad_position + 1 :]]
+    if bad_index is not None:
+        indices = [*indices[:-1], bad_index]
     boxes = torch.tensor(values[: 4 * num_boxes], dtype=torch.float64).reshape(num_boxes, 4)
     boxes = boxes.to(getattr(torch, box_dtype))
     if not boxes_2d:
         boxes = boxes.reshape(-1)
-    box_indices = torch.tensor(indices[:num_boxes]).to(getattr(torch, index_dtype))
+    box_indices = torch.tensor(indices[-num_boxes:] if num_boxes else [])
+    box_indices = box_indices.to(getattr(torch, index_dtype))
     args = (image, boxes, box_indices, crop, "bilinear", extrapolation, data_format)
     quick = _call_outcome(spec.crop_and_resize_call, *args)
     general = _call_outcome(_general_torch_call, *args)
