@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import re
+import shlex
 import subprocess
 import sys
 import time
@@ -228,6 +230,22 @@ def test_the_parser_takes_the_roi_workloads():
     assert args.workloads == ["maskrcnn-14-grad-image", "large-f32"]
     with pytest.raises(SystemExit):
         parser.parse_args(["--workloads", "maskrcnn-28"])
+
+
+def test_the_gpu_checks_bench_step_times_the_roi_workloads(tmp_path):
+    # scripts/gpu_check.sh step 5: its arguments parse, and they leave the roi_align workloads in
+    text = (ROOT / "scripts" / "gpu_check.sh").read_text()
+    step = re.search(
+        r"^run_step bench_cuda (\d+) \S+ \$PY benchmarks/bench_cuda\.py((?:.*\\\n)*.*)$", text, re.M
+    )
+    assert step is not None, "gpu_check.sh no longer runs benchmarks/bench_cuda.py in a run_step"
+    command = step.group(2).replace("\\\n", " ").replace("$OUT", str(tmp_path))
+    args = bench_cuda.build_parser().parse_args(shlex.split(command))
+    workloads = args.workloads or list(bench_cuda.ALL_WORKLOADS)
+    assert set(ROI_NAMES) <= set(workloads)
+    assert workloads[: len(ROI_NAMES)] == ROI_NAMES  # first: a step cut short keeps them
+    budget = int(re.search(r"^BUDGET=\$\{BUDGET:-(\d+)\}$", text, re.M).group(1))
+    assert 0 < int(step.group(1)) < budget
 
 
 def test_without_a_gpu_it_exits_with_status_2_and_says_why():
