@@ -299,6 +299,7 @@ def variants(
 
     def on_torch(backend: str) -> Callable[[], Callable[[], Any]]:
         def make() -> Callable[[], Any]:
+            assert torch is not None  # made only when torch sees CUDA
             device = [torch.from_numpy(a).cuda() for a in (image, boxes, box_indices, grads)]
             return _cropcore_call(workload, backend, *device)
 

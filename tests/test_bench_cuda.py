@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -284,12 +285,21 @@ class _Event:
 
 def _stand_in_cupy() -> SimpleNamespace:
     device = SimpleNamespace(synchronize=lambda: None, id=0)
+    properties = {"name": b"stand-in", "major": 0, "minor": 0}
     cuda = SimpleNamespace(
         Device=lambda: device,
         Event=_Event,
         get_elapsed_time=lambda start, end: (end.at - start.at) * 1e3,
+        runtime=SimpleNamespace(getDeviceCount=lambda: 1, getDeviceProperties=lambda i: properties),
     )
-    return SimpleNamespace(asarray=lambda a: np.asarray(a).view(_HostArray), cuda=cuda)
+    return SimpleNamespace(
+        asarray=lambda a: np.asarray(a).view(_HostArray),
+        cuda=cuda,
+        float32=np.float32,
+        ones=np.ones,
+        empty_like=np.empty_like,
+        copyto=np.copyto,
+    )
 
 
 @pytest.mark.parametrize("op", ["forward", "grad_image"])
@@ -319,3 +329,28 @@ def test_the_roi_loop_checks_times_and_reports_every_implementation(monkeypatch,
     for row in results:
         line = bench_cuda.render_row(row, 100.0)
         assert line.startswith(f"{workload.name:<22} {row.implementation:<22} ")
+
+
+def test_main_prints_each_workloads_rows_and_rewrites_the_json(monkeypatch, tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)
+    monkeypatch.setattr(bench_cuda, "_torch", lambda: torch)
+    monkeypatch.setitem(sys.modules, "cupy", _stand_in_cupy())
+    monkeypatch.setitem(bench_cuda.ALL_WORKLOADS, "small-forward", small("forward"))
+    monkeypatch.setitem(bench_cuda.ALL_WORKLOADS, "small-grad_image", small("grad_image"))
+    path = tmp_path / "bench.json"
+    argv = ["--workloads", "small-forward", "small-grad_image", "--backends", "torch"]
+    argv += ["--repeat", "1", "--rounds", "2", "--copy-mib", "1", "--json", str(path)]
+    assert bench_cuda.main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "device: stand-in (compute capability 0.0)"
+    assert out[3] == bench_cuda.HEADER
+    rows = [line.split()[:3] for line in out[5:]]
+    assert rows[0] == ["small-forward", "torch", "(cuda)"]
+    assert ["small-grad_image", "torch", "(cuda)"] in rows
+    assert sum(line.endswith("bit-identical") for line in out) == 2
+    saved = json.loads(path.read_text())
+    assert saved["device"] == "stand-in (compute capability 0.0)"
+    torch_rows = [r for r in saved["results"] if r["implementation"] == "torch (cuda)"]
+    assert [r["workload"] for r in torch_rows] == ["small-forward", "small-grad_image"]
+    assert all(len(r["times_ms"]) == 2 and r["check"] == "bit-identical" for r in torch_rows)
