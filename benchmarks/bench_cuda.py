@@ -7,6 +7,7 @@ repository root::
     python benchmarks/bench_cuda.py                       # every workload, every backend found
     python benchmarks/bench_cuda.py --repeat 200 --json bench_cuda.json
     python benchmarks/bench_cuda.py --workloads large-f32 --backends cupy
+    python benchmarks/bench_cuda.py --workloads maskrcnn-7 maskrcnn-7-grad-image   # roi_align
 
 What it reports, per workload and implementation:
 
