@@ -7,6 +7,7 @@ repository root::
     python benchmarks/bench_cuda.py                       # every workload, every backend found
     python benchmarks/bench_cuda.py --repeat 200 --json bench_cuda.json
     python benchmarks/bench_cuda.py --workloads large-f32 --backends cupy
+    python benchmarks/bench_cuda.py --workloads maskrcnn-7 maskrcnn-7-grad-image   # roi_align
 
 What it reports, per workload and implementation:
 
@@ -25,7 +26,17 @@ What it reports, per workload and implementation:
 
 The image-gradient workloads time both the atomic and the deterministic kernel of the cupy
 backend (``cropcore_cupy.deterministic``). The results are checked against the NumPy reference on
-the first call (bit-identical for the forward op; close for the atomic gradient).
+the first call (bit-identical for the forward op; close for the atomic gradient): "bit-identical",
+or how many values differ and the largest difference.
+
+roi_align workloads (``maskrcnn-7``, ``maskrcnn-14`` and their ``-grad-image`` twins, run first):
+``cropcore bench``'s Mask R-CNN arrays, timed through ``cropcore.roi_align`` and
+``roi_align_grad_image`` on the cupy backend and the torch backend on CUDA, beside torchvision's
+CUDA ``roi_align`` and its autograd backward (the "vs roi_align" column) and ONNX Runtime's CUDA
+``RoiAlign`` where they import; every result checked against the NumPy backend's. Their byte
+model and implementations are in ``bench_cuda_roi.py`` (its docstring). An implementation that
+cannot run here has a row saying why. Rows print as each workload finishes, and the JSON file is
+rewritten after each, so a run cut short keeps what it measured.
 """
 
 from __future__ import annotations
@@ -34,13 +45,24 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import bench_cuda_roi
 import numpy as np
+from bench_cuda_roi import ROI_WORKLOADS, RoiWorkload
 
-__all__ = ["WORKLOADS", "Workload", "bytes_moved", "main", "roi_align_boxes"]
+__all__ = [
+    "ALL_WORKLOADS",
+    "WORKLOADS",
+    "Workload",
+    "build_parser",
+    "bytes_moved",
+    "main",
+    "roi_align_boxes",
+]
 
 
 @dataclass(frozen=True)
@@ -186,6 +208,10 @@ WORKLOADS: dict[str, Workload] = {
     )
 }
 
+#: Every workload ``--workloads`` takes, in the order a run without it times them: roi_align's
+#: first (no other step of scripts/gpu_check.sh times them), then crop_and_resize's.
+ALL_WORKLOADS: dict[str, Workload | RoiWorkload] = {**ROI_WORKLOADS, **WORKLOADS}
+
 
 # --------------------------------------------------------------------------------------------------
 # Bytes
@@ -234,6 +260,7 @@ class Result:
     roi_align_ms: float | None = None
     check: str = ""
     error: str = ""
+    skipped: str = ""
 
     @property
     def median_ms(self) -> float:
@@ -365,6 +392,63 @@ def run_workload(
     return results
 
 
+def run_roi_workload(
+    workload: RoiWorkload,
+    backends: list[str],
+    cupy: Any,
+    copy_gbps: float,
+    args: argparse.Namespace,
+) -> list[Result]:
+    """One roi_align workload: every variant of :func:`bench_cuda_roi.variants`, checked against
+    the NumPy backend on its first call, then timed; cropcore's rows get torchvision's time."""
+    arrays = workload.inputs()
+    moved = bench_cuda_roi.bytes_moved(workload, arrays[1])
+    expected = bench_cuda_roi.reference(workload, *arrays)
+    results: list[Result] = []
+    reference_ms = None
+    for variant in bench_cuda_roi.variants(workload, backends, arrays, cupy, _torch()):
+        result = Result(workload.name, variant.label, bytes=moved, copy_gbps=copy_gbps)
+        results.append(result)
+        if variant.make is None:
+            result.skipped = variant.skipped
+            continue
+        try:
+            fn = variant.make()
+            first = fn()
+            cupy.cuda.Device().synchronize()
+            result.check = _compare(variant.to_numpy(first), expected)
+            del first
+            timer = time_host if variant.label in bench_cuda_roi.HOST_TIMED else time_gpu
+            result.times_ms = timer(cupy, fn, args.repeat, args.rounds)
+        except Exception as exc:  # report and go on with the other implementations
+            result.error = f"{type(exc).__name__}: {exc}"
+            continue
+        if variant.reference_point:
+            reference_ms = result.median_ms
+    for result in results:
+        if result.implementation in ("cupy", "torch (cuda)") and result.times_ms:
+            result.roi_align_ms = reference_ms
+    return results
+
+
+def time_host(
+    cupy: Any, fn: Callable[[], Any], repeat: int, rounds: int, warmup: int = 3
+) -> list[float]:
+    """As :func:`time_gpu`, on the host clock with the device synchronised around each round (for
+    work on streams other than the current one)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(rounds):
+        cupy.cuda.Device().synchronize()
+        start = time.perf_counter()
+        for _ in range(repeat):
+            fn()
+        cupy.cuda.Device().synchronize()
+        times.append((time.perf_counter() - start) * 1e3 / repeat)
+    return times
+
+
 def _in_mode(cropcore_cupy: Any, call: Callable[[], Any], deterministic: bool) -> Callable[[], Any]:
     def run() -> Any:
         with cropcore_cupy.deterministic(deterministic):
@@ -374,14 +458,19 @@ def _in_mode(cropcore_cupy: Any, call: Callable[[], Any], deterministic: bool) -
 
 
 def _compare(got: np.ndarray, expected: np.ndarray) -> str:
-    if got.shape != expected.shape:
-        return f"shape {got.shape} != {expected.shape}"
+    """Says "bit-identical", or how many values differ (NaN equals NaN) and the largest difference."""
+    if got.shape != expected.shape or got.dtype != expected.dtype:
+        return f"{got.dtype}{got.shape} != {expected.dtype}{expected.shape}"
     same = (got == expected) | (np.isnan(got) & np.isnan(expected))
     if same.all():
         return "bit-identical"
     scale = float(np.nanmax(np.abs(expected))) or 1.0
-    worst = float(np.nanmax(np.abs(got.astype(np.float64) - expected)))
-    return f"{int((~same).sum())} differ, worst {worst:.3g} ({worst / scale:.2g} relative)"
+    diff = np.abs(got.astype(np.float64) - expected)
+    worst = float(np.nanmax(diff)) if not np.isnan(diff).all() else float("nan")
+    return (
+        f"{int((~same).sum())} of {same.size} differ, largest difference {worst:.3g} "
+        f"({worst / scale:.2g} relative)"
+    )
 
 
 def _torch() -> Any | None:
@@ -412,36 +501,53 @@ def _roi_align_time(workload, image, boxes, indices, cupy, args) -> float | None
 # --------------------------------------------------------------------------------------------------
 
 
+#: The report's columns (the workload's is as wide as the longest name, ``maskrcnn-14-grad-image``).
+HEADER = (
+    f"{'workload':<22} {'implementation':<22} {'median ms':>10} {'GB/s':>8} {'of copy':>8} "
+    f"{'vs roi_align':>12}  check"
+)
+
+
+def render_row(r: Result, copy_gbps: float) -> str:
+    """One line of the report: times and check, or why the implementation did not run."""
+    if r.error:
+        return f"{r.workload:<22} {r.implementation:<22} error: {r.error}"
+    if r.skipped:
+        return f"{r.workload:<22} {r.implementation:<22} not run: {r.skipped}"
+    ratio = f"{r.roi_align_ms / r.median_ms:.2f}x" if r.roi_align_ms else ""
+    return (
+        f"{r.workload:<22} {r.implementation:<22} {r.median_ms:>10.4f} {r.gbps:>8.0f} "
+        f"{r.gbps / copy_gbps:>8.0%} {ratio:>12}  {r.check}"
+    )
+
+
 def render(results: list[Result], device: str, copy_gbps: float) -> str:
-    lines = [
-        f"device: {device}",
-        f"device-to-device copy: {copy_gbps:.0f} GB/s (read + written)",
-        "",
-    ]
-    header = f"{'workload':<18} {'implementation':<22} {'median ms':>10} {'GB/s':>8} {'of copy':>8} {'vs roi_align':>12}  check"
-    lines += [header, "-" * len(header)]
-    for r in results:
-        if r.error:
-            lines.append(f"{r.workload:<18} {r.implementation:<22} error: {r.error}")
-            continue
-        ratio = f"{r.roi_align_ms / r.median_ms:.2f}x" if r.roi_align_ms else ""
-        lines.append(
-            f"{r.workload:<18} {r.implementation:<22} {r.median_ms:>10.4f} {r.gbps:>8.0f} "
-            f"{r.gbps / copy_gbps:>8.0%} {ratio:>12}  {r.check}"
-        )
-    return "\n".join(lines)
+    """The whole report (:func:`main` prints it a workload at a time)."""
+    lines = [f"device: {device}", f"device-to-device copy: {copy_gbps:.0f} GB/s (read + written)"]
+    lines += ["", HEADER, "-" * len(HEADER)]
+    return "\n".join(lines + [render_row(r, copy_gbps) for r in results])
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (``--workloads`` takes any of :data:`ALL_WORKLOADS`)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workloads", nargs="*", choices=sorted(WORKLOADS), default=None)
+    parser.add_argument(
+        "--workloads",
+        nargs="*",
+        choices=list(ALL_WORKLOADS),
+        default=None,
+        help="default: all, roi_align's first",
+    )
     parser.add_argument("--backends", nargs="*", default=["cupy", "torch"])
     parser.add_argument("--repeat", type=int, default=50, help="calls per timed round")
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds (median reported)")
     parser.add_argument("--copy-mib", type=int, default=1024)
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         import cupy
 
@@ -457,21 +563,27 @@ def main(argv: list[str] | None = None) -> int:
     props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
     device = f"{props['name'].decode()} (compute capability {props['major']}.{props['minor']})"
     copy_gbps = copy_bandwidth(cupy, args.copy_mib, max(5, args.repeat // 5), args.rounds)
+    print(render([], device, copy_gbps), flush=True)
     results: list[Result] = []
-    for name in args.workloads or list(WORKLOADS):
-        results += run_workload(WORKLOADS[name], args.backends, cupy, copy_gbps, args)
-    print(render(results, device, copy_gbps))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "device": device,
-                    "copy_gbps": copy_gbps,
-                    "results": [r.as_dict() for r in results],
-                },
-                f,
-                indent=2,
-            )
+    for name in args.workloads or list(ALL_WORKLOADS):
+        workload = ALL_WORKLOADS[name]
+        if isinstance(workload, RoiWorkload):
+            found = run_roi_workload(workload, args.backends, cupy, copy_gbps, args)
+        else:
+            found = run_workload(workload, args.backends, cupy, copy_gbps, args)
+        print("\n".join(render_row(r, copy_gbps) for r in found), flush=True)
+        results += found
+        if args.json:  # after each workload: a run cut short keeps what it measured
+            with open(args.json, "w") as f:
+                json.dump(
+                    {
+                        "device": device,
+                        "copy_gbps": copy_gbps,
+                        "results": [r.as_dict() for r in results],
+                    },
+                    f,
+                    indent=2,
+                )
     return 0
 
 
