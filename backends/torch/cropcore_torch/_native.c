@@ -75,6 +75,18 @@ static inline void prefetch_block(const float* p, i64 n) {
 static void transpose_f32(const float* s, i64 D, i64 P, float* t) {
     i64 d_done = 0; /* rows of s already transposed by 8 x 8 blocks */
 #if defined(__AVX__)
+    if (D >= 8 && P >= 8 && (D & 7 || P & 7)) {
+        /* Ragged edges (a 7 x 7 crop's 49 pixels): a last block overlaps (same values) */
+        const i64 dl = D - 8, pl = P - 8;
+        for (i64 i = 0;; i = i + 8 < pl ? i + 8 : pl) {
+            for (i64 d = 0;; d = d + 8 < dl ? d + 8 : dl) {
+                transpose8_f32(s + d * P + i, P, t + i * D + d, D);
+                if (d == dl) break;
+            }
+            if (i == pl) break;
+        }
+        return;
+    }
     /* Tiles of 64 x 64 (16 KB read, 16 KB written: both stay in L1), 8 x 8 blocks inside. */
     d_done = D & ~(i64)7;
     const i64 p_done = P & ~(i64)7;
@@ -583,3 +595,5 @@ DEFINE_ROI_SPREAD(f64, double)
 DEFINE_ROI_GRAD(f32, float)
 DEFINE_ROI_GRAD(f64, double)
 
+
+#include "_native_planes.c" /* the NCHW plane-block loops: crop_planes_f32, grad_image_planes_* */

@@ -400,6 +400,8 @@ def fill_crops(
     if not out.numel():
         return None
     few_channels = depth <= _FEW_CHANNELS
+    if _planes(image, out):  # NCHW in and out: read and written plane by plane, no transpose
+        return _fill_crops_planes(loops, out, image, method, extrapolation_value)
     if image.stride(3) != 1 and not few_channels and image.numel() <= out.numel():
         # Channels innermost, as the loops read fastest: an NCHW image with many channels is
         # transposed once when that costs less than the result (otherwise, and with a few
@@ -518,3 +520,7 @@ def fill_grad_boxes(
     scratch = _scratch_of(crop_height * crop_width * depth if planes else None)
     _check(_run_split(function, fixed, num_boxes, grads.numel(), scratch), indices, batch)
     return None
+
+
+# The NCHW plane-block loops' calls (they use this module's helpers: imported last).
+from cropcore_torch._native_planes import _fill_crops_planes, _planes  # noqa: E402

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from cropcore import spec
-from cropcore_torch import _native, kernels
+from cropcore_torch import _native, _native_planes, kernels
 
 if TYPE_CHECKING:
     from cropcore.hookspecs import CropAndResizeCall, GradBoxesCall, GradImageCall
@@ -257,6 +257,13 @@ def _grad_image_impl(
         raise TypeError(f"dtype must be float16, float32 or float64, got {dtype}")
     # The compiled loops accumulate in float32 or float64; float16 sums go through torch.
     native = _native_for(grads) and dtype != torch.float16
+    if native and channels_first:  # NCHW with many channels: summed plane by plane, no transpose
+        image_shape = (batch, height, width, depth)
+        planes = _native_planes.grad_image_planes(
+            grads, boxes, box_indices, image_shape, method, dtype, loops=loops
+        )
+        if planes is not None:
+            return _own(planes)
     # An NCHW float32 gradient: accumulated NHWC, then transposed by the compiled blocked loop
     # (torch's strided copy of that permutation costs about as much as the gradient itself).
     transpose = native and channels_first and dtype == torch.float32
