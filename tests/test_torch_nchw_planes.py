@@ -249,3 +249,49 @@ def test_no_boxes_and_an_all_zero_gradient():
     )  # fmt: skip
     assert got.shape == (2, 40, 9, 13)
     assert not got.any()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_channels_last_gradient_gives_a_channels_last_image_gradient(method, monkeypatch):
+    # NCHW grads stored channels_last (a channels_last image's crops): the image gradient is
+    # channels_last too, the NHWC sums as they are, not transposed (docs/decisions.md)
+    transposes = []
+    real = _native.channels_first
+    monkeypatch.setattr(_native, "channels_first", lambda x: transposes.append(x.shape) or real(x))
+    image, boxes, indices = make_case(40, seed=10)
+    grads = np.random.default_rng(11).normal(size=(len(boxes), 7, 7, 40)).astype(np.float32)
+    expected = cropcore.crop_and_resize_grad_image(
+        grads, boxes, indices, image.shape, method, backend="numpy"
+    )
+    cl = torch.from_numpy(grads).permute(0, 3, 1, 2)  # channels_last memory
+    for native in (True, False):
+        monkeypatch.setattr(_native, "available", lambda native=native: native)
+        got = cropcore_torch.crop_and_resize_grad_image(
+            cl, torch.from_numpy(boxes), torch.from_numpy(indices), (2, 40, 9, 13), method,
+            data_format="channels_first",
+        )  # fmt: skip
+        assert got.is_contiguous(memory_format=torch.channels_last)
+        assert_bits_equal(got.permute(0, 2, 3, 1), expected)
+    assert transposes == []
+    # autograd keeps it for a channels_last image (no copy to another layout)
+    x = nchw(image).contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = cropcore_torch.crop_and_resize(
+        x, torch.from_numpy(boxes), torch.from_numpy(indices), (7, 7), method,
+        data_format="channels_first",
+    )  # fmt: skip
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    out.backward(cl)
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+    assert_bits_equal(x.grad.permute(0, 2, 3, 1), expected)
+
+
+def test_the_gradient_op_with_channels_last_grads_passes_opcheck():
+    # the fake (meta) implementation gives the same strides as the real one
+    _, boxes, indices = make_case(8, seed=12)
+    grads = torch.randn(len(boxes), 7, 7, 8).permute(0, 3, 1, 2)
+    for dtype in (torch.float32, torch.float64):
+        torch.library.opcheck(
+            torch.ops.cropcore.crop_and_resize_grad_image.default,
+            (grads, torch.from_numpy(boxes), torch.from_numpy(indices), 2, 9, 13, 8,
+             "bilinear", dtype, True),
+        )  # fmt: skip
