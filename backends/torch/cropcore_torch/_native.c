@@ -75,8 +75,8 @@ static inline void prefetch_block(const float* p, i64 n) {
 static void transpose_f32(const float* s, i64 D, i64 P, float* t) {
     i64 d_done = 0; /* rows of s already transposed by 8 x 8 blocks */
 #if defined(__AVX__)
-    if (D >= 8 && P >= 8 && (D & 7 || P & 7)) {
-        /* Ragged edges (a 7 x 7 crop's 49 pixels): a last block overlaps (same values) */
+    if (D >= 8 && P >= 8 && (D & 7 || P & 7) && D * P <= 16384) {
+        /* Small, ragged (a 7 x 7 crop's 49 pixels): a last block overlaps (same values) */
         const i64 dl = D - 8, pl = P - 8;
         for (i64 i = 0;; i = i + 8 < pl ? i + 8 : pl) {
             for (i64 d = 0;; d = d + 8 < dl ? d + 8 : dl) {
