@@ -168,8 +168,10 @@ def test_compiled_sample_tables_equal_the_torch_ones(ratio_first):
 
 def test_native_loops_are_built_from_their_c_file_and_the_shared_arithmetic_header():
     sources = _build._sources()  # what the build cache is keyed on
-    assert set(sources) == {"_native.c", native.HEADER}
+    assert set(sources) == {"_native.c", "_native_planes.c", "_native_small.c", native.HEADER}
     assert f'#include "{native.HEADER}"' in sources["_native.c"]
+    assert '#include "_native_planes.c"' in sources["_native.c"]  # one translation unit
+    assert '#include "_native_small.c"' in sources["_native.c"]
     assert "cropcore_bilinear(" in sources["_native.c"]
 
 

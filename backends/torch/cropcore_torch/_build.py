@@ -9,7 +9,7 @@ Requirements:
   ``CROPCORE_TORCH_NATIVE=0``, :func:`library` is ``None`` and the torch backend runs
   :mod:`.kernels` instead.
 - **Exactly TF's arithmetic.** ``-ffp-contract=off`` (no FMA), no fast-math.
-- **Never a stale or foreign library.** The file name is a hash of both source files' text, the
+- **Never a stale or foreign library.** The file name is a hash of the source files' text, the
   compiler, the flags and the CPU (``-march=native``); the cache directory must be writable by
   this user only, and a library is installed by an atomic rename.
 """
@@ -52,12 +52,19 @@ _SUFFIX = {
 
 #: The C source of the loops; it includes cropcore.native's shared arithmetic header.
 _SOURCE = Path(__file__).with_name("_native.c")
+#: The NCHW plane-block loops, which _native.c includes.
+_PLANES_SOURCE = Path(__file__).with_name("_native_planes.c")
+#: The small calls in one compiled call (issue 16), which _native.c includes too.
+_SMALL_SOURCE = Path(__file__).with_name("_native_small.c")
 
 
 def _sources() -> dict[str, str]:
     """The text of every file the library is built from, by name (the build cache's key)."""
     header = Path(native.include_dir()) / native.HEADER
-    return {path.name: path.read_text(encoding="utf-8") for path in (_SOURCE, header)}
+    return {
+        path.name: path.read_text(encoding="utf-8")
+        for path in (_SOURCE, _PLANES_SOURCE, _SMALL_SOURCE, header)
+    }
 
 
 # -fp-contract=off: no FMA; no -ffast-math; -fno-math-errno only lets floorf/ceilf inline.
@@ -82,6 +89,12 @@ def _signatures() -> dict[str, list]:
     names.update({f"crop_boxes_{s}": crop for s in _SUFFIX.values()})
     names.update({f"grad_boxes_{s}": boxes for s in _SUFFIX.values()})
     names.update({"grad_image_f32": image, "grad_image_f64": image})
+    planes = [_PTR, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _PTR, _I64, _I64, _I64, *_TABLES]
+    planes += [_INT, _F32, _PTR, _I64, _I64, _I64, _I64, _I64, _I64, _INT, _PTR, _I64, _I64]
+    names["crop_planes_f32"] = planes
+    image_planes = [_PTR, _I64, _I64, _I64, _I64, _PTR, _I64, _I64, _I64, *_TABLES, _INT]
+    image_planes += [_PTR, _I64, _I64, _I64, _I64, _I64, _PTR, _I64, _I64]
+    names.update({f"grad_image_planes_{s}": image_planes for s in ("f32", "f64")})
     names["samples"] = [_PTR, _I64, _I64, _I64, _I64, _INT, _PTR, _PTR, _PTR, _PTR, _PTR]
     once = [_PTR, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _PTR, _PTR, _I64, _I64, _I64, _I64]
     once += [_PTR, _INT, _F32, _PTR, _I64, _I64, _I64, _I64]

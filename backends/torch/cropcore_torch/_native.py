@@ -25,7 +25,9 @@ Requirements:
   than :data:`_FEW_CHANNELS` channels are first transposed to channels innermost (when that costs
   less than the result), because walking channel planes per sample reads a cache line per value.
   Crop-sized NCHW tensors (results, float32 gradients) are transposed box by box inside the loops,
-  in a per-thread scratch buffer that stays in cache, by 8 x 8 register blocks.
+  in a per-thread scratch buffer that stays in cache, by 8 x 8 register blocks. NCHW float32
+  images and image gradients with many channels go by blocks of channel planes instead
+  (:mod:`._native_planes`), transposing neither tensor whole.
 - **Threads.** ctypes releases the GIL; large calls are split into chunks of box rows or boxes
   (forward), boxes (box gradient) or images (image gradient: each image's pixels are summed by
   one thread, in TF's order, so the result does not depend on the split), taken in turn by the
@@ -400,6 +402,8 @@ def fill_crops(
     if not out.numel():
         return None
     few_channels = depth <= _FEW_CHANNELS
+    if _planes(image, out):  # NCHW float32 in and out: by blocks of planes (_native_planes)
+        return _fill_crops_planes(loops, out, image, method, extrapolation_value)
     if image.stride(3) != 1 and not few_channels and image.numel() <= out.numel():
         # Channels innermost, as the loops read fastest: an NCHW image with many channels is
         # transposed once when that costs less than the result (otherwise, and with a few
@@ -518,3 +522,7 @@ def fill_grad_boxes(
     scratch = _scratch_of(crop_height * crop_width * depth if planes else None)
     _check(_run_split(function, fixed, num_boxes, grads.numel(), scratch), indices, batch)
     return None
+
+
+# The NCHW plane-block loops' calls (they use this module's helpers: imported last).
+from cropcore_torch._native_planes import _fill_crops_planes, _planes  # noqa: E402

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from cropcore import spec
-from cropcore_torch import _native, _small, kernels
+from cropcore_torch import _native, _native_planes, _small, kernels
 
 if TYPE_CHECKING:
     from cropcore.hookspecs import CropAndResizeCall, GradBoxesCall, GradImageCall
@@ -263,26 +263,39 @@ def _grad_image_impl(
         raise TypeError(f"dtype must be float16, float32 or float64, got {dtype}")
     # The compiled loops accumulate in float32 or float64; float16 sums go through torch.
     native = _native_for(grads) and dtype != torch.float16
-    if native:
+    # NCHW grads stored channels_last (those of a channels_last image's crops): the result is
+    # channels_last too, the NHWC sums as they are (docs/decisions.md).
+    follow = kernels.output_is_channels_last(grads, channels_first)
+    if native and not follow:
         small = _small.grad_image(
             grads, boxes, box_indices, (batch, height, width, depth), method, dtype,
             channels_first, loops,
         )  # fmt: skip
         if small is not None:
             return small
-    # An NCHW float32 gradient: accumulated NHWC, then transposed by the compiled blocked loop
-    # (torch's strided copy of that permutation costs about as much as the gradient itself).
-    transpose = native and channels_first and dtype == torch.float32
+    if native and channels_first:  # NCHW with many channels: summed plane by plane, no transpose
+        image_shape = (batch, height, width, depth)
+        planes = _native_planes.grad_image_planes(
+            grads, boxes, box_indices, image_shape, method, dtype, loops=loops
+        )
+        if planes is not None:
+            return _own(planes)
+    # Other NCHW float32 gradients: accumulated NHWC, then transposed by the compiled blocked
+    # loop (torch's strided copy of that permutation costs about as much as the gradient itself).
+    transpose = native and channels_first and dtype == torch.float32 and not follow
+    nhwc = transpose or follow
     result = kernels.crop_and_resize_grad_image(
-        grads.to(torch.float32).permute(0, 2, 3, 1) if transpose else grads.to(torch.float32),
+        grads.to(torch.float32).permute(0, 2, 3, 1) if nhwc else grads.to(torch.float32),
         boxes.to(torch.float32),
         box_indices,
         (batch, height, width, depth),
         method,
         dtype,
-        channels_first and not transpose,
+        channels_first and not nhwc,
         fill=_grad_image_fill(native, loops),
     )
+    if follow:
+        return _own(result.permute(0, 3, 1, 2))
     return _own(_native.channels_first(result) if transpose else result)
 
 
@@ -320,6 +333,8 @@ _grad_image = torch.library.custom_op("cropcore::crop_and_resize_grad_image", mu
 def _grad_image_fake(
     grads, boxes, box_indices, batch, height, width, depth, method, dtype, channels_first
 ):
+    if kernels.output_is_channels_last(grads, channels_first):  # as the implementation
+        return grads.new_empty((batch, height, width, depth), dtype=dtype).permute(0, 3, 1, 2)
     shape = (batch, depth, height, width) if channels_first else (batch, height, width, depth)
     return grads.new_empty(shape, dtype=dtype)
 
