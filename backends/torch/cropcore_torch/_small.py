@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cropcore_torch import _native
+from cropcore_torch import _native, kernels
 from cropcore_torch._build import _SUFFIX, library
 
 __all__ = ["crop_and_resize", "grad_image"]
@@ -181,11 +181,13 @@ def grad_image(
     Returns:
         ``dtype`` (batch, height, width, depth), or contiguous NCHW for channels_first: what the
         general path returns, bit for bit (each pixel's terms added in TF's order); or ``None``
-        when the call is not small (the general path splits it across threads).
+        when the call is not small (the general path splits it across threads), or when NCHW
+        ``grads`` are channels-last in memory (the general path's result follows them,
+        docs/decisions.md).
     """
     name = _GRAD_IMAGE.get(dtype)
     lib = library()
-    if name is None or lib is None:
+    if name is None or lib is None or kernels.output_is_channels_last(grads, channels_first):
         return None
     batch, height, width, depth = image_shape
     if channels_first:

@@ -266,7 +266,7 @@ def _grad_image_impl(
     # NCHW grads stored channels_last (those of a channels_last image's crops): the result is
     # channels_last too, the NHWC sums as they are (docs/decisions.md).
     follow = kernels.output_is_channels_last(grads, channels_first)
-    if native and not follow:
+    if native:  # declines channels-last grads itself
         small = _small.grad_image(
             grads, boxes, box_indices, (batch, height, width, depth), method, dtype,
             channels_first, loops,
