@@ -155,7 +155,12 @@ def _cases(workload, layout, grads):
         rois = torch.cat([indices[:, None].float(), pix[:, [1, 0, 3, 2]]], dim=1)
         x = image if channels_first else image.permute(0, 3, 1, 2)
         roi_align(x.detach(), rois.detach(), crop, aligned=True)  # do its ops load?
-        impls["roi_align"] = run(lambda: roi_align(x, rois, crop, 1.0, 2, True))
+        if channels_first:
+            impls["roi_align"] = run(lambda: roi_align(x, rois, crop, 1.0, 2, True))
+        else:  # NHWC crops, as a PyTorch user would get them from an NHWC tensor
+            impls["roi_align"] = run(
+                lambda: roi_align(x, rois, crop, 1.0, 2, True).permute(0, 2, 3, 1)
+            )
     except Exception:  # not installed, or its C++ ops do not load against this torch
         pass
     return impls
