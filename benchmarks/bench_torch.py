@@ -13,7 +13,8 @@ implementation per round, the order rotating, the garbage collector off; medians
   neighbours) and it is not flush-to-zero; it is a reference for speed only.
 
 Layouts: ``nhwc`` (contiguous NHWC, ``data_format="channels_last"``), ``nchw`` (contiguous NCHW,
-how torch holds features) and ``nchw-cl`` (NCHW stored ``torch.channels_last``).
+how torch holds features) and ``nchw-cl`` (NCHW stored ``torch.channels_last``; its crops are
+channels-last too, and so is the gradient passed back to them, as a channels-last network's).
 Gradients: ``fwd`` (forward only, no autograd), ``image`` (forward + backward to the image),
 ``boxes`` (to the boxes), ``both``. torchvision's ``roi_align`` (``aligned=True``, sampling ratio 2,
 the same boxes in pixels) is timed too, forward and image gradient, where its C++ ops load: to load
@@ -107,6 +108,8 @@ def _cases(workload, layout, grads):
     if out_shape is None:
         out_shape = (boxes.shape[0], *crop, image.shape[3])
     upstream = torch.randn(out_shape, generator=gen)
+    if layout == "nchw-cl":  # the crops are channels-last, and so is what the next layer returns
+        upstream = upstream.contiguous(memory_format=torch.channels_last)
 
     def run(f):
         def call():
