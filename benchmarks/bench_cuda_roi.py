@@ -56,6 +56,7 @@ import numpy as np
 
 from cropcore.bench import WORKLOADS as CPU_WORKLOADS
 from cropcore.bench import Workload as CpuWorkload
+from cropcore.bench.implementations import roi_align_onnx_model
 
 __all__ = [
     "HOST_TIMED",
@@ -229,37 +230,16 @@ def onnxruntime_session(workload: RoiWorkload, providers: list[str]) -> Any:
     Inputs ``X`` (NCHW float32), ``rois`` (``(K, 4)`` float32 pixel boxes), ``batch_indices``
     (``(K,)`` int64); output ``Y``.
     """
+    import onnx
     import onnxruntime
-    from onnx import TensorProto, helper
 
     scale, ratio, aligned = workload.arguments
-    pooled_height, pooled_width = workload.workload.crop_size
-    node = helper.make_node(
-        "RoiAlign",
-        ["X", "rois", "batch_indices"],
-        ["Y"],
-        mode="avg",
-        output_height=pooled_height,
-        output_width=pooled_width,
-        sampling_ratio=max(ratio, 0),  # ONNX's adaptive is 0
-        spatial_scale=scale,
-        coordinate_transformation_mode="half_pixel" if aligned else "output_half_pixel",
-    )
-    inputs = [
-        helper.make_tensor_value_info("X", TensorProto.FLOAT, None),
-        helper.make_tensor_value_info("rois", TensorProto.FLOAT, None),
-        helper.make_tensor_value_info("batch_indices", TensorProto.INT64, None),
-    ]
-    output = [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)]
-    model = helper.make_model(
-        helper.make_graph([node], "roi_align", inputs, output),
-        opset_imports=[helper.make_opsetid("", 16)],
-    )
+    model = roi_align_onnx_model(onnx, workload.workload.crop_size, ratio, scale, aligned)
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
     if providers[0] != "CPUExecutionProvider":
         options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-    return onnxruntime.InferenceSession(model.SerializeToString(), options, providers=providers)
+    return onnxruntime.InferenceSession(model, options, providers=providers)
 
 
 # --------------------------------------------------------------------------------------------------

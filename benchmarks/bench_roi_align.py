@@ -17,44 +17,23 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+import onnx
 import onnxruntime
-from onnx import TensorProto, helper
 
 import cropcore
+from cropcore.bench.implementations import roi_align_onnx_model
 
 SCALE, RATIO, ROUNDS = 0.25, 2, 5
 
 
 def onnxruntime_session(size: int, threads: int) -> onnxruntime.InferenceSession:
     """A one-node RoiAlign graph (opset 16, half_pixel); ``threads`` 0: ONNX Runtime's default."""
-    node = helper.make_node(
-        "RoiAlign",
-        ["X", "rois", "batch_indices"],
-        ["Y"],
-        mode="avg",
-        output_height=size,
-        output_width=size,
-        sampling_ratio=RATIO,
-        spatial_scale=SCALE,
-        coordinate_transformation_mode="half_pixel",
-    )
-    inputs = [
-        helper.make_tensor_value_info("X", TensorProto.FLOAT, None),
-        helper.make_tensor_value_info("rois", TensorProto.FLOAT, None),
-        helper.make_tensor_value_info("batch_indices", TensorProto.INT64, None),
-    ]
-    output = [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)]
-    model = helper.make_model(
-        helper.make_graph([node], "roi_align", inputs, output),
-        opset_imports=[helper.make_opsetid("", 16)],
-    )
+    model = roi_align_onnx_model(onnx, (size, size), RATIO, SCALE, True)
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
-    return onnxruntime.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+    return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def best_of(functions: dict[str, Callable[[], object]]) -> dict[str, float]:

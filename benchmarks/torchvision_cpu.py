@@ -15,8 +15,8 @@ op now exists, and runs the script::
     python benchmarks/torchvision_cpu.py scripts/compare_torchvision_roi_align.py
 
 Where torchvision's ops already load (a CPU build, or a CUDA torch), it only runs the script. It
-needs ``nm`` and a C compiler (``cc``). For benchmarks and comparisons only: cropcore never imports
-torchvision.
+needs ``nm``, ``objdump`` and a C compiler (``cc``). For benchmarks and comparisons only: cropcore's
+ops never import torchvision (``cropcore bench`` does, as a reference, where it is installed).
 """
 
 from __future__ import annotations

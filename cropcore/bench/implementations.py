@@ -36,6 +36,7 @@ __all__ = [
     "implementations_for",
     "jax_implementation",
     "onnxruntime_implementation",
+    "roi_align_onnx_model",
     "roi_align_rois",
     "tensorflow_implementation",
     "torchvision_implementation",
@@ -126,6 +127,42 @@ def _pixel_rois(boxes: np.ndarray, box_indices: np.ndarray) -> np.ndarray:
     return np.concatenate([box_indices[:, None].astype(np.float32), boxes], axis=1)
 
 
+def roi_align_onnx_model(
+    onnx: Any,
+    output_size: tuple[int, int],
+    sampling_ratio: int,
+    spatial_scale: float,
+    aligned: bool,
+) -> bytes:
+    """A serialised one-node ONNX ``RoiAlign`` graph (opset 16, ``mode="avg"``) for roi_align's
+    arguments: inputs ``X`` (NCHW float32), ``rois`` (``(K, 4)`` float32 pixel boxes),
+    ``batch_indices`` (``(K,)`` int64); output ``Y``. ``sampling_ratio <= 0`` is ONNX's adaptive 0;
+    ``aligned`` is ``coordinate_transformation_mode="half_pixel"``."""
+    helper, proto = onnx.helper, onnx.TensorProto
+    node = helper.make_node(
+        "RoiAlign",
+        ["X", "rois", "batch_indices"],
+        ["Y"],
+        mode="avg",
+        output_height=output_size[0],
+        output_width=output_size[1],
+        sampling_ratio=max(sampling_ratio, 0),
+        spatial_scale=spatial_scale,
+        coordinate_transformation_mode="half_pixel" if aligned else "output_half_pixel",
+    )
+    inputs = [
+        helper.make_tensor_value_info("X", proto.FLOAT, None),
+        helper.make_tensor_value_info("rois", proto.FLOAT, None),
+        helper.make_tensor_value_info("batch_indices", proto.INT64, None),
+    ]
+    output = [helper.make_tensor_value_info("Y", proto.FLOAT, None)]
+    model = helper.make_model(
+        helper.make_graph([node], "roi_align", inputs, output),
+        opset_imports=[helper.make_opsetid("", 16)],
+    )
+    return model.SerializeToString()
+
+
 def onnxruntime_implementation(onnxruntime: Any, onnx: Any) -> Implementation:
     """ONNX Runtime's CPU ``RoiAlign`` (opset 16, default threads): a one-node graph per workload,
     its session made outside the timings. roi_align workloads' forward only (ONNX has no
@@ -133,35 +170,16 @@ def onnxruntime_implementation(onnxruntime: Any, onnx: Any) -> Implementation:
 
     def prepare(workload: Workload, op: str) -> Callable[[], Any]:
         image, boxes, box_indices = workload.inputs()
-        helper, proto = onnx.helper, onnx.TensorProto
-        node = helper.make_node(
-            "RoiAlign",
-            ["X", "rois", "batch_indices"],
-            ["Y"],
-            mode="avg",
-            output_height=workload.crop_size[0],
-            output_width=workload.crop_size[1],
-            sampling_ratio=workload.sampling_ratio if workload.sampling_ratio > 0 else 0,
-            spatial_scale=workload.spatial_scale,
-            coordinate_transformation_mode="half_pixel"
-            if workload.aligned
-            else "output_half_pixel",
-        )
-        inputs = [
-            helper.make_tensor_value_info("X", proto.FLOAT, None),
-            helper.make_tensor_value_info("rois", proto.FLOAT, None),
-            helper.make_tensor_value_info("batch_indices", proto.INT64, None),
-        ]
-        output = [helper.make_tensor_value_info("Y", proto.FLOAT, None)]
-        model = helper.make_model(
-            helper.make_graph([node], "roi_align", inputs, output),
-            opset_imports=[helper.make_opsetid("", 16)],
+        model = roi_align_onnx_model(
+            onnx,
+            workload.crop_size,
+            workload.sampling_ratio,
+            workload.spatial_scale,
+            workload.aligned,
         )
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3
-        session = onnxruntime.InferenceSession(
-            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
+        session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         feeds = {"X": image, "rois": boxes, "batch_indices": box_indices.astype(np.int64)}
         return lambda: session.run(None, feeds)[0]
 

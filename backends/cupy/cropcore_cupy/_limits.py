@@ -21,9 +21,11 @@ MAX_COUNT = 2**31 - 1
 MAX_AXIS = 2**24
 
 
-def _count(name: str, value: int) -> str | None:
-    if value > MAX_COUNT:
-        return f"{name} = {value} exceeds 2**31 - 1, the largest count these kernels index"
+def _first_over(checks: list[tuple[str, int]]) -> str | None:
+    """The first ``(name, count)`` over :data:`MAX_COUNT`, said as a reason; else ``None``."""
+    for name, value in checks:
+        if value > MAX_COUNT:
+            return f"{name} = {value} exceeds 2**31 - 1, the largest count these kernels index"
     return None
 
 
@@ -52,11 +54,7 @@ def decline_reason(call: Any) -> str | None:
             ("batch * height * depth", shape.batch * shape.height * max(depth, 1)),
             ("width * depth", shape.width * depth),
         ]
-    for name, value in checks:
-        reason = _count(name, value)
-        if reason:
-            return reason
-    return None
+    return _first_over(checks)
 
 
 def _roi_decline_reason(call: Any) -> str | None:
@@ -74,8 +72,4 @@ def _roi_decline_reason(call: Any) -> str | None:
             ("batch * height * depth", shape.batch * shape.height * max(depth, 1)),
             ("width * depth", shape.width * depth),
         ]
-    for name, value in checks:
-        reason = _count(name, value)
-        if reason:
-            return reason
-    return None
+    return _first_over(checks)

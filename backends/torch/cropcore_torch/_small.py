@@ -59,6 +59,19 @@ def _function(lib: object, name: str) -> object:
     return function
 
 
+def _loop_boxes(boxes: Tensor, box_indices: Tensor) -> tuple[Tensor, Tensor]:
+    """Boxes as contiguous float32 and box indices as contiguous int32: what the loops read."""
+    if boxes.dtype != _FLOAT32:
+        boxes = boxes.to(_FLOAT32)
+    if not boxes.is_contiguous():
+        boxes = boxes.contiguous()
+    if box_indices.dtype != _INT32:
+        box_indices = box_indices.to(_INT32)
+    if not box_indices.is_contiguous():
+        box_indices = box_indices.contiguous()
+    return boxes, box_indices
+
+
 def crop_and_resize(
     image: Tensor,
     boxes: Tensor,
@@ -125,15 +138,7 @@ def crop_and_resize(
     else:
         out = torch.empty((num_boxes, crop_height, crop_width, depth), **_RESULT)
         out_strides = (crop_pixels * depth, crop_width * depth, depth, 1)
-    if boxes.dtype != _FLOAT32:
-        boxes = boxes.to(_FLOAT32)
-    if not boxes.is_contiguous():
-        boxes = boxes.contiguous()
-    indices = box_indices
-    if indices.dtype != _INT32:
-        indices = indices.to(_INT32)
-    if not indices.is_contiguous():
-        indices = indices.contiguous()
+    boxes, indices = _loop_boxes(boxes, box_indices)
     block = address = None
     if keep is not None:  # tables the image gradient reuses; otherwise the C side's own
         block = np.empty(29 * num_boxes * (crop_height + crop_width), np.uint8)
@@ -220,15 +225,7 @@ def grad_image(
         out_strides = (height * width * depth, width * depth, depth, 1)
         stride_n, stride_y, stride_x, stride_d = grads.stride()
     if loops is None:
-        if boxes.dtype != _FLOAT32:
-            boxes = boxes.to(_FLOAT32)
-        if not boxes.is_contiguous():
-            boxes = boxes.contiguous()
-        indices = box_indices
-        if indices.dtype != _INT32:
-            indices = indices.to(_INT32)
-        if not indices.is_contiguous():
-            indices = indices.contiguous()
+        boxes, indices = _loop_boxes(boxes, box_indices)
         tables = 0
     else:
         indices, tables = loops.indices, loops.tables.address
